@@ -1,0 +1,211 @@
+"""The `digest` command: one function per subcommand, errors turned into one-line messages here.
+
+Every domain error is a `DigestError`; this edge prints it as `error: ...` and exits non-zero,
+never with a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from digest.errors import ConfigError, DigestError
+from digest.settings import Settings, default_config_path, example_config_path, load_settings
+
+app = typer.Typer(
+    help="A personalised research-paper digest: ranks new papers for each reader and emails them daily.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: config/digest.toml here, else the bundled example)."),
+]
+NowOption = Annotated[
+    str | None,
+    typer.Option(help="Run as of this moment, ISO 8601 with offset, e.g. 2026-11-23T08:00:00+00:00 (default: now)."),
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    return load_settings(config or default_config_path(), overrides=overrides or None)
+
+
+def _parse_now(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ConfigError(f"--now {value!r} is not an ISO 8601 date-time such as 2026-11-23T08:00:00+00:00") from e
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class _Bar:
+    """Feeds the pipeline's progress hook into a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total or None)
+        self.progress.update(self.tasks[stage], completed=done, total=total or None)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=False, disable=not err_console.is_terminal,
+    )
+
+
+def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunReport, imported lazily
+    for src in report.sources:
+        skipped = ", ".join(f"{n} {why}" for why, n in src.skipped.most_common()) or "none"
+        if src.error:
+            console.print(f"[red]source {src.name}: failed: {src.error}[/red]")
+        else:
+            c = src.counts
+            console.print(f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; skipped: {skipped}")
+    for email, entries in report.unmatched_likes.items():
+        for entry in entries:
+            console.print(f"[yellow]{email}: liked entry matches no known paper: {entry!r}[/yellow]")
+    for out in report.outcomes:
+        line = f"{out.email}: {out.status}"
+        if out.digest_date:
+            line += f" ({out.digest_date})"
+        if out.detail:
+            line += f" - {out.detail}"
+        console.print(line)
+        if show_picks and out.picks:
+            table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+            table.add_column("#", justify="right")
+            table.add_column("score", justify="right")
+            table.add_column("paper")
+            table.add_column("why")
+            for i, pick in enumerate(out.picks, 1):
+                table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.reason)
+            console.print(table)
+        if out.html_path:
+            console.print(f"  HTML digest: {out.html_path}")
+    if report.fatal:
+        err_console.print(f"[red]error: {report.fatal}[/red]")
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the demo's database and outbox (default: your user data folder/demo).")
+    ] = None,
+    now: NowOption = None,
+) -> None:
+    """Run the whole daily job once on the bundled sample papers and the example config.
+
+    Starts from a fresh demo database each time, delivers to a local outbox folder (.eml files),
+    and prints the example subscriber's picks with their scores and reasons.
+    """
+    from digest.pipeline import run_daily
+
+    folder = (data_dir or Path(platformdirs.user_data_dir("digest")) / "demo").expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in ("digest.db", "outbox", "digests"):
+        target = folder / leftover
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    settings = load_settings(example_config_path(), overrides={"data_dir": str(folder)})
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"method": "outbox"})})
+    console.print(f"demo data folder: {folder}")
+    with _progress() as progress:
+        report = run_daily(_parse_now(now), settings, force=True, keep_html=True, progress=_Bar(progress))
+    _print_report(report, show_picks=True)
+    for out in report.outcomes:
+        if out.status == "sent":
+            console.print(f"  email written to the outbox: {settings.outbox_path / out.digest_date.isoformat()}")
+    if report.fatal or any(o.status == "failed" for o in report.outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    config: ConfigOption = None,
+    now: NowOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and save HTML previews; send and record nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Ignore send times (still one digest a day).")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Only this subscriber (repeatable).")] = None,
+) -> None:
+    """Run the daily job once: ingest, rank, render and deliver for every subscriber who is due."""
+    from digest.pipeline import run_daily
+
+    settings = _settings(config)
+    with _progress() as progress:
+        report = run_daily(_parse_now(now), settings, dry_run=dry_run, force=force,
+                           only=[o.lower() for o in only] if only else None, progress=_Bar(progress))
+    _print_report(report, show_picks=dry_run)
+    counts = report.by_status()
+    console.print("summary: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no subscribers"))
+    if report.fatal:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Keep running: a daily job per subscriber at their send time, in their time zone (Ctrl-C stops)."""
+    from digest.schedule import run_forever
+
+    settings = _settings(config)
+    console.print(f"scheduling {len(settings.subscribers)} subscriber(s); Ctrl-C to stop")
+    run_forever(settings, log=console.print)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate a config file and print what it sets up."""
+    path = config or default_config_path()
+    settings = load_settings(path)
+    console.print(f"{path}: OK")
+    console.print(f"  database: {settings.database_url}")
+    console.print(f"  delivery: {settings.delivery.method}")
+    console.print(f"  sources: {', '.join(s.label for s in settings.sources) or 'none'}")
+    console.print(f"  subscribers: {len(settings.subscribers)}")
+
+
+@app.command("import-listing")
+def import_listing(
+    pages: Annotated[list[Path], typer.Argument(help="Saved listing pages (.txt) or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON Lines file to write.")],
+) -> None:
+    """Turn saved listing pages into a JSON Lines paper file (how the bundled sample was made)."""
+    from digest.sources.files import write_jsonl
+    from digest.sources.listing import listing_files, read_listings
+
+    files = [f for page in pages for f in listing_files(page)]
+    result = read_listings(files, source="listing")
+    count = write_jsonl(result.records, output)
+    skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.most_common()) or "none"
+    console.print(f"{count} papers from {len(files)} page(s) written to {output}; skipped: {skipped}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning our errors into one line and exit code 2."""
+    try:
+        app()
+    except DigestError as e:
+        err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

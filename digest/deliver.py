@@ -1,0 +1,209 @@
+"""Deliver: build a safe multipart email and hand it to SMTP or to a local outbox folder.
+
+The only module that sends anything out.  Header values from the config are checked here again
+(a newline in a name or subject could inject headers); SMTP failures are sorted into transient
+(retry later), permanent (this address) and authentication (the whole run) errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+from datetime import date, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Protocol
+
+from digest.errors import (
+    AuthenticationError,
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from digest.settings import Settings
+
+_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who a digest is from and to, with its stable Message-ID."""
+
+    sender: Address
+    recipient: Address
+    subject: str
+    message_id: str
+    when: datetime
+    digest_date: date
+
+
+def _single_line(value: str, what: str) -> str:
+    if _UNSAFE.search(value):
+        raise DeliveryError(f"{what} contains a line break; refusing to build the message")
+    return value
+
+
+def parse_sender(sender: str) -> Address:
+    """The From: address of the config's `smtp.sender` ('Name <addr>' or 'addr')."""
+    _single_line(sender, "smtp.sender")
+    name, addr = parseaddr(sender)
+    if "@" not in addr:
+        raise ConfigError(f"{sender!r} has no email address", field="smtp.sender")
+    user, domain = addr.rsplit("@", 1)
+    return Address(display_name=name, username=user, domain=domain)
+
+
+def recipient(name: str, email: str) -> Address:
+    _single_line(name, "subscriber name")
+    user, domain = _single_line(email, "subscriber email").rsplit("@", 1)
+    return Address(display_name=name, username=user, domain=domain)
+
+
+def message_id(sender: Address, email: str, digest_date: date) -> str:
+    """The same id for the same (subscriber, day), so a resent copy folds into the first."""
+    digest = hashlib.sha256(f"{email}|{digest_date.isoformat()}".encode()).hexdigest()[:20]
+    return f"<digest.{digest_date:%Y%m%d}.{digest}@{sender.domain or 'localhost'}>"
+
+
+def build_message(
+    envelope: Envelope, text: str, html: str, *, unsubscribe_url: str, unsubscribe_mailto: str
+) -> EmailMessage:
+    """A multipart/alternative message (text first, HTML preferred) with List-Unsubscribe headers."""
+    msg = EmailMessage()
+    msg["From"] = envelope.sender
+    msg["To"] = envelope.recipient
+    msg["Subject"] = _single_line(envelope.subject, "subject")
+    msg["Date"] = format_datetime(envelope.when)
+    msg["Message-ID"] = envelope.message_id
+    msg["List-Unsubscribe"] = f"<{unsubscribe_mailto}>, <{unsubscribe_url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Digest-Date"] = envelope.digest_date.isoformat()
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    return msg
+
+
+class Transport(Protocol):
+    """Something that takes finished messages: an SMTP connection or an outbox folder."""
+
+    def send(self, msg: EmailMessage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class OutboxTransport:
+    """Writes each message as an .eml file (atomically) instead of sending it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path_for(self, msg: EmailMessage) -> Path:
+        day = re.sub(r"[^0-9-]", "", str(msg["X-Digest-Date"] or "")) or "undated"
+        to = re.sub(r"[^A-Za-z0-9@._-]", "_", msg["To"].addresses[0].addr_spec)
+        return self.folder / day / f"{to}.eml"
+
+    def send(self, msg: EmailMessage) -> None:
+        path = self.path_for(msg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".eml.tmp")
+        tmp.write_bytes(msg.as_bytes())
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        pass
+
+
+class SmtpTransport:
+    """One SMTP connection reused for a batch, reconnecting when the server drops it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.settings.smtp
+        try:
+            if cfg.ssl:
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
+                )
+            else:
+                conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+                if cfg.starttls:
+                    conn.starttls(context=ssl.create_default_context())
+            if self.settings.smtp_username is not None:
+                password = self.settings.smtp_password.get_secret_value() if self.settings.smtp_password else ""
+                conn.login(self.settings.smtp_username.get_secret_value(), password)
+        except smtplib.SMTPAuthenticationError as e:
+            raise AuthenticationError(
+                f"the SMTP server {cfg.host}:{cfg.port} refused the login ({e.smtp_code}); "
+                "check DIGEST_SMTP_USERNAME and DIGEST_SMTP_PASSWORD"
+            ) from e
+        except smtplib.SMTPNotSupportedError as e:
+            raise AuthenticationError(f"the SMTP server {cfg.host}:{cfg.port} does not support {e}") from e
+        except (smtplib.SMTPException, OSError, socket.timeout) as e:
+            raise TransientDeliveryError(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
+        return conn
+
+    def send(self, msg: EmailMessage) -> None:
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                refused = self._conn.send_message(msg)
+            except smtplib.SMTPServerDisconnected as e:
+                self._conn = None
+                if attempt == 2:
+                    raise TransientDeliveryError(f"SMTP server closed the connection: {e}") from e
+                continue  # reconnect once and retry this message
+            except smtplib.SMTPRecipientsRefused as e:
+                code, text = next(iter(e.recipients.values()))
+                raise _smtp_error(code, text) from e
+            except smtplib.SMTPResponseException as e:
+                if e.smtp_code in (421,):
+                    self._drop()
+                raise _smtp_error(e.smtp_code, e.smtp_error) from e
+            except (smtplib.SMTPException, OSError) as e:
+                self._drop()
+                raise TransientDeliveryError(f"SMTP error: {e}") from e
+            if refused:
+                code, text = next(iter(refused.values()))
+                raise _smtp_error(code, text)
+            return
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            self._drop()
+
+
+def _smtp_error(code: int, text: bytes | str) -> DeliveryError:
+    detail = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    if 500 <= code < 600:
+        return PermanentDeliveryError(f"SMTP {code}: {detail}")
+    return TransientDeliveryError(f"SMTP {code}: {detail}")
+
+
+def make_transport(settings: Settings) -> Transport:
+    if settings.delivery.method == "outbox":
+        return OutboxTransport(settings.outbox_path)
+    return SmtpTransport(settings)

@@ -1,0 +1,56 @@
+"""One error hierarchy, so the CLI can turn any of our failures into a one-line message.
+
+    DigestError                 anything we raise on purpose; the message says what to fix
+    ├── ConfigError             a preferences/config file is missing or malformed (names file + field)
+    ├── DataError               an input data file (sample, benchmark folder) is malformed
+    ├── SourceError             a paper source failed (network, bad feed); other sources go on
+    ├── StoreError              the database cannot be opened or used
+    └── DeliveryError           a message could not be delivered
+        ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
+        ├── PermanentDeliveryError   not for this address (5xx): recorded, others go on
+        └── AuthenticationError      the SMTP login failed: stops the whole run once
+"""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """Base of every error we raise on purpose."""
+
+
+class ConfigError(DigestError):
+    """A config or preferences file is missing or invalid."""
+
+    def __init__(self, message: str, *, path: str | None = None, field: str | None = None):
+        self.path = path
+        self.field = field
+        where = ": ".join(p for p in (path, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class DataError(DigestError):
+    """An input data file is malformed."""
+
+
+class SourceError(DigestError):
+    """A paper source could not be read."""
+
+
+class StoreError(DigestError):
+    """The database could not be opened or used."""
+
+
+class DeliveryError(DigestError):
+    """A digest could not be delivered."""
+
+
+class TransientDeliveryError(DeliveryError):
+    """A delivery failure worth retrying (temporary SMTP error, refused connection, timeout)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A delivery failure that retrying will not fix for this address."""
+
+
+class AuthenticationError(DeliveryError):
+    """The SMTP server refused our credentials; no message of this run can be sent."""

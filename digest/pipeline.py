@@ -1,0 +1,447 @@
+"""The daily job: ingest -> rank -> render -> deliver, for every subscriber whose hour has come.
+
+`run_daily(now, settings)` is safe to run as often as you like: a subscriber gets at most one
+digest per local date, because the delivery row is written before the message leaves and a
+finished row is never sent again.  One source's or one subscriber's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+from digest.deliver import (
+    Envelope,
+    Transport,
+    build_message,
+    make_transport,
+    message_id,
+    parse_sender,
+    recipient,
+)
+from digest.errors import (
+    AuthenticationError,
+    DigestError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
+from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
+from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
+from digest.settings import Settings, SubscriberSettings
+from digest.sources import fetch
+from digest.store import (
+    CLICKED,
+    DISLIKE,
+    FAILED,
+    LIKE,
+    PENDING,
+    SENT,
+    SENT_STATUS,
+    Paper,
+    Store,
+    Subscriber,
+    UpsertCounts,
+    aware,
+)
+
+# A progress hook: called with (stage description, done, total); the CLI draws a bar with it.
+Progress = Callable[[str, int, int], None]
+
+TRENDING_SIZE = 5
+
+
+@dataclass
+class SourceReport:
+    name: str
+    counts: UpsertCounts = field(default_factory=UpsertCounts)
+    skipped: Counter[str] = field(default_factory=Counter)
+    error: str = ""
+
+
+@dataclass
+class Pick:
+    paper: Paper
+    score: float
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """What happened for one subscriber in this run."""
+
+    email: str
+    status: str  # sent, pending (will retry), failed, dry-run, skipped, no-papers, not-due
+    digest_date: date | None = None
+    picks: list[Pick] = field(default_factory=list)
+    html_path: Path | None = None
+    message_id: str = ""
+    detail: str = ""
+
+
+@dataclass
+class RunReport:
+    now: datetime
+    sources: list[SourceReport] = field(default_factory=list)
+    unmatched_likes: dict[str, list[str]] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    fatal: str = ""
+
+    def by_status(self) -> Counter[str]:
+        return Counter(o.status for o in self.outcomes)
+
+
+@contextmanager
+def _stage(progress: Progress | None, name: str, total: int) -> Iterator[Callable[[int], None]]:
+    done = 0
+    if progress:
+        progress(name, 0, total)
+
+    def advance(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(name, done, total)
+
+    yield advance
+
+
+# -- ingest -------------------------------------------------------------------------------------
+
+
+def ingest(store: Store, settings: Settings, now: datetime, progress: Progress | None = None) -> list[SourceReport]:
+    """Pull every configured source into the store; a failing source is reported, the rest go on."""
+    reports = []
+    with _stage(progress, "Ingesting sources", len(settings.sources)) as advance:
+        for src in settings.sources:
+            report = SourceReport(src.label)
+            try:
+                result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now)
+                report.counts = store.upsert_papers(result.records, now)
+                report.skipped = result.skipped
+                store.save_source_state(src.label, cursor=result.cursor, now=now)
+            except DigestError as e:
+                report.error = str(e)
+                store.save_source_state(src.label, cursor=None, now=now, error=str(e))
+            reports.append(report)
+            advance()
+    return reports
+
+
+def sync_subscribers(store: Store, settings: Settings, now: datetime) -> dict[str, list[str]]:
+    """Mirror the config's subscribers and liked papers into the store; returns unmatched likes."""
+    ids = store.sync_subscribers(settings.subscribers, now)
+    unmatched: dict[str, list[str]] = {}
+    for sub in settings.subscribers:
+        found, missing = [], []
+        for entry in sub.liked:
+            pid = store.resolve_paper(entry)
+            (found if pid else missing).append(pid or entry)
+        store.replace_interactions(ids[sub.email], found, LIKE, now, origin="config")
+        if missing:
+            unmatched[sub.email] = missing
+    return unmatched
+
+
+# -- rank ---------------------------------------------------------------------------------------
+
+
+def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence[Paper]) -> TrainData:
+    """Everything the rankers learn from, as of now: the corpus, everyone's likes and dislikes."""
+    corpus = Corpus.from_records((p.id, p.title, p.abstract) for p in papers)
+    users = IdMap(s.email for s in subscribers)
+    rows = store.interactions([LIKE, DISLIKE])
+    likes = [(r.email, r.paper_id) for r in rows if r.kind == LIKE]
+    dislikes = [(r.email, r.paper_id) for r in rows if r.kind == DISLIKE]
+    counts = np.array([p.upvotes for p in papers], dtype=np.float32)
+    data = TrainData.from_pairs(
+        corpus, users, likes, dislikes=dislikes, keywords=[s.keywords for s in subscribers], counts=counts
+    )
+    if not counts.any():  # no community upvotes: likes across our subscribers are the trend
+        data.counts = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
+    return data
+
+
+def _excluded(paper: Paper, patterns: Sequence[re.Pattern[str]]) -> bool:
+    text = f"{paper.title} {paper.abstract}"
+    return any(p.search(text) for p in patterns)
+
+
+def pick_papers(
+    ranker: Ranker,
+    data: TrainData,
+    user: int,
+    sub: Subscriber,
+    candidates: Sequence[Paper],
+    seen: set[str],
+) -> list[Pick]:
+    """The subscriber's best `max_papers` candidates with a reason each; seen and excluded papers out."""
+    patterns = [re.compile(r"\b" + re.escape(k), re.IGNORECASE) for k in sub.exclude_keywords]
+    pool = [p for p in candidates if p.id not in seen and not _excluded(p, patterns)]
+    if not pool:
+        return []
+    rows = data.corpus.ids.indices(p.id for p in pool)
+    scores = ranker.score(np.array([user]), rows)[0]
+    best, best_scores = top_k(rows, scores, sub.max_papers)
+    reasons = ranker.explain(user, best)
+    by_id = {p.id: p for p in pool}
+    return [
+        Pick(by_id[data.corpus.ids.ids[r]], float(s), reason)
+        for r, s, reason in zip(best, best_scores, reasons)
+    ]
+
+
+def trending(data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE) -> list[tuple[Paper, int]]:
+    """The window's most upvoted (or most liked) papers not already picked, with their counts."""
+    counted = []
+    for p in candidates:
+        row = data.corpus.ids.get(p.id)
+        count = int(data.counts[row]) if row is not None else 0
+        if count > 0 and p.id not in exclude:
+            counted.append((p, count))
+    counted.sort(key=lambda pc: (-pc[1], pc[0].title))
+    return counted[:size]
+
+
+# -- render and deliver ------------------------------------------------------------------------
+
+
+def local_date(now: datetime, tz_name: str) -> date:
+    from zoneinfo import ZoneInfo
+
+    return now.astimezone(ZoneInfo(tz_name)).date()
+
+
+def is_due(sub: Subscriber | SubscriberSettings, now: datetime) -> bool:
+    """Has the subscriber's send time passed on their local date?"""
+    from zoneinfo import ZoneInfo
+
+    local = now.astimezone(ZoneInfo(sub.timezone))
+    hour, minute = (int(x) for x in sub.send_at.split(":"))
+    return (local.hour, local.minute) >= (hour, minute)
+
+
+def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
+    return PaperView(
+        id=paper.id,
+        title=paper.title,
+        url=paper_url(paper.id, paper.url, paper.title),
+        authors=format_authors(paper.authors),
+        abstract=trim(paper.abstract, settings.ranking.abstract_chars),
+        date=format_date(aware(paper.published) or aware(paper.first_seen)),
+        reason=reason,
+        score=score,
+        count=count,
+    )
+
+
+def compose(
+    settings: Settings,
+    key: str,
+    sub: Subscriber,
+    day: date,
+    picks: Sequence[Pick],
+    trend: Sequence[tuple[Paper, int]],
+    new_count: int,
+    now: datetime,
+) -> tuple[Envelope, str, str, str]:
+    """(envelope, text, html, unsubscribe url) of one subscriber's digest."""
+    sender = parse_sender(settings.smtp.sender)
+    unsub = unsubscribe_url(settings, key, sub.email)
+    subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
+    view = DigestView(
+        name=sub.name,
+        email=sub.email,
+        digest_date=day,
+        picks=[_view(p.paper, settings, reason=p.reason, score=p.score) for p in picks],
+        trending=[_view(p, settings, count=c) for p, c in trend],
+        trending_label="likes" if not any(p.upvotes for p, _ in trend) else "upvotes",
+        new_count=new_count,
+        unsubscribe_url=unsub,
+        subject=subject,
+    )
+    text, html = render_digest(view)
+    envelope = Envelope(
+        sender=sender,
+        recipient=recipient(sub.name, sub.email),
+        subject=subject,
+        message_id=message_id(sender, sub.email, day),
+        when=now,
+        digest_date=day,
+    )
+    return envelope, text, html, unsub
+
+
+def _save_html(settings: Settings, day: date, email: str, html: str) -> Path:
+    path = settings.data_path / "digests" / day.isoformat() / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def run_daily(
+    now: datetime,
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    transport: Transport | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    only: Sequence[str] | None = None,
+    keep_html: bool = False,
+    progress: Progress | None = None,
+) -> RunReport:
+    """Ingest, rank, render and deliver for every subscriber who is due and has no digest today.
+
+    `force` ignores the send time (not the one-per-day rule); `only` limits the run to some emails;
+    `dry_run` renders and saves HTML previews without sending or recording anything.
+    """
+    if now.tzinfo is None:
+        raise ValueError("run_daily needs an aware datetime (with a time zone)")
+    now = now.astimezone(timezone.utc)
+    own_store = store is None
+    store = store or Store(settings.database_url)
+    report = RunReport(now)
+    try:
+        report.sources = ingest(store, settings, now, progress)
+        report.unmatched_likes = sync_subscribers(store, settings, now)
+        subscribers = store.subscribers()
+        due: list[tuple[Subscriber, date]] = []
+        for sub in subscribers:
+            if only is not None and sub.email not in only:
+                continue
+            day = local_date(now, sub.timezone)
+            if not force and not is_due(sub, now):
+                report.outcomes.append(Outcome(sub.email, "not-due", day, detail=f"sends at {sub.send_at} {sub.timezone}"))
+                continue
+            existing = store.delivery(sub.id, day)
+            if existing is not None and existing.status in (SENT_STATUS, FAILED):
+                report.outcomes.append(Outcome(sub.email, "skipped", day, message_id=existing.message_id, detail=f"already {existing.status} for {day}"))
+                continue
+            due.append((sub, day))
+        if not due:
+            return report
+        papers = store.papers()
+        data = train_data(store, subscribers, papers)
+        ranker = make_ranker(settings.ranking.ranker).fit(data)
+        window_start = now - timedelta(days=settings.ranking.window_days)
+        recent = set(store.recent_paper_ids(window_start))
+        candidates = [p for p in papers if p.id in recent]
+        key = secret_key(settings)
+        _deliver_all(store, settings, key, ranker, data, due, candidates, now, report,
+                     transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress)
+    finally:
+        if own_store:
+            store.close()
+    return report
+
+
+def _deliver_all(
+    store: Store,
+    settings: Settings,
+    key: str,
+    ranker: Ranker,
+    data: TrainData,
+    due: Sequence[tuple[Subscriber, date]],
+    candidates: Sequence[Paper],
+    now: datetime,
+    report: RunReport,
+    *,
+    transport: Transport | None,
+    dry_run: bool,
+    keep_html: bool,
+    progress: Progress | None,
+) -> None:
+    own_transport = transport is None and not dry_run
+    transport = transport or (None if dry_run else make_transport(settings))
+    try:
+        with _stage(progress, "Ranking and sending" if not dry_run else "Ranking (dry run)", len(due)) as advance:
+            for sub, day in due:
+                outcome = Outcome(sub.email, "pending", day)
+                report.outcomes.append(outcome)
+                try:
+                    if report.fatal:
+                        outcome.status, outcome.detail = "pending", "not attempted: " + report.fatal
+                        continue
+                    _one_subscriber(store, settings, key, ranker, data, sub, day, candidates, now, outcome,
+                                    transport=transport, dry_run=dry_run, keep_html=keep_html)
+                except AuthenticationError as e:
+                    report.fatal = str(e)
+                    outcome.status, outcome.detail = "pending", str(e)
+                except DigestError as e:
+                    outcome.status, outcome.detail = "failed", str(e)
+                finally:
+                    advance()
+    finally:
+        if own_transport and transport is not None:
+            transport.close()
+
+
+def _one_subscriber(
+    store: Store,
+    settings: Settings,
+    key: str,
+    ranker: Ranker,
+    data: TrainData,
+    sub: Subscriber,
+    day: date,
+    candidates: Sequence[Paper],
+    now: datetime,
+    outcome: Outcome,
+    *,
+    transport: Transport | None,
+    dry_run: bool,
+    keep_html: bool,
+) -> None:
+    existing = None if dry_run else store.delivery(sub.id, day)
+    user = data.users.index(sub.email)
+    if existing is not None:  # a digest that did not go out before: resend exactly it
+        by_id = {p.id: p for p in store.papers(existing.papers)}
+        picks = [Pick(by_id[i], 0.0, "") for i in existing.papers if i in by_id]
+        if picks:
+            reasons = ranker.explain(user, data.corpus.ids.indices(p.paper.id for p in picks))
+            for pick, reason in zip(picks, reasons):
+                pick.reason = reason
+    else:
+        seen = store.paper_ids_for(sub.id, [SENT, LIKE, DISLIKE, CLICKED])
+        picks = pick_papers(ranker, data, user, sub, candidates, seen)
+    outcome.picks = picks
+    if not picks:
+        outcome.status, outcome.detail = "no-papers", "no new papers matched (nothing sent)"
+        return
+    trend = trending(data, candidates, {p.paper.id for p in picks})
+    envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+    outcome.message_id = envelope.message_id
+    if dry_run or keep_html:
+        outcome.html_path = _save_html(settings, day, sub.email, html)
+    if dry_run:
+        outcome.status = "dry-run"
+        return
+    msg = build_message(envelope, text, html, unsubscribe_url=unsub,
+                        unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
+    row = existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now)
+    try:
+        transport.send(msg)
+    except TransientDeliveryError as e:
+        attempts_left = settings.delivery.max_attempts - (row.attempts + 1)
+        status = PENDING if attempts_left > 0 else FAILED
+        store.finish_delivery(row.id, status=status, now=now, error=str(e))
+        outcome.status, outcome.detail = status, str(e)
+        return
+    except PermanentDeliveryError as e:
+        store.finish_delivery(row.id, status=FAILED, now=now, error=str(e))
+        outcome.status, outcome.detail = "failed", str(e)
+        return
+    except AuthenticationError as e:
+        store.finish_delivery(row.id, status=PENDING, now=now, error=str(e), count_attempt=False)
+        raise
+    store.finish_delivery(row.id, status=SENT_STATUS, now=now)
+    store.add_interactions(sub.id, [p.paper.id for p in picks], SENT, now, origin="digest")
+    outcome.status = "sent"

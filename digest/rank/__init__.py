@@ -1,0 +1,26 @@
+"""Rankers: every one keeps the contract in `base` (fit on TrainData, score users x candidates).
+
+`make_ranker(name)` builds one by name, for the daily digest and for `digest eval`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from digest.errors import ConfigError
+from digest.rank.base import Corpus, IdMap, Ranker, TrainData, top_k
+from digest.rank.content import ContentRanker
+
+RANKERS: dict[str, type[Ranker]] = {"content": ContentRanker}
+
+
+def make_ranker(name: str, **options: Any) -> Ranker:
+    """A fresh ranker by name; unknown names raise ConfigError listing the known ones."""
+    try:
+        cls = RANKERS[name]
+    except KeyError as e:
+        raise ConfigError(f"unknown ranker {name!r}; choose one of {', '.join(sorted(RANKERS))}", field="ranking.ranker") from e
+    return cls(**options)
+
+
+__all__ = ["RANKERS", "Corpus", "IdMap", "Ranker", "TrainData", "make_ranker", "top_k"]

@@ -1,0 +1,367 @@
+"""The one settings schema: every setting's name, type, default and help, validated on load.
+
+The preferences file is TOML.  Subscribers are listed inline as `[[subscribers]]` or one file per
+subscriber in `subscribers_dir`.  Secrets never live in a file: they come from the environment
+(`DIGEST_SMTP_USERNAME`, `DIGEST_SMTP_PASSWORD`, `DIGEST_SECRET_KEY`).  A file that does not fit the
+schema raises `ConfigError` naming the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import platformdirs
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from digest.errors import ConfigError
+
+ENV_DATA_DIR = "DIGEST_DATA_DIR"
+ENV_SMTP_USERNAME = "DIGEST_SMTP_USERNAME"
+ENV_SMTP_PASSWORD = "DIGEST_SMTP_PASSWORD"
+ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
+
+_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
+_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_SEND_AT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _no_newlines(value: str) -> str:
+    if _HEADER_UNSAFE.search(value):
+        raise ValueError("must be a single line (no newline characters)")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(
+        "sqlite:///{data_dir}/digest.db",
+        description="SQLAlchemy database URL; {data_dir} is replaced by data_dir. "
+        "PostgreSQL: postgresql+psycopg://user@host/dbname (password via the URL's environment, not this file).",
+    )
+
+
+class SmtpSettings(_Section):
+    host: str = Field("localhost", description="SMTP server host name.")
+    port: int = Field(25, ge=1, le=65535, description="SMTP server port (25, 587 for STARTTLS, 465 for SSL).")
+    sender: str = Field(
+        "Paper digest <digest@localhost>",
+        description="From: header, 'Name <address>' or a bare address.",
+    )
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS before sending.")
+    ssl: bool = Field(False, description="Connect with implicit TLS (SMTPS, usually port 465).")
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SMTP server before giving up.")
+
+    _single_line = field_validator("host", "sender")(_no_newlines)
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> SmtpSettings:
+        if self.starttls and self.ssl:
+            raise ValueError("choose one of starttls and ssl, not both")
+        return self
+
+
+class DeliverySettings(_Section):
+    method: Literal["smtp", "outbox"] = Field(
+        "smtp", description='"smtp" sends through [smtp]; "outbox" writes .eml files to outbox_dir instead.'
+    )
+    outbox_dir: str = Field(
+        "{data_dir}/outbox", description="Folder for .eml files when method = \"outbox\"; {data_dir} is replaced."
+    )
+    subject: str = Field(
+        "Your paper digest for {date}",
+        description="Subject line; {date} is the subscriber's local date, {count} the number of papers.",
+    )
+    max_attempts: int = Field(5, ge=1, le=50, description="Delivery attempts for one digest before it is marked failed.")
+
+    _single_line = field_validator("subject")(_no_newlines)
+
+
+class WebSettings(_Section):
+    base_url: str = Field(
+        "http://localhost:8000",
+        description="Public address of `digest serve`; links in emails (unsubscribe, feedback) point here.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+
+class RankingSettings(_Section):
+    ranker: str = Field("content", description="Ranker for the personal picks (content; hybrid once trained).")
+    window_days: int = Field(
+        7, ge=1, le=365, description="Only papers published or first seen within this many days are candidates."
+    )
+    abstract_chars: int = Field(420, ge=80, le=5000, description="Abstracts are trimmed to about this many characters.")
+
+
+class SourceSettings(_Section):
+    kind: Literal["sample", "jsonl", "listing"] = Field(
+        description='Where papers come from: "sample" (the bundled sample corpus), '
+        '"jsonl" (a file of {"id","title","abstract",...} lines), "listing" (saved listing pages: title line, abstract line).'
+    )
+    name: str = Field("", description="A name for progress and reports; defaults to the kind.")
+    path: str = Field("", description="File for jsonl; file or folder of .txt pages for listing (relative to this config file).")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceSettings:
+        if self.kind in ("jsonl", "listing") and not self.path:
+            raise ValueError(f'a source of kind "{self.kind}" needs a path')
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class SubscriberSettings(_Section):
+    email: str = Field(description="Where the digest goes.")
+    name: str = Field("", description="How the digest greets the reader.")
+    timezone: str = Field("UTC", description="IANA time zone, e.g. Europe/Berlin.")
+    send_at: str = Field("07:30", description='Local time to send the digest, "HH:MM" (24h).')
+    max_papers: int = Field(10, ge=1, le=100, description="Personal picks per digest.")
+    liked: list[str] = Field(
+        default_factory=list,
+        description="Papers you liked: arXiv ids (2106.09685), arXiv or Hugging Face paper URLs, or exact titles.",
+    )
+    keywords: list[str] = Field(default_factory=list, description="Topics you care about; they pull papers up.")
+    exclude_keywords: list[str] = Field(
+        default_factory=list, description="Papers whose title or abstract contains any of these are never sent."
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        value = value.strip()
+        if not _EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value.lower()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _no_newlines(value).strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from e
+        return value
+
+    @field_validator("send_at")
+    @classmethod
+    def _send_at(cls, value: str) -> str:
+        if not _SEND_AT.match(value):
+            raise ValueError(f'{value!r} is not a time of day as "HH:MM" (24h), e.g. "07:30"')
+        return value
+
+    @field_validator("liked", "keywords", "exclude_keywords")
+    @classmethod
+    def _no_blank(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value]
+        if any(not v for v in cleaned):
+            raise ValueError("entries must not be empty")
+        return cleaned
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def send_time(self) -> time:
+        hour, minute = self.send_at.split(":")
+        return time(int(hour), int(minute))
+
+
+class Settings(_Section):
+    data_dir: str = Field(
+        "",
+        description="Folder for the database, outbox and keys; empty means $DIGEST_DATA_DIR or the user data folder.",
+    )
+    subscribers_dir: str = Field(
+        "", description="Folder of one-subscriber TOML files (relative to this config file); empty for none."
+    )
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings, description="Where the store lives.")
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="Outgoing mail server.")
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="How digests leave.")
+    web: WebSettings = Field(default_factory=WebSettings, description="The web front for links in emails.")
+    ranking: RankingSettings = Field(default_factory=RankingSettings, description="How papers are picked.")
+    sources: list[SourceSettings] = Field(default_factory=list, description="Where papers come from.")
+    subscribers: list[SubscriberSettings] = Field(default_factory=list, description="Who gets a digest.")
+
+    # Filled by the loader, never from a file.
+    config_path: Path | None = Field(None, exclude=True)
+    smtp_username: SecretStr | None = Field(None, exclude=True)
+    smtp_password: SecretStr | None = Field(None, exclude=True)
+    secret_key: SecretStr | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_emails(self) -> Settings:
+        seen: set[str] = set()
+        for i, sub in enumerate(self.subscribers):
+            if sub.email in seen:
+                raise ValueError(f"subscribers[{i}]: {sub.email} is listed twice")
+            seen.add(sub.email)
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url.replace("{data_dir}", self.data_path.as_posix())
+
+    @property
+    def outbox_path(self) -> Path:
+        return Path(self.delivery.outbox_dir.replace("{data_dir}", self.data_path.as_posix())).expanduser()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, taken relative to the config file's folder."""
+        p = Path(path).expanduser()
+        if not p.is_absolute() and self.config_path is not None:
+            p = self.config_path.parent / p
+        return p
+
+    def subscriber(self, email: str) -> SubscriberSettings | None:
+        return next((s for s in self.subscribers if s.email == email.lower()), None)
+
+
+SECRET_FIELDS = ("config_path", "smtp_username", "smtp_password", "secret_key")
+
+
+def example_config_path() -> Path:
+    """The documented example config, from the installed package or the source checkout."""
+    from digest.resources import resource_path
+
+    return resource_path("config/digest.example.toml")
+
+
+def default_config_path(cwd: Path | None = None) -> Path:
+    """`config/digest.toml` under the working folder if present, else the example."""
+    candidate = (cwd or Path.cwd()) / "config" / "digest.toml"
+    return candidate if candidate.is_file() else example_config_path()
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError("file not found", path=str(path)) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the file ({e})", path=str(path)) from e
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", path=str(path)) from e
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _config_error(e: ValidationError, path: Path, prefix: tuple[Any, ...] = ()) -> ConfigError:
+    first = e.errors()[0]
+    loc = prefix + tuple(p for p in first["loc"] if p not in ("function-after",))
+    msg = first["msg"]
+    for noise in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(noise)
+    if first["type"] == "extra_forbidden":
+        msg = "unknown setting (check the spelling against config/digest.example.toml)"
+    elif first["type"] == "missing":
+        msg = "is required but missing"
+    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+    return ConfigError(msg + more, path=str(path), field=_field_name(loc) or None)
+
+
+def load_settings(
+    path: Path | str,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, validate and complete a config file; `overrides` replace top-level keys (e.g. data_dir)."""
+    env = os.environ if env is None else env
+    path = Path(path).expanduser()
+    raw = _read_toml(path)
+    raw.update(overrides or {})
+    subscribers = list(raw.get("subscribers", []) or [])
+    folder = raw.get("subscribers_dir") or ""
+    if folder:
+        directory = Path(folder).expanduser()
+        directory = directory if directory.is_absolute() else path.parent / directory
+        if not directory.is_dir():
+            raise ConfigError(f"folder {directory} does not exist", path=str(path), field="subscribers_dir")
+        for sub_path in sorted(directory.glob("*.toml")):
+            sub_raw = _read_toml(sub_path)
+            try:
+                SubscriberSettings.model_validate(sub_raw)
+            except ValidationError as e:
+                raise _config_error(e, sub_path) from e
+            subscribers.append(sub_raw)
+    raw["subscribers"] = subscribers
+    if not raw.get("data_dir"):
+        raw["data_dir"] = env.get(ENV_DATA_DIR) or platformdirs.user_data_dir("digest")
+    elif not Path(str(raw["data_dir"])).expanduser().is_absolute():
+        raw["data_dir"] = str(path.parent / str(raw["data_dir"]))
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as e:
+        raise _config_error(e, path) from e
+    secrets = {
+        "config_path": path.resolve(),
+        "smtp_username": env.get(ENV_SMTP_USERNAME) or None,
+        "smtp_password": env.get(ENV_SMTP_PASSWORD) or None,
+        "secret_key": env.get(ENV_SECRET_KEY) or None,
+    }
+    return settings.model_copy(
+        update={k: SecretStr(v) if isinstance(v, str) else v for k, v in secrets.items()}
+    )
+
+
+def settings_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every documented setting as (dotted name, field info); lists are named with [] (e.g. sources[].kind)."""
+    out: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        if name in SECRET_FIELDS:
+            continue
+        dotted = f"{prefix}{name}"
+        ann: Annotated[Any, None] = info.annotation
+        inner = getattr(ann, "__args__", (None,))[0] if getattr(ann, "__origin__", None) is list else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(settings_fields(ann, dotted + "."))
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            out.extend(settings_fields(inner, dotted + "[]."))
+        else:
+            out.append((dotted, info))
+    return out

@@ -1,0 +1,424 @@
+"""The store: the only module that talks to the database (SQLModel over SQLite or PostgreSQL).
+
+Tables: papers, subscribers, interactions (like, dislike, sent, clicked), deliveries (one row per
+subscriber and local digest date, written before sending so nothing is lost or sent twice), and
+source checkpoints.  Times go in and come out as aware UTC datetimes (SQLModel's UTCDateTime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint, func
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from digest.errors import StoreError
+from digest.sources.base import PaperRecord, arxiv_id, title_key
+
+LIKE, DISLIKE, SENT, CLICKED = "like", "dislike", "sent", "clicked"
+PENDING, SENT_STATUS, FAILED = "pending", "sent", "failed"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """An aware UTC datetime (a naive one is taken to be UTC already)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """A stored naive-UTC time as an aware UTC datetime."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class Paper(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: str = Field(primary_key=True, max_length=200)
+    title: str
+    title_key: str = Field(index=True)
+    abstract: str = ""
+    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    url: str = ""
+    pdf_url: str = ""
+    published: datetime | None = None
+    updated: datetime | None = None
+    source: str = ""
+    upvotes: int = 0
+    comments: int = 0
+    first_seen: datetime = Field(index=True)
+    last_changed: datetime
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True, max_length=320)
+    name: str = ""
+    timezone: str = "UTC"
+    send_at: str = "07:30"
+    max_papers: int = 10
+    keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    active: bool = True
+    origin: str = "config"
+    created: datetime
+
+
+class Interaction(SQLModel, table=True):
+    __tablename__ = "interactions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    paper_id: str = Field(foreign_key="papers.id", index=True, max_length=200)
+    kind: str = Field(index=True, max_length=16)
+    origin: str = "config"
+    at: datetime
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("subscriber_id", "digest_date", name="one_digest_a_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    digest_date: date = Field(index=True)
+    papers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=PENDING, index=True, max_length=16)
+    attempts: int = 0
+    error: str = ""
+    message_id: str = ""
+    created: datetime
+    sent_at: datetime | None = None
+
+
+class SourceState(SQLModel, table=True):
+    __tablename__ = "source_state"
+
+    name: str = Field(primary_key=True, max_length=200)
+    cursor: str | None = None
+    last_success: datetime | None = None
+    last_error: str = ""
+
+
+@dataclass
+class UpsertCounts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class LikeRow:
+    email: str
+    paper_id: str
+    kind: str
+
+
+def _engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(f"database url {url!r} is not a valid SQLAlchemy URL") from e
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """All reads and writes of digest's data; one per process, shared by the stages."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except (OperationalError, SQLAlchemyError) as e:
+            raise StoreError(f"cannot open the database {make_url(url).render_as_string()}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- papers -------------------------------------------------------------------------------
+
+    def upsert_papers(self, records: Iterable[PaperRecord], now: datetime) -> UpsertCounts:
+        """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper)."""
+        counts = UpsertCounts()
+        stamp = _utc(now)
+        with self.session() as s:
+            for rec in records:
+                row = s.get(Paper, rec.id)
+                values: dict[str, Any] = {
+                    "title": rec.title,
+                    "title_key": title_key(rec.title),
+                    "abstract": rec.abstract,
+                    "authors": rec.authors,
+                    "categories": rec.categories,
+                    "url": rec.url,
+                    "pdf_url": rec.pdf_url,
+                    "published": _utc(rec.published),
+                    "updated": _utc(rec.updated),
+                    "source": rec.source,
+                    "upvotes": rec.upvotes,
+                    "comments": rec.comments,
+                }
+                if row is None:
+                    s.add(Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values))
+                    counts.new += 1
+                    continue
+                changed = False
+                for key, value in values.items():
+                    if key in ("url", "pdf_url", "source") and not value:
+                        continue  # a poorer source never erases what a richer one gave
+                    if key == "published" and value is None:
+                        continue
+                    if getattr(row, key) != value:
+                        setattr(row, key, value)
+                        changed = True
+                if changed:
+                    row.last_changed = stamp
+                    counts.updated += 1
+                else:
+                    counts.unchanged += 1
+            s.commit()
+        return counts
+
+    def papers(self, ids: Sequence[str] | None = None) -> list[Paper]:
+        """All papers (or the given ones, in the given order, unknown ids left out)."""
+        with self.session() as s:
+            if ids is None:
+                return list(s.exec(select(Paper).order_by(Paper.first_seen, Paper.id)))
+            found = {p.id: p for p in s.exec(select(Paper).where(Paper.id.in_(list(ids))))}
+        return [found[i] for i in ids if i in found]
+
+    def paper_count(self) -> int:
+        with self.session() as s:
+            return s.exec(select(func.count()).select_from(Paper)).one()
+
+    def recent_paper_ids(self, since: datetime) -> list[str]:
+        """Papers published, or first seen by us, at or after `since`."""
+        stamp = _utc(since)
+        with self.session() as s:
+            rows = s.exec(
+                select(Paper.id).where(
+                    (Paper.first_seen >= stamp) | ((Paper.published != None) & (Paper.published >= stamp))  # noqa: E711
+                )
+            )
+            return list(rows)
+
+    def resolve_paper(self, entry: str) -> str | None:
+        """The paper an arXiv id, arXiv/HF URL or exact title (case and spacing aside) names."""
+        with self.session() as s:
+            aid = arxiv_id(entry)
+            if aid and s.get(Paper, aid) is not None:
+                return aid
+            if s.get(Paper, entry.strip()) is not None:
+                return entry.strip()
+            key = title_key(entry)
+            if not key:
+                return None
+            return s.exec(select(Paper.id).where(Paper.title_key == key)).first()
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    def sync_subscribers(self, subscribers: Iterable[Any], now: datetime) -> dict[str, int]:
+        """Make the config's subscribers exist and match the file; returns email -> id.
+
+        Subscribers that came from the config and are no longer in it are deactivated, not deleted,
+        so their history stays.
+        """
+        ids: dict[str, int] = {}
+        stamp = _utc(now)
+        with self.session() as s:
+            for sub in subscribers:
+                row = s.exec(select(Subscriber).where(Subscriber.email == sub.email)).first()
+                fields = {
+                    "name": sub.name,
+                    "timezone": sub.timezone,
+                    "send_at": sub.send_at,
+                    "max_papers": sub.max_papers,
+                    "keywords": list(sub.keywords),
+                    "exclude_keywords": list(sub.exclude_keywords),
+                }
+                if row is None:
+                    row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)
+                    s.add(row)
+                else:
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+                    if row.origin == "config":
+                        row.active = True
+                s.flush()
+                ids[sub.email] = row.id
+            for row in s.exec(select(Subscriber).where(Subscriber.origin == "config")):
+                if row.email not in ids:
+                    row.active = False
+            s.commit()
+        return ids
+
+    def subscribers(self, *, active_only: bool = True) -> list[Subscriber]:
+        with self.session() as s:
+            query = select(Subscriber).order_by(Subscriber.id)
+            if active_only:
+                query = query.where(Subscriber.active == True)  # noqa: E712
+            return list(s.exec(query))
+
+    # -- interactions ---------------------------------------------------------------------------
+
+    def add_interactions(
+        self, subscriber_id: int, paper_ids: Iterable[str], kind: str, now: datetime, *, origin: str, unique: bool = True
+    ) -> int:
+        """Record interactions; with `unique`, one of a kind per (subscriber, paper). Returns how many were new."""
+        added = 0
+        stamp = _utc(now)
+        with self.session() as s:
+            existing: set[str] = set()
+            if unique:
+                existing = set(
+                    s.exec(
+                        select(Interaction.paper_id).where(
+                            Interaction.subscriber_id == subscriber_id, Interaction.kind == kind
+                        )
+                    )
+                )
+            for pid in dict.fromkeys(paper_ids):
+                if pid in existing:
+                    continue
+                s.add(Interaction(subscriber_id=subscriber_id, paper_id=pid, kind=kind, origin=origin, at=stamp))
+                added += 1
+            s.commit()
+        return added
+
+    def replace_interactions(
+        self, subscriber_id: int, paper_ids: Iterable[str], kind: str, now: datetime, *, origin: str
+    ) -> None:
+        """Make this origin's interactions of a kind exactly `paper_ids` (the config's likes follow the file)."""
+        wanted = list(dict.fromkeys(paper_ids))
+        with self.session() as s:
+            rows = list(
+                s.exec(
+                    select(Interaction).where(
+                        Interaction.subscriber_id == subscriber_id,
+                        Interaction.kind == kind,
+                        Interaction.origin == origin,
+                    )
+                )
+            )
+            have = {r.paper_id for r in rows}
+            for r in rows:
+                if r.paper_id not in wanted:
+                    s.delete(r)
+            for pid in wanted:
+                if pid not in have:
+                    s.add(Interaction(subscriber_id=subscriber_id, paper_id=pid, kind=kind, origin=origin, at=_utc(now)))
+            s.commit()
+
+    def interactions(self, kinds: Sequence[str]) -> list[LikeRow]:
+        """(email, paper, kind) of every interaction of the given kinds, for active subscribers."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Subscriber.email, Interaction.paper_id, Interaction.kind)
+                .join(Subscriber, Subscriber.id == Interaction.subscriber_id)
+                .where(Interaction.kind.in_(list(kinds)), Subscriber.active == True)  # noqa: E712
+            )
+            return [LikeRow(*row) for row in rows]
+
+    def paper_ids_for(self, subscriber_id: int, kinds: Sequence[str]) -> set[str]:
+        with self.session() as s:
+            return set(
+                s.exec(
+                    select(Interaction.paper_id).where(
+                        Interaction.subscriber_id == subscriber_id, Interaction.kind.in_(list(kinds))
+                    )
+                )
+            )
+
+    # -- deliveries -----------------------------------------------------------------------------
+
+    def delivery(self, subscriber_id: int, digest_date: date) -> Delivery | None:
+        with self.session() as s:
+            return s.exec(
+                select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date)
+            ).first()
+
+    def create_delivery(
+        self, subscriber_id: int, digest_date: date, papers: list[str], message_id: str, now: datetime
+    ) -> Delivery:
+        """The pending delivery row, written before the message leaves; returns the existing one if any."""
+        with self.session() as s:
+            row = s.exec(
+                select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date)
+            ).first()
+            if row is not None:
+                return row
+            row = Delivery(
+                subscriber_id=subscriber_id,
+                digest_date=digest_date,
+                papers=papers,
+                message_id=message_id,
+                created=_utc(now),
+            )
+            s.add(row)
+            s.commit()
+            return row
+
+    def finish_delivery(
+        self, delivery_id: int, *, status: str, now: datetime, error: str = "", count_attempt: bool = True
+    ) -> Delivery:
+        """Mark a delivery sent or failed (or still pending after a transient error)."""
+        with self.session() as s:
+            row = s.get(Delivery, delivery_id)
+            if row is None:
+                raise StoreError(f"delivery {delivery_id} does not exist")
+            row.status = status
+            row.error = error[:2000]
+            if count_attempt:
+                row.attempts += 1
+            if status == SENT_STATUS:
+                row.sent_at = _utc(now)
+            s.commit()
+            return row
+
+    def deliveries(self, subscriber_id: int | None = None) -> list[Delivery]:
+        with self.session() as s:
+            query = select(Delivery).order_by(Delivery.digest_date, Delivery.id)
+            if subscriber_id is not None:
+                query = query.where(Delivery.subscriber_id == subscriber_id)
+            return list(s.exec(query))
+
+    # -- sources --------------------------------------------------------------------------------
+
+    def source_cursor(self, name: str) -> str | None:
+        with self.session() as s:
+            row = s.get(SourceState, name)
+            return row.cursor if row else None
+
+    def save_source_state(self, name: str, *, cursor: str | None, now: datetime, error: str = "") -> None:
+        """Remember how far a source got (on success) or why it failed (cursor kept)."""
+        with self.session() as s:
+            row = s.get(SourceState, name) or SourceState(name=name)
+            if error:
+                row.last_error = error[:2000]
+            else:
+                row.cursor = cursor
+                row.last_success = _utc(now)
+                row.last_error = ""
+            s.add(row)
+            s.commit()
