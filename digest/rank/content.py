@@ -21,7 +21,7 @@ class ContentRanker(Ranker):
 
     name = "content"
 
-    def __init__(self, *, keyword_weight: float = 0.6, dislike_weight: float = 0.5, ngram_max: int = 2) -> None:
+    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2) -> None:
         self.keyword_weight = keyword_weight
         self.dislike_weight = dislike_weight
         self.ngram_max = ngram_max
@@ -66,7 +66,7 @@ class ContentRanker(Ranker):
             best_like = liked_sim[i].max() if liked_sim.shape[1] else 0.0
             best_kw = kw_sim[i].max() if kw_sim.shape[1] else 0.0
             literal = [k for k in keywords if k.casefold() in texts[i]]
-            if literal and best_kw >= best_like:
+            if literal and self.keyword_weight * best_kw >= best_like:
                 reasons.append(f"matches keyword {literal[0]}")
             elif best_like > 0:
                 title = self.data.corpus.titles[liked[int(liked_sim[i].argmax())]]

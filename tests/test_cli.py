@@ -1,0 +1,73 @@
+"""The command line as a user meets it: the demo from any folder, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from digest.cli import app
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "digest", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_demo_runs_from_any_folder(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli("demo", "--data-dir", str(tmp_path / "demo"), "--now", "2026-11-23T09:00:00+00:00", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "source sample: 879 new" in out
+    assert "ada@example.org: sent (2026-11-23)" in out
+    assert "HTML digest:" in out
+    html = tmp_path / "demo" / "digests" / "2026-11-23" / "ada@example.org.html"
+    assert html.is_file() and "Picked for you" in html.read_text()
+    assert list((tmp_path / "demo" / "outbox" / "2026-11-23").glob("*.eml"))
+    assert "close to" in out or "matches keyword" in out
+    # Running the demo again starts fresh and shows the picks again.
+    again = run_cli("demo", "--data-dir", str(tmp_path / "demo"), "--now", "2026-11-23T09:00:00+00:00", cwd=elsewhere)
+    assert again.returncode == 0 and "ada@example.org: sent" in again.stdout
+
+
+def test_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[subscribers]]\nemail = "a@example.org"\ntimezone = "Nowhere/City"\n')
+    result = run_cli("send", "--config", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {bad}: subscribers[0].timezone: unknown time zone 'Nowhere/City' (use an IANA name such as Europe/Berlin)"]
+
+
+def test_bad_now_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("send", "--now", "yesterday", cwd=tmp_path)
+    assert result.returncode == 2 and "is not an ISO 8601 date-time" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[delivery]\nmethod = "outbox"\n[[sources]]\nkind = "sample"\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["graph neural networks"]\nsend_at = "00:00"\n'
+    )
+    runner = CliRunner()
+    checked = runner.invoke(app, ["check-config", "--config", str(config)])
+    assert checked.exit_code == 0 and "subscribers: 1" in checked.output
+    result = runner.invoke(app, ["send", "--config", str(config), "--dry-run", "--now", "2026-11-23T09:00:00+00:00"])
+    assert result.exit_code == 0, result.output
+    assert "a@example.org: dry-run (2026-11-23)" in result.output
+    assert "summary: 1 dry-run" in result.output
+    assert not (tmp_path / "d" / "outbox").exists()
+
+
+def test_help_on_every_command() -> None:
+    runner = CliRunner()
+    for command in ("demo", "send", "run", "check-config", "import-listing"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "--help" in result.output, command

@@ -1,0 +1,107 @@
+"""Rendering escapes untrusted paper text; messages are well-formed and cannot carry injected headers."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from email import message_from_bytes, policy
+
+import pytest
+
+from digest.deliver import Envelope, OutboxTransport, build_message, message_id, parse_sender, recipient
+from digest.errors import DeliveryError
+from digest.render import DigestView, PaperView, paper_url, render_digest, trim
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
+
+
+def view(**overrides: object) -> DigestView:
+    paper = PaperView(
+        id="2106.09685", title=EVIL, url="https://arxiv.org/abs/2106.09685", authors="A. Author, B. Author",
+        abstract="An abstract with <b>tags</b> & ampersands.", date="23 Nov 2026", reason=f"close to {EVIL}",
+    )
+    base = dict(
+        name="Ada", email="ada@example.org", digest_date=date(2026, 11, 23), picks=[paper], new_count=12,
+        unsubscribe_url="http://localhost:8000/unsubscribe?t=abc", subject="Your digest",
+        trending=[PaperView(id="t-1", title="Hot paper", url="https://example.org/p", authors="", abstract="", date="", count=42)],
+    )
+    base.update(overrides)
+    return DigestView(**base)  # type: ignore[arg-type]
+
+
+def test_html_escapes_paper_text_and_inlines_css() -> None:
+    text, html = render_digest(view())
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html
+    assert "<b>tags</b>" not in html
+    assert "<style" not in html  # CSS inlined for mail clients that drop <style>
+    assert 'style="' in html
+    assert "Trending today" in html and "42 upvotes" in html
+    assert "http://localhost:8000/unsubscribe?t=abc" in html
+    # The plain-text twin has the same content, unescaped.
+    assert EVIL in text and "https://arxiv.org/abs/2106.09685" in text
+    assert "Hot paper (42 upvotes)" in text
+
+
+def test_empty_digest_says_so() -> None:
+    text, html = render_digest(view(picks=[], trending=[]))
+    assert "No new papers matched your interests today." in text
+    assert "No new papers matched your interests today." in html
+
+
+def test_paper_links_and_trimming() -> None:
+    assert paper_url("2106.09685v2", "", "x") == "https://arxiv.org/abs/2106.09685"
+    assert paper_url("t-abc", "", "Graph Nets") == "https://arxiv.org/search/?searchtype=title&query=Graph+Nets"
+    assert paper_url("x", "https://example.org/p", "t") == "https://example.org/p"
+    assert trim("one two three four", 9) == "one two…"
+    assert trim("short", 100) == "short"
+
+
+def envelope(name: str = "Ada Lovelace", subject: str = "Your digest") -> Envelope:
+    sender = parse_sender("Paper digest <digest@example.org>")
+    day = date(2026, 11, 23)
+    return Envelope(sender, recipient(name, "ada@example.org"), subject, message_id(sender, "ada@example.org", day),
+                    datetime(2026, 11, 23, 8, tzinfo=timezone.utc), day)
+
+
+def test_message_is_multipart_with_headers() -> None:
+    msg = build_message(envelope(), "text", "<p>html</p>", unsubscribe_url="https://x/u?t=1", unsubscribe_mailto="mailto:d@example.org")
+    parsed = message_from_bytes(msg.as_bytes(), policy=policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert parsed["List-Unsubscribe"] == "<mailto:d@example.org>, <https://x/u?t=1>"
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert parsed["Message-ID"].startswith("<digest.20261123.") and parsed["Message-ID"].endswith("@example.org>")
+    assert parsed["To"] == "Ada Lovelace <ada@example.org>"
+
+
+def test_message_id_is_stable_per_subscriber_and_day() -> None:
+    sender = parse_sender("digest@example.org")
+    a = message_id(sender, "ada@example.org", date(2026, 11, 23))
+    assert a == message_id(sender, "ada@example.org", date(2026, 11, 23))
+    assert a != message_id(sender, "ada@example.org", date(2026, 11, 24))
+    assert a != message_id(sender, "bob@example.org", date(2026, 11, 23))
+
+
+@pytest.mark.parametrize("name", ["Ada\nBcc: victim@example.org", "Ada\r\nX-Evil: 1"])
+def test_newline_in_name_cannot_inject_headers(name: str) -> None:
+    with pytest.raises(DeliveryError, match="line break"):
+        envelope(name=name)
+
+
+def test_newline_in_subject_cannot_inject_headers() -> None:
+    with pytest.raises(DeliveryError, match="line break"):
+        build_message(envelope(subject="Hi\r\nBcc: victim@example.org"), "t", "h", unsubscribe_url="u", unsubscribe_mailto="m")
+
+
+def test_unicode_names_are_encoded_safely() -> None:
+    msg = build_message(envelope(name="Zoë Ünïcode, \"quoted\""), "t", "h", unsubscribe_url="u", unsubscribe_mailto="m")
+    raw = msg.as_bytes()
+    assert b"\nBcc" not in raw
+    assert message_from_bytes(raw, policy=policy.default)["To"].addresses[0].display_name == 'Zoë Ünïcode, "quoted"'
+
+
+def test_outbox_writes_one_file_per_subscriber_and_day(tmp_path) -> None:  # noqa: ANN001
+    msg = build_message(envelope(), "text", "<p>html</p>", unsubscribe_url="u", unsubscribe_mailto="m")
+    OutboxTransport(tmp_path).send(msg)
+    OutboxTransport(tmp_path).send(msg)  # the same digest again replaces, never duplicates
+    files = list(tmp_path.rglob("*.eml"))
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["2026-11-23/ada@example.org.eml"]
