@@ -8,6 +8,7 @@ finished row is never sent again.  One source's or one subscriber's failure neve
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,10 +37,11 @@ from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
 from digest.settings import Settings, SubscriberSettings
-from digest.sources import fetch
+from digest.sources import FetchOptions, fetch
 from digest.store import (
     CLICKED,
     DISLIKE,
+    Delivery,
     FAILED,
     LIKE,
     PENDING,
@@ -64,6 +66,7 @@ class SourceReport:
     counts: UpsertCounts = field(default_factory=UpsertCounts)
     skipped: Counter[str] = field(default_factory=Counter)
     error: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -116,17 +119,39 @@ def _stage(progress: Progress | None, name: str, total: int) -> Iterator[Callabl
 # -- ingest -------------------------------------------------------------------------------------
 
 
-def ingest(store: Store, settings: Settings, now: datetime, progress: Progress | None = None) -> list[SourceReport]:
-    """Pull every configured source into the store; a failing source is reported, the rest go on."""
+def ingest(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    progress: Progress | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    since: date | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[SourceReport]:
+    """Pull every configured source (or those named in `only`) into the store.
+
+    A failing source is reported and the rest go on; its checkpoint only moves as far as it fully
+    fetched.  `since` fetches from that date whatever the checkpoints say.
+    """
+    sources = [s for s in settings.sources if only is None or s.label in only]
     reports = []
-    with _stage(progress, "Ingesting sources", len(settings.sources)) as advance:
-        for src in settings.sources:
+    with _stage(progress, "Ingesting sources", len(sources)) as advance:
+        for src in sources:
             report = SourceReport(src.label)
+
+            def step(done: int, total: int, label: str = src.label) -> None:
+                if progress:
+                    progress(f"  {label}", done, total)
+
             try:
-                result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now)
+                options = FetchOptions(since=since, sleep=sleep, progress=step)
+                result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
                 report.skipped = result.skipped
-                store.save_source_state(src.label, cursor=result.cursor, now=now)
+                report.notes = result.notes
+                report.error = result.error
+                store.save_source_state(src.label, cursor=result.cursor, now=now, error=result.error)
             except DigestError as e:
                 report.error = str(e)
                 store.save_source_state(src.label, cursor=None, now=now, error=str(e))
@@ -169,33 +194,54 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
     return data
 
 
-def _excluded(paper: Paper, patterns: Sequence[re.Pattern[str]]) -> bool:
-    text = f"{paper.title} {paper.abstract}"
-    return any(p.search(text) for p in patterns)
+def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:
+    """True for candidates whose title or abstract mentions any of the keywords (word start, any case)."""
+    if not keywords:
+        return np.zeros(len(candidates), dtype=bool)
+    pattern = re.compile("|".join(r"\b" + re.escape(k) for k in keywords), re.IGNORECASE)
+    return np.fromiter((bool(pattern.search(f"{p.title} {p.abstract}")) for p in candidates), dtype=bool, count=len(candidates))
 
 
-def pick_papers(
+def rank_subscribers(
     ranker: Ranker,
     data: TrainData,
-    user: int,
-    sub: Subscriber,
+    subscribers: Sequence[Subscriber],
     candidates: Sequence[Paper],
-    seen: set[str],
-) -> list[Pick]:
-    """The subscriber's best `max_papers` candidates with a reason each; seen and excluded papers out."""
-    patterns = [re.compile(r"\b" + re.escape(k), re.IGNORECASE) for k in sub.exclude_keywords]
-    pool = [p for p in candidates if p.id not in seen and not _excluded(p, patterns)]
-    if not pool:
-        return []
-    rows = data.corpus.ids.indices(p.id for p in pool)
-    scores = ranker.score(np.array([user]), rows)[0]
-    best, best_scores = top_k(rows, scores, sub.max_papers)
-    reasons = ranker.explain(user, best)
-    by_id = {p.id: p for p in pool}
-    return [
-        Pick(by_id[data.corpus.ids.ids[r]], float(s), reason)
-        for r, s, reason in zip(best, best_scores, reasons)
-    ]
+    seen: dict[int, set[str]],
+    *,
+    block: int = 1024,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, list[Pick]]:
+    """Each subscriber's best `max_papers` candidates with a reason each, scored in blocks of users.
+
+    Papers the subscriber was already sent, liked, disliked or clicked, and papers matching their
+    exclude_keywords, are never picked.
+    """
+    picks: dict[int, list[Pick]] = {}
+    if not candidates or not subscribers:
+        return {s.id: [] for s in subscribers}
+    rows = data.corpus.ids.indices(p.id for p in candidates)
+    position = {p.id: i for i, p in enumerate(candidates)}
+    masks: dict[tuple[str, ...], np.ndarray] = {}
+    for start in range(0, len(subscribers), block):
+        chunk = subscribers[start : start + block]
+        users = np.array([data.users.index(s.email) for s in chunk])
+        scores = ranker.score(users, rows)
+        for sub, user, row_scores in zip(chunk, users, scores):
+            key = tuple(sub.exclude_keywords)
+            if key not in masks:
+                masks[key] = exclusion_mask(candidates, key)
+            allowed = ~masks[key]
+            for pid in seen.get(sub.id, ()):
+                if pid in position:
+                    allowed[position[pid]] = False
+            pool = np.flatnonzero(allowed)
+            best, best_scores = top_k(pool, row_scores[pool], sub.max_papers)
+            reasons = ranker.explain(int(user), rows[best]) if len(best) else []
+            picks[sub.id] = [Pick(candidates[i], float(sc), r) for i, sc, r in zip(best, best_scores, reasons)]
+        if progress:
+            progress(len(chunk))
+    return picks
 
 
 def trending(data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE) -> list[tuple[Paper, int]]:
@@ -313,29 +359,21 @@ def run_daily(
         report.sources = ingest(store, settings, now, progress)
         report.unmatched_likes = sync_subscribers(store, settings, now)
         subscribers = store.subscribers()
-        due: list[tuple[Subscriber, date]] = []
-        for sub in subscribers:
-            if only is not None and sub.email not in only:
-                continue
-            day = local_date(now, sub.timezone)
-            if not force and not is_due(sub, now):
-                report.outcomes.append(Outcome(sub.email, "not-due", day, detail=f"sends at {sub.send_at} {sub.timezone}"))
-                continue
-            existing = store.delivery(sub.id, day)
-            if existing is not None and existing.status in (SENT_STATUS, FAILED):
-                report.outcomes.append(Outcome(sub.email, "skipped", day, message_id=existing.message_id, detail=f"already {existing.status} for {day}"))
-                continue
-            due.append((sub, day))
+        due = due_subscribers(store, subscribers, now, report, force=force, only=only, dry_run=dry_run)
         if not due:
             return report
         papers = store.papers()
         data = train_data(store, subscribers, papers)
         ranker = make_ranker(settings.ranking.ranker).fit(data)
-        window_start = now - timedelta(days=settings.ranking.window_days)
-        recent = set(store.recent_paper_ids(window_start))
+        recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
         candidates = [p for p in papers if p.id in recent]
-        key = secret_key(settings)
-        _deliver_all(store, settings, key, ranker, data, due, candidates, now, report,
+        fresh = [d.subscriber for d in due if d.existing is None]
+        seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+        with _stage(progress, "Ranking", len(fresh)) as advance:
+            picks = rank_subscribers(ranker, data, fresh, candidates, seen, progress=advance)
+        for d in due:
+            d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
+        _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
                      transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress)
     finally:
         if own_store:
@@ -343,13 +381,63 @@ def run_daily(
     return report
 
 
+@dataclass
+class Due:
+    """A subscriber whose digest for `day` is to go out in this run (again, if `existing`)."""
+
+    subscriber: Subscriber
+    day: date
+    existing: Delivery | None = None
+    picks: list[Pick] = field(default_factory=list)
+
+
+def due_subscribers(
+    store: Store,
+    subscribers: Sequence[Subscriber],
+    now: datetime,
+    report: RunReport,
+    *,
+    force: bool,
+    only: Sequence[str] | None,
+    dry_run: bool,
+) -> list[Due]:
+    """Subscribers whose send time has passed today (local) and whose digest has not gone out."""
+    due = []
+    for sub in subscribers:
+        if only is not None and sub.email not in only:
+            continue
+        day = local_date(now, sub.timezone)
+        if not force and not is_due(sub, now):
+            report.outcomes.append(Outcome(sub.email, "not-due", day, detail=f"sends at {sub.send_at} {sub.timezone}"))
+            continue
+        existing = store.delivery(sub.id, day)
+        if existing is not None and existing.status in (SENT_STATUS, FAILED):
+            report.outcomes.append(Outcome(sub.email, "skipped", day, message_id=existing.message_id,
+                                           detail=f"already {existing.status} for {day}"))
+            continue
+        due.append(Due(sub, day, None if dry_run else existing))
+    return due
+
+
+def _resend_picks(store: Store, ranker: Ranker, data: TrainData, due: Due) -> list[Pick]:
+    """The picks of a digest that was recorded but did not go out: exactly the same papers."""
+    assert due.existing is not None
+    by_id = {p.id: p for p in store.papers(due.existing.papers)}
+    picks = [Pick(by_id[i], 0.0, "") for i in due.existing.papers if i in by_id]
+    if picks:
+        user = data.users.index(due.subscriber.email)
+        reasons = ranker.explain(user, data.corpus.ids.indices(p.paper.id for p in picks))
+        for pick, reason in zip(picks, reasons):
+            pick.reason = reason
+    return picks
+
+
 def _deliver_all(
     store: Store,
     settings: Settings,
     key: str,
-    ranker: Ranker,
     data: TrainData,
-    due: Sequence[tuple[Subscriber, date]],
+    due: Sequence[Due],
     candidates: Sequence[Paper],
     now: datetime,
     report: RunReport,
@@ -362,15 +450,15 @@ def _deliver_all(
     own_transport = transport is None and not dry_run
     transport = transport or (None if dry_run else make_transport(settings))
     try:
-        with _stage(progress, "Ranking and sending" if not dry_run else "Ranking (dry run)", len(due)) as advance:
-            for sub, day in due:
-                outcome = Outcome(sub.email, "pending", day)
+        with _stage(progress, "Sending" if not dry_run else "Rendering (dry run)", len(due)) as advance:
+            for d in due:
+                outcome = Outcome(d.subscriber.email, "pending", d.day, picks=d.picks)
                 report.outcomes.append(outcome)
                 try:
                     if report.fatal:
-                        outcome.status, outcome.detail = "pending", "not attempted: " + report.fatal
+                        outcome.detail = "not attempted: " + report.fatal
                         continue
-                    _one_subscriber(store, settings, key, ranker, data, sub, day, candidates, now, outcome,
+                    _one_subscriber(store, settings, key, data, d, candidates, now, outcome,
                                     transport=transport, dry_run=dry_run, keep_html=keep_html)
                 except AuthenticationError as e:
                     report.fatal = str(e)
@@ -388,10 +476,8 @@ def _one_subscriber(
     store: Store,
     settings: Settings,
     key: str,
-    ranker: Ranker,
     data: TrainData,
-    sub: Subscriber,
-    day: date,
+    due: Due,
     candidates: Sequence[Paper],
     now: datetime,
     outcome: Outcome,
@@ -400,19 +486,7 @@ def _one_subscriber(
     dry_run: bool,
     keep_html: bool,
 ) -> None:
-    existing = None if dry_run else store.delivery(sub.id, day)
-    user = data.users.index(sub.email)
-    if existing is not None:  # a digest that did not go out before: resend exactly it
-        by_id = {p.id: p for p in store.papers(existing.papers)}
-        picks = [Pick(by_id[i], 0.0, "") for i in existing.papers if i in by_id]
-        if picks:
-            reasons = ranker.explain(user, data.corpus.ids.indices(p.paper.id for p in picks))
-            for pick, reason in zip(picks, reasons):
-                pick.reason = reason
-    else:
-        seen = store.paper_ids_for(sub.id, [SENT, LIKE, DISLIKE, CLICKED])
-        picks = pick_papers(ranker, data, user, sub, candidates, seen)
-    outcome.picks = picks
+    sub, day, picks = due.subscriber, due.day, due.picks
     if not picks:
         outcome.status, outcome.detail = "no-papers", "no new papers matched (nothing sent)"
         return
@@ -426,7 +500,7 @@ def _one_subscriber(
         return
     msg = build_message(envelope, text, html, unsubscribe_url=unsub,
                         unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
-    row = existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now)
+    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now)
     try:
         transport.send(msg)
     except TransientDeliveryError as e:

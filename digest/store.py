@@ -184,10 +184,18 @@ class Store:
                     counts.new += 1
                     continue
                 changed = False
+                # A newer version (or an unversioned row) may replace fields; an unversioned or older
+                # record (e.g. Hugging Face after arXiv) only fills blanks.  Empty values never erase,
+                # and community counts only grow, so no source zeroes another's upvotes.
+                row_updated = aware(row.updated)
+                rec_updated = values["updated"]
+                replace = row_updated is None or (rec_updated is not None and rec_updated >= row_updated)
                 for key, value in values.items():
-                    if key in ("url", "pdf_url", "source") and not value:
+                    if key in ("upvotes", "comments"):
+                        value = max(value, getattr(row, key) or 0)
+                    elif not value:
                         continue  # a poorer source never erases what a richer one gave
-                    if key == "published" and value is None:
+                    elif not replace and getattr(row, key):
                         continue
                     if getattr(row, key) != value:
                         setattr(row, key, value)
@@ -340,6 +348,27 @@ class Store:
             )
             return [LikeRow(*row) for row in rows]
 
+    def papers_seen(
+        self, subscriber_ids: Sequence[int], paper_ids: Sequence[str], kinds: Sequence[str]
+    ) -> dict[int, set[str]]:
+        """For each subscriber, which of `paper_ids` they already have an interaction of `kinds` with."""
+        seen: dict[int, set[str]] = {}
+        if not subscriber_ids or not paper_ids:
+            return seen
+        wanted = set(subscriber_ids)
+        with self.session() as s:
+            for start in range(0, len(paper_ids), 500):
+                rows = s.exec(
+                    select(Interaction.subscriber_id, Interaction.paper_id).where(
+                        Interaction.paper_id.in_(list(paper_ids[start : start + 500])),
+                        Interaction.kind.in_(list(kinds)),
+                    )
+                )
+                for sid, pid in rows:
+                    if sid in wanted:
+                        seen.setdefault(sid, set()).add(pid)
+        return seen
+
     def paper_ids_for(self, subscriber_id: int, kinds: Sequence[str]) -> set[str]:
         with self.session() as s:
             return set(
@@ -411,11 +440,13 @@ class Store:
             return row.cursor if row else None
 
     def save_source_state(self, name: str, *, cursor: str | None, now: datetime, error: str = "") -> None:
-        """Remember how far a source got (on success) or why it failed (cursor kept)."""
+        """Remember how far a source got (on success) or why it failed (cursor kept unless one is given)."""
         with self.session() as s:
             row = s.get(SourceState, name) or SourceState(name=name)
             if error:
                 row.last_error = error[:2000]
+                if cursor is not None:  # progress a partly failed run did make
+                    row.cursor = cursor
             else:
                 row.cursor = cursor
                 row.last_success = _utc(now)
