@@ -202,6 +202,55 @@ def import_listing(
     console.print(f"{count} papers from {len(files)} page(s) written to {output}; skipped: {skipped}")
 
 
+@app.command()
+def ingest(
+    config: ConfigOption = None,
+    source: Annotated[
+        list[str] | None, typer.Option("--source", "-s", help="Only the source with this name (repeatable; default: all).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Fetch from this date, YYYY-MM-DD, whatever the saved checkpoints say (default: since the last run)."),
+    ] = None,
+    now: NowOption = None,
+) -> None:
+    """Fetch new papers from the configured sources into the database, without ranking or sending."""
+    from datetime import date
+
+    from digest.pipeline import ingest as run_ingest
+    from digest.store import Store
+
+    settings = _settings(config)
+    labels = [s.label for s in settings.sources]
+    unknown = [name for name in source or [] if name not in labels]
+    if unknown:
+        raise ConfigError(f"no source named {unknown[0]!r} (configured: {', '.join(labels) or 'none'})", field="--source")
+    try:
+        start = date.fromisoformat(since) if since else None
+    except ValueError as e:
+        raise ConfigError(f"--since {since!r} is not a date such as 2026-11-20") from e
+    store = Store(settings.database_url)
+    try:
+        with _progress() as progress:
+            reports = run_ingest(store, settings, _parse_now(now), _Bar(progress), only=source or None, since=start)
+    finally:
+        store.close()
+    for src in reports:
+        c = src.counts
+        skipped = ", ".join(f"{n} {why}" for why, n in src.skipped.most_common()) or "none"
+        style = "red" if src.error else "green"
+        console.print(
+            f"[{style}]{src.name}[/{style}]: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; skipped: {skipped}",
+            highlight=False,
+        )
+        for note in src.notes:
+            console.print(f"  note: {note}", highlight=False)
+        if src.error:
+            console.print(f"  [red]error:[/red] {src.error}", highlight=False)
+    if any(src.error for src in reports):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point: run the app, turning our errors into one line and exit code 2."""
     try:

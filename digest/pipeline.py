@@ -487,8 +487,9 @@ def _one_subscriber(
     keep_html: bool,
 ) -> None:
     sub, day, picks = due.subscriber, due.day, due.picks
-    if not picks:
-        outcome.status, outcome.detail = "no-papers", "no new papers matched (nothing sent)"
+    if not picks and settings.delivery.on_empty == "skip":
+        since = (now - timedelta(days=settings.ranking.window_days)).date()
+        outcome.status, outcome.detail = "no-papers", f"no new papers since {since} (nothing sent; on_empty = \"skip\")"
         return
     trend = trending(data, candidates, {p.paper.id for p in picks})
     envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)

@@ -90,6 +90,11 @@ class DeliverySettings(_Section):
         description="Subject line; {date} is the subscriber's local date, {count} the number of papers.",
     )
     max_attempts: int = Field(5, ge=1, le=50, description="Delivery attempts for one digest before it is marked failed.")
+    on_empty: Literal["skip", "send"] = Field(
+        "skip",
+        description='With no new papers for a reader: "skip" sends nothing (the run report says why), '
+        '"send" sends a short digest saying there were none.',
+    )
 
     _single_line = field_validator("subject")(_no_newlines)
 
@@ -117,17 +122,69 @@ class RankingSettings(_Section):
 
 
 class SourceSettings(_Section):
-    kind: Literal["sample", "jsonl", "listing"] = Field(
+    kind: Literal["sample", "jsonl", "listing", "arxiv", "hf_daily"] = Field(
         description='Where papers come from: "sample" (the bundled sample corpus), '
-        '"jsonl" (a file of {"id","title","abstract",...} lines), "listing" (saved listing pages: title line, abstract line).'
+        '"jsonl" (a file of {"id","title","abstract",...} lines), "listing" (saved listing pages: title line, abstract line), '
+        '"arxiv" (the arXiv API, new papers in `categories`), "hf_daily" (Hugging Face Daily Papers, with upvotes).'
     )
     name: str = Field("", description="A name for progress and reports; defaults to the kind.")
     path: str = Field("", description="File for jsonl; file or folder of .txt pages for listing (relative to this config file).")
+    categories: list[str] = Field(
+        default_factory=list, description='arxiv: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for arxiv).'
+    )
+    base_url: str = Field(
+        "",
+        description="arxiv / hf_daily: the API's address; empty means https://export.arxiv.org or https://huggingface.co "
+        "(set it for a mirror or a test server).",
+    )
+    page_size: int = Field(100, ge=1, le=2000, description="arxiv: papers asked for per request (max_results).")
+    max_pages: int = Field(
+        10, ge=1, le=1000, description="arxiv: at most this many pages per run; older papers wait for --since."
+    )
+    max_days: int = Field(
+        7, ge=1, le=365, description="arxiv / hf_daily: on the first run (no checkpoint yet) look back this many days."
+    )
+    request_delay: float = Field(
+        3.0, ge=0, le=600, description="arxiv / hf_daily: seconds between two requests (arXiv asks for 3)."
+    )
+    timeout: float = Field(30.0, gt=0, le=600, description="arxiv / hf_daily: seconds to wait for one answer.")
+    max_attempts: int = Field(
+        4, ge=1, le=20, description="arxiv / hf_daily: tries per request on timeouts, 429 and 5xx before the source fails."
+    )
+    backoff: float = Field(
+        2.0, ge=0, le=600, description="arxiv / hf_daily: seconds before the first retry, doubled after each (Retry-After wins)."
+    )
+    max_wait: float = Field(
+        60.0, ge=0, le=3600, description="arxiv / hf_daily: the longest single wait between retries, Retry-After included."
+    )
+    contact_email: str = Field(
+        "", description="arxiv / hf_daily: an address put in our User-Agent so the API's operators can reach you."
+    )
+
+    _single_line = field_validator("contact_email", "base_url")(_no_newlines)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in value]
+        bad = [v for v in cleaned if not re.match(r"^[A-Za-z-]+(\.[A-Za-z-]+)?$", v)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an arXiv category such as cs.LG")
+        return cleaned
 
     @model_validator(mode="after")
-    def _path_needed(self) -> SourceSettings:
+    def _needs_per_kind(self) -> SourceSettings:
         if self.kind in ("jsonl", "listing") and not self.path:
             raise ValueError(f'a source of kind "{self.kind}" needs a path')
+        if self.kind == "arxiv" and not self.categories:
+            raise ValueError('a source of kind "arxiv" needs categories, e.g. categories = ["cs.LG"]')
         return self
 
     @property

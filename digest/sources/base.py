@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
 
 MAX_TITLE_CHARS = 500
 MAX_ABSTRACT_CHARS = 10_000
@@ -94,11 +96,42 @@ class PaperRecord:
         )
 
 
+def sane_date(value: datetime | None, now: datetime) -> datetime | None:
+    """`value` as aware UTC if it is plausible for a paper (1990 to a day from now), else None."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    if value.year < 1990 or value > now + timedelta(days=1):
+        return None
+    return value
+
+
 @dataclass
 class FetchResult:
-    """What one source produced in one run: records, skipped entries by reason, and a checkpoint."""
+    """What one source produced in one run: records, skipped entries by reason, and a checkpoint.
+
+    `error` set means the source failed part way: `records` are good and `cursor` marks only what
+    was fully fetched (the old cursor when nothing was), so the next run resumes there.
+    """
 
     source: str
     records: list[PaperRecord] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     cursor: str | None = None
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FetchOptions:
+    """How a run asks: a start date overriding the checkpoint, the sleep to wait with, a progress hook."""
+
+    since: date | None = None
+    sleep: Callable[[float], None] = time.sleep
+    progress: Callable[[int, int], None] | None = None  # (pages or days done, total)
+
+    def advance(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
