@@ -104,6 +104,13 @@ class WebSettings(_Section):
         "http://localhost:8000",
         description="Public address of `digest serve`; links in emails (unsubscribe, feedback) point here.",
     )
+    subscribe_limit: int = Field(
+        5, ge=1, le=10_000, description="Sign-up attempts allowed per client IP address in 10 minutes."
+    )
+    link_limit: int = Field(
+        60, ge=1, le=100_000, description="Uses of signed links (feedback, unsubscribe, preferences) per client IP per minute."
+    )
+    allow_signups: bool = Field(True, description="Show the subscribe page; false serves only the links in emails.")
 
     @field_validator("base_url")
     @classmethod

@@ -2,7 +2,7 @@
 
 Tables: papers, subscribers, interactions (like, dislike, sent, clicked), deliveries (one row per
 subscriber and local digest date, written before sending so nothing is lost or sent twice), and
-source checkpoints.  Times go in and come out as aware UTC datetimes (SQLModel's UTCDateTime).
+source checkpoints, plus the web front's used single-use link nonces and opt-outs.  Times go in and come out as aware UTC datetimes (SQLModel's UTCDateTime).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, UniqueConstraint, func
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from digest.errors import StoreError
@@ -111,6 +111,25 @@ class SourceState(SQLModel, table=True):
     cursor: str | None = None
     last_success: datetime | None = None
     last_error: str = ""
+
+
+class UsedToken(SQLModel, table=True):
+    """A single-use link (like, dislike, confirm) that has been used: its nonce, so a replay changes nothing."""
+
+    __tablename__ = "used_tokens"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    purpose: str = Field(max_length=32)
+    at: datetime
+
+
+class OptOut(SQLModel, table=True):
+    """An address that unsubscribed.  It wins over the preferences file until the reader subscribes again."""
+
+    __tablename__ = "opt_outs"
+
+    email: str = Field(primary_key=True, max_length=320)
+    at: datetime
 
 
 @dataclass
@@ -250,11 +269,13 @@ class Store:
         """Make the config's subscribers exist and match the file; returns email -> id.
 
         Subscribers that came from the config and are no longer in it are deactivated, not deleted,
-        so their history stays.
+        so their history stays.  An address that unsubscribed (opt_outs) stays inactive whatever the
+        file says; web sign-ups (origin "web") are left alone.
         """
         ids: dict[str, int] = {}
         stamp = _utc(now)
         with self.session() as s:
+            opted_out = set(s.exec(select(OptOut.email)))
             for sub in subscribers:
                 row = s.exec(select(Subscriber).where(Subscriber.email == sub.email)).first()
                 fields = {
@@ -267,12 +288,13 @@ class Store:
                 }
                 if row is None:
                     row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)
+                    row.active = sub.email not in opted_out
                     s.add(row)
                 else:
                     for key, value in fields.items():
                         setattr(row, key, value)
                     if row.origin == "config":
-                        row.active = True
+                        row.active = sub.email not in opted_out  # an unsubscribe wins over the file
                 s.flush()
                 ids[sub.email] = row.id
             for row in s.exec(select(Subscriber).where(Subscriber.origin == "config")):
@@ -453,3 +475,170 @@ class Store:
                 row.last_error = ""
             s.add(row)
             s.commit()
+
+    # -- the web front ----------------------------------------------------------------------------
+
+    def subscriber(self, *, id: int | None = None, email: str | None = None) -> Subscriber | None:
+        """One subscriber by id or email, active or not."""
+        with self.session() as s:
+            if id is not None:
+                return s.get(Subscriber, id)
+            return s.exec(select(Subscriber).where(Subscriber.email == (email or "").lower())).first()
+
+    def use_token(self, jti: str, purpose: str, now: datetime) -> bool:
+        """Record a single-use token's nonce; False if it was used before (a replay)."""
+        with self.session() as s:
+            if s.get(UsedToken, jti) is not None:
+                return False
+            s.add(UsedToken(jti=jti, purpose=purpose, at=_utc(now)))
+            try:
+                s.commit()
+            except IntegrityError:  # the same link clicked twice at once
+                return False
+        return True
+
+    def set_feedback(self, subscriber_id: int, paper_id: str, kind: str, now: datetime, *, origin: str = "web") -> bool:
+        """Like or dislike a paper (the opposite opinion is dropped); False if it was already so."""
+        opposite = DISLIKE if kind == LIKE else LIKE
+        with self.session() as s:
+            rows = list(
+                s.exec(
+                    select(Interaction).where(
+                        Interaction.subscriber_id == subscriber_id,
+                        Interaction.paper_id == paper_id,
+                        Interaction.kind.in_([LIKE, DISLIKE]),
+                    )
+                )
+            )
+            for r in rows:
+                if r.kind == opposite:
+                    s.delete(r)
+            changed = not any(r.kind == kind for r in rows)
+            if changed:
+                s.add(Interaction(subscriber_id=subscriber_id, paper_id=paper_id, kind=kind, origin=origin, at=_utc(now)))
+            s.commit()
+        return changed
+
+    def remove_interaction(self, subscriber_id: int, paper_id: str, kind: str, *, origin: str) -> int:
+        """Forget one subscriber's interaction of a kind and origin with a paper; returns how many went."""
+        with self.session() as s:
+            rows = list(
+                s.exec(
+                    select(Interaction).where(
+                        Interaction.subscriber_id == subscriber_id,
+                        Interaction.paper_id == paper_id,
+                        Interaction.kind == kind,
+                        Interaction.origin == origin,
+                    )
+                )
+            )
+            for r in rows:
+                s.delete(r)
+            s.commit()
+            return len(rows)
+
+    def liked_papers(self, subscriber_id: int, kind: str = LIKE) -> list[tuple[Paper, str]]:
+        """(paper, origin) of a subscriber's likes (or dislikes), newest first."""
+        with self.session() as s:
+            rows = s.exec(
+                select(Paper, Interaction.origin)
+                .join(Interaction, Interaction.paper_id == Paper.id)
+                .where(Interaction.subscriber_id == subscriber_id, Interaction.kind == kind)
+                .order_by(Interaction.at.desc(), Interaction.id.desc())
+            )
+            return [(paper, origin) for paper, origin in rows]
+
+    def search_papers(self, query: str, limit: int = 20) -> list[Paper]:
+        """Papers whose title contains every word of `query` (any case), newest first."""
+        words = [w for w in query.lower().split() if w][:8]
+        if not words:
+            return []
+        with self.session() as s:
+            stmt = select(Paper)
+            for w in words:
+                escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                stmt = stmt.where(func.lower(Paper.title).like(f"%{escaped}%", escape="\\"))
+            return list(s.exec(stmt.order_by(Paper.first_seen.desc(), Paper.id).limit(limit)))
+
+    def request_subscription(
+        self, email: str, fields: dict[str, Any], liked: Sequence[str], now: datetime
+    ) -> Subscriber:
+        """A web sign-up waiting for confirmation (inactive until `confirm_subscription`).
+
+        An active subscriber is left exactly as is (anyone can type an address into the form); an
+        inactive web one takes the new preferences and likes; a config one keeps the file's.
+        """
+        stamp = _utc(now)
+        email = email.lower()
+        with self.session() as s:
+            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            if row is None:
+                row = Subscriber(email=email, created=stamp, origin="web", active=False, **fields)
+                s.add(row)
+                s.flush()
+            elif row.active or row.origin != "web":
+                return row
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+            for r in s.exec(
+                select(Interaction).where(
+                    Interaction.subscriber_id == row.id, Interaction.kind == LIKE, Interaction.origin == "web"
+                )
+            ):
+                s.delete(r)
+            for pid in dict.fromkeys(liked):
+                s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=LIKE, origin="web", at=stamp))
+            s.commit()
+            return row
+
+    def confirm_subscription(self, email: str, now: datetime) -> Subscriber | None:
+        """Activate a confirmed address (and forget an earlier unsubscribe)."""
+        with self.session() as s:
+            row = s.exec(select(Subscriber).where(Subscriber.email == email.lower())).first()
+            if row is None:
+                return None
+            row.active = True
+            opt_out = s.get(OptOut, row.email)
+            if opt_out is not None:
+                s.delete(opt_out)
+            s.commit()
+            return row
+
+    def unsubscribe(self, email: str, now: datetime) -> bool:
+        """Stop sending to an address, for good (the opt-out wins over the preferences file)."""
+        email = email.lower()
+        with self.session() as s:
+            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            if row is not None:
+                row.active = False
+            if s.get(OptOut, email) is None:
+                s.add(OptOut(email=email, at=_utc(now)))
+            s.commit()
+            return row is not None
+
+    def update_preferences(self, subscriber_id: int, fields: dict[str, Any]) -> Subscriber:
+        """Change a web subscriber's preferences; a config subscriber's come from the file (StoreError)."""
+        with self.session() as s:
+            row = s.get(Subscriber, subscriber_id)
+            if row is None:
+                raise StoreError(f"subscriber {subscriber_id} does not exist")
+            if row.origin != "web":
+                raise StoreError(f"{row.email} is set in the preferences file; change it there")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.commit()
+            return row
+
+    def latest_delivery(self, subscriber_id: int, on_or_before: date) -> Delivery | None:
+        """The subscriber's most recent digest that went out, up to a date."""
+        with self.session() as s:
+            return s.exec(
+                select(Delivery)
+                .where(
+                    Delivery.subscriber_id == subscriber_id,
+                    Delivery.digest_date <= on_or_before,
+                    Delivery.status == SENT_STATUS,
+                )
+                .order_by(Delivery.digest_date.desc())
+            ).first()
