@@ -33,6 +33,7 @@ from digest.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
@@ -298,9 +299,14 @@ def compose(
     new_count: int,
     now: datetime,
 ) -> tuple[Envelope, str, str, str]:
-    """(envelope, text, html, unsubscribe url) of one subscriber's digest."""
+    """(envelope, text, html, unsubscribe url) of one subscriber's digest.
+
+    Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
+    carries a token signed as of `now` that names the subscriber (and the paper).
+    """
     sender = parse_sender(settings.smtp.sender)
-    unsub = unsubscribe_url(settings, key, sub.email)
+    clock = links.at(now)
+    unsub = unsubscribe_url(settings, key, sub.email, clock=clock)
     subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
     view = DigestView(
         name=sub.name,
@@ -312,7 +318,15 @@ def compose(
         new_count=new_count,
         unsubscribe_url=unsub,
         subject=subject,
+        manage_url=links.manage_url(settings, key, sub.email, clock=clock),
+        browser_url=links.manage_url(settings, key, sub.email, clock=clock, path="/digest"),
+        origin=sub.origin,
     )
+    if sub.id is not None:
+        for pv in view.picks + view.trending:
+            pv.click_url = links.click_url(settings, key, sub.id, pv.id, clock=clock)
+            pv.more_url = links.feedback_url(settings, key, sub.id, pv.id, "like", clock=clock)
+            pv.fewer_url = links.feedback_url(settings, key, sub.id, pv.id, "dislike", clock=clock)
     text, html = render_digest(view)
     envelope = Envelope(
         sender=sender,

@@ -33,6 +33,13 @@ class PaperView:
     reason: str = ""
     score: float = 0.0
     count: int = 0  # for trending entries: upvotes or likes
+    click_url: str = ""  # the paper link through the web front, which counts the click
+    more_url: str = ""  # "more like this"
+    fewer_url: str = ""  # "fewer like this"
+
+    @property
+    def href(self) -> str:
+        return self.click_url or self.url
 
 
 @dataclass
@@ -49,6 +56,8 @@ class DigestView:
     trending: list[PaperView] = field(default_factory=list)
     manage_url: str = ""
     trending_label: str = "upvotes"
+    browser_url: str = ""  # the same digest as a web page
+    origin: str = ""  # how the reader came to be subscribed: "config" (the file) or "web" (signed up), for the footer
 
 
 def paper_url(paper_id: str, url: str, title: str) -> str:
