@@ -163,3 +163,21 @@ def test_a_client_error_is_not_retried(httpserver: HTTPServer, make_config: Conf
     with pytest.raises(SourceError, match="HTTP 404"):
         fetch_hf_daily(settings.sources[0], None, NOW, FetchOptions(sleep=lambda s: None))
     assert len(httpserver.log) == 1
+
+
+def test_a_day_that_fails_keeps_earlier_days_and_resumes_there(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
+    asked = serve_days(httpserver, {
+        "2026-11-21": hf_json(hf_item("2611.00001", "Friday Paper")),
+        "2026-11-22": Response("down for maintenance", status=503),
+    })
+    settings = make_config(hf_source(httpserver.url_for(""), max_attempts=2))
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert "HTTP 503" in report.error and report.counts.new == 1
+    assert asked == ["2026-11-21", "2026-11-22", "2026-11-22"]  # today was never asked
+    assert store.source_cursor("hf") == "2026-11-21"
+    httpserver.clear()
+    asked = serve_days(httpserver, {"2026-11-22": hf_json(hf_item("2611.00002", "Saturday Paper"))})
+    [resumed] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert asked == ["2026-11-22", "2026-11-23"] and resumed.error == "" and resumed.counts.new == 1
