@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, func
+from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, func, insert, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -102,6 +104,12 @@ class Delivery(SQLModel, table=True):
     message_id: str = ""
     created: datetime
     sent_at: datetime | None = None
+    # Written by the planner so any worker can render the digest from the row alone:
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # one per paper
+    trending: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [paper id, count]
+    # A worker's claim on the row (see Store.claim_deliveries); lapses at claimed_until.
+    claimed_by: str = Field(default="", max_length=100)
+    claimed_until: datetime | None = Field(default=None, index=True)
 
 
 class SourceState(SQLModel, table=True):
@@ -144,6 +152,11 @@ class LikeRow:
     email: str
     paper_id: str
     kind: str
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _engine(url: str) -> Engine:
@@ -453,6 +466,129 @@ class Store:
             if subscriber_id is not None:
                 query = query.where(Delivery.subscriber_id == subscriber_id)
             return list(s.exec(query))
+
+    # -- at scale: bulk writes, and deliveries shared by many workers ----------------------------
+
+    def add_subscribers(self, rows: Iterable[dict[str, Any]], now: datetime, *, origin: str = "import") -> dict[str, int]:
+        """Insert many new subscribers in one transaction (an import, a benchmark); returns email -> id."""
+        stamp = _utc(now)
+        with self.session() as s:
+            added = [Subscriber(created=stamp, origin=origin, **row) for row in rows]
+            s.add_all(added)
+            s.commit()
+            return {row.email: row.id for row in added}
+
+    def add_interactions_many(
+        self, pairs: Iterable[tuple[int, str]], kind: str, now: datetime, *, origin: str
+    ) -> int:
+        """Record many (subscriber id, paper id) interactions in one transaction, without checking for repeats."""
+        stamp = _utc(now)
+        rows = [{"subscriber_id": sid, "paper_id": pid, "kind": kind, "origin": origin, "at": stamp} for sid, pid in pairs]
+        with self.session() as s:
+            for chunk in _chunks(rows, 20_000):
+                s.execute(insert(Interaction.__table__), chunk)
+            s.commit()
+        return len(rows)
+
+    def plan_deliveries(self, plans: Iterable[dict[str, Any]], now: datetime) -> None:
+        """Write many pending deliveries at once, each with everything needed to render it later.
+
+        Each plan has subscriber_id, digest_date, papers, reasons, trending and message_id.  A
+        subscriber who already has a row for that day keeps it untouched (INSERT ... ON CONFLICT DO
+        NOTHING on the one-digest-a-day constraint), so planning twice never sends twice.
+        """
+        stamp = _utc(now)
+        table = Delivery.__table__
+        dialect_insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = dialect_insert(table).on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
+        rows = [{"created": stamp, "reasons": [], "trending": [], **plan} for plan in plans]
+        with self.session() as s:
+            for chunk in _chunks(rows, 5_000):
+                s.execute(statement, chunk)
+            s.commit()
+
+    def claim_deliveries(
+        self, worker: str, now: datetime, *, limit: int = 100, lease: timedelta = timedelta(minutes=15)
+    ) -> list[Delivery]:
+        """Take up to `limit` pending deliveries nobody holds (or whose claim lapsed) for `worker`.
+
+        PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so workers on many machines neither wait for
+        nor take each other's rows.  SQLite: one guarded UPDATE ... RETURNING, atomic under its
+        single writer lock.  A worker that dies leaves its rows to be claimed again after `lease`.
+        """
+        stamp = _utc(now)
+        free = (Delivery.status == PENDING) & (
+            (Delivery.claimed_until == None) | (Delivery.claimed_until <= stamp)  # noqa: E711
+        )
+        claim = {"claimed_by": worker, "claimed_until": stamp + lease}
+        with self.session() as s:
+            if self.engine.dialect.name == "postgresql":
+                ids = list(
+                    s.exec(select(Delivery.id).where(free).order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
+                )
+                if ids:
+                    s.execute(update(Delivery.__table__).where(Delivery.__table__.c.id.in_(ids)).values(**claim))
+            else:
+                table = Delivery.__table__
+                free_rows = (table.c.status == PENDING) & (
+                    (table.c.claimed_until == None) | (table.c.claimed_until <= stamp)  # noqa: E711
+                )
+                oldest = select(table.c.id).where(free_rows).order_by(table.c.id).limit(limit).scalar_subquery()
+                ids = list(
+                    s.execute(update(table).where(table.c.id.in_(oldest), free_rows).values(**claim).returning(table.c.id)).scalars()
+                )
+            s.commit()
+            if not ids:
+                return []
+            return list(s.exec(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)))
+
+    def finish_deliveries(
+        self, results: Iterable[tuple[int, str, str]], now: datetime, *, retry_after: timedelta = timedelta(minutes=15)
+    ) -> None:
+        """Record many outcomes at once: (delivery id, status, error).
+
+        Sent and failed rows are released; a row still pending (a transient error) stays claimed
+        until now + `retry_after`, so no worker retries it sooner.
+        """
+        stamp = _utc(now)
+        table = Delivery.__table__
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(
+                status=bindparam("new_status"),
+                error=bindparam("new_error"),
+                attempts=table.c.attempts + 1,
+                sent_at=bindparam("new_sent_at"),
+                claimed_by=bindparam("new_claimed_by"),
+                claimed_until=bindparam("new_claimed_until"),
+            )
+        )
+        rows = [
+            {
+                "row_id": row_id,
+                "new_status": status,
+                "new_error": error[:2000],
+                "new_sent_at": stamp if status == SENT_STATUS else None,
+                "new_claimed_by": "",
+                "new_claimed_until": stamp + retry_after if status == PENDING else None,
+            }
+            for row_id, status, error in results
+        ]
+        if not rows:
+            return
+        with self.session() as s:
+            for chunk in _chunks(rows, 5_000):
+                s.connection().execute(statement, chunk)
+            s.commit()
+
+    def delivery_status_counts(self, digest_date: date | None = None) -> dict[str, int]:
+        """How many deliveries are in each status (on one digest date, or in all)."""
+        with self.session() as s:
+            query = select(Delivery.status, func.count()).group_by(Delivery.status)
+            if digest_date is not None:
+                query = query.where(Delivery.digest_date == digest_date)
+            return dict(s.exec(query).all())
 
     # -- sources --------------------------------------------------------------------------------
 
