@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -37,7 +39,7 @@ def serve_pages(httpserver: HTTPServer, pages: dict[int, str | Response]) -> lis
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:  # noqa: ANN001
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'digest.db'}")
     yield s
     s.close()

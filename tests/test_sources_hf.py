@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -37,7 +38,7 @@ def serve_days(httpserver: HTTPServer, days: dict[str, str | Response]) -> list[
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[Store]:  # noqa: ANN001
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'digest.db'}")
     yield s
     s.close()
