@@ -95,6 +95,22 @@ class DeliverySettings(_Section):
         description='With no new papers for a reader: "skip" sends nothing (the run report says why), '
         '"send" sends a short digest saying there were none.',
     )
+    retry_after_minutes: float = Field(
+        10.0,
+        ge=0,
+        le=1440,
+        description="After a run could not deliver a digest (server down, 4xx), wait this long before the next "
+        "run retries it; doubled after each failed run.",
+    )
+    attempts_per_run: int = Field(
+        3, ge=1, le=10, description="Tries of one message within a run (transient errors), with backoff and jitter."
+    )
+    retry_backoff: float = Field(
+        1.0, ge=0, le=60, description="Seconds before the second try within a run; doubled for each further try."
+    )
+    max_per_second: float = Field(
+        0.0, ge=0, le=10000, description="At most this many messages per second leave (0 for no limit)."
+    )
 
     _single_line = field_validator("subject")(_no_newlines)
 
@@ -118,6 +134,26 @@ class WebSettings(_Section):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must start with http:// or https:// and name a host")
         return value.rstrip("/")
+
+
+class ScheduleSettings(_Section):
+    catch_up_hours: float = Field(
+        12.0,
+        ge=0.25,
+        le=48,
+        description="A digest not sent at its time (process down, server down) still goes out within this many "
+        "hours of it, once; later, that day's digest is skipped.",
+    )
+    reload_minutes: float = Field(
+        5.0, gt=0, le=1440, description="`digest run` re-reads this file this often and reschedules changed subscribers."
+    )
+    lease_seconds: int = Field(
+        120,
+        ge=5,
+        le=86400,
+        description="A daily run holds a database lease (renewed while it works) so only one runs at a time; "
+        "a crashed run's lease lapses after this long.",
+    )
 
 
 class RankingSettings(_Section):
@@ -204,6 +240,13 @@ class SubscriberSettings(_Section):
     name: str = Field("", description="How the digest greets the reader.")
     timezone: str = Field("UTC", description="IANA time zone, e.g. Europe/Berlin.")
     send_at: str = Field("07:30", description='Local time to send the digest, "HH:MM" (24h).')
+    frequency: Literal["daily", "weekdays", "weekly"] = Field(
+        "daily",
+        description='"daily", "weekdays" (Monday to Friday) or "weekly" (on weekly_day, covering the whole week).',
+    )
+    weekly_day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = Field(
+        "monday", description='The day a "weekly" digest goes out.'
+    )
     max_papers: int = Field(10, ge=1, le=100, description="Personal picks per digest.")
     liked: list[str] = Field(
         default_factory=list,
@@ -243,6 +286,11 @@ class SubscriberSettings(_Section):
             raise ValueError(f'{value!r} is not a time of day as "HH:MM" (24h), e.g. "07:30"')
         return value
 
+    @field_validator("frequency", "weekly_day", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("liked", "keywords", "exclude_keywords")
     @classmethod
     def _no_blank(cls, value: list[str]) -> list[str]:
@@ -274,6 +322,7 @@ class Settings(_Section):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="How digests leave.")
     web: WebSettings = Field(default_factory=WebSettings, description="The web front for links in emails.")
     ranking: RankingSettings = Field(default_factory=RankingSettings, description="How papers are picked.")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="When and how runs happen.")
     sources: list[SourceSettings] = Field(default_factory=list, description="Where papers come from.")
     subscribers: list[SubscriberSettings] = Field(default_factory=list, description="Who gets a digest.")
 

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, func, insert, update
+from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, delete, func, insert, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -71,6 +71,8 @@ class Subscriber(SQLModel, table=True):
     name: str = ""
     timezone: str = "UTC"
     send_at: str = "07:30"
+    frequency: str = Field(default="daily", max_length=16)  # daily, weekdays, weekly
+    weekly_day: str = Field(default="monday", max_length=16)
     max_papers: int = 10
     keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -110,6 +112,18 @@ class Delivery(SQLModel, table=True):
     # A worker's claim on the row (see Store.claim_deliveries); lapses at claimed_until.
     claimed_by: str = Field(default="", max_length=100)
     claimed_until: datetime | None = Field(default=None, index=True)
+    next_attempt_at: datetime | None = None  # a pending row waits until then (cross-run backoff)
+
+
+class Lease(SQLModel, table=True):
+    """A named lock with an owner and an expiry; see `Store.acquire_lease`."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=100)
+    owner: str = Field(max_length=200)
+    acquired: datetime
+    expires: datetime
 
 
 class SourceState(SQLModel, table=True):
@@ -295,6 +309,8 @@ class Store:
                     "name": sub.name,
                     "timezone": sub.timezone,
                     "send_at": sub.send_at,
+                    "frequency": sub.frequency,
+                    "weekly_day": sub.weekly_day,
                     "max_papers": sub.max_papers,
                     "keywords": list(sub.keywords),
                     "exclude_keywords": list(sub.exclude_keywords),
@@ -444,9 +460,16 @@ class Store:
             return row
 
     def finish_delivery(
-        self, delivery_id: int, *, status: str, now: datetime, error: str = "", count_attempt: bool = True
+        self,
+        delivery_id: int,
+        *,
+        status: str,
+        now: datetime,
+        error: str = "",
+        count_attempt: bool = True,
+        next_attempt_at: datetime | None = None,
     ) -> Delivery:
-        """Mark a delivery sent or failed (or still pending after a transient error)."""
+        """Mark a delivery sent or failed, or still pending (to be retried no sooner than `next_attempt_at`)."""
         with self.session() as s:
             row = s.get(Delivery, delivery_id)
             if row is None:
@@ -457,8 +480,86 @@ class Store:
                 row.attempts += 1
             if status == SENT_STATUS:
                 row.sent_at = _utc(now)
+            row.next_attempt_at = _utc(next_attempt_at) if status == PENDING else None
             s.commit()
             return row
+
+    def pending_deliveries(self, subscriber_ids: Sequence[int] | None = None) -> list[Delivery]:
+        """Deliveries recorded but not yet sent (oldest first): a crash or a transient failure left them."""
+        with self.session() as s:
+            query = select(Delivery).where(Delivery.status == PENDING).order_by(Delivery.digest_date, Delivery.id)
+            if subscriber_ids is not None:
+                query = query.where(Delivery.subscriber_id.in_(list(subscriber_ids)))
+            return list(s.exec(query))
+
+    def last_delivery(self, subscriber_id: int) -> Delivery | None:
+        """The subscriber's most recent digest, whatever its status."""
+        with self.session() as s:
+            return s.exec(
+                select(Delivery)
+                .where(Delivery.subscriber_id == subscriber_id)
+                .order_by(Delivery.digest_date.desc(), Delivery.id.desc())
+            ).first()
+
+    # -- leases ---------------------------------------------------------------------------------
+    #
+    # A lease is a row (name, owner, expires).  Taking it is one atomic statement: an UPDATE that only
+    # matches an expired row (or one we already own), else an INSERT that fails on the primary key when
+    # another owner holds it.  Both are plain SQLAlchemy, so they behave the same on SQLite (writes are
+    # serialised) and PostgreSQL (a concurrent UPDATE re-checks its WHERE after taking the row lock).
+    # `now` is the caller's wall clock; hosts sharing a database must keep their clocks roughly in step.
+
+    def acquire_lease(self, name: str, owner: str, *, now: datetime, ttl: float) -> bool:
+        """Take (or extend) the lease `name` for `owner` until now + ttl; False if someone else holds it."""
+        stamp = _utc(now)
+        expires = stamp + timedelta(seconds=ttl)
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(Lease)
+                .where(Lease.name == name, or_(Lease.expires <= stamp, Lease.owner == owner))
+                .values(owner=owner, acquired=stamp, expires=expires)
+            ).rowcount
+        if taken:
+            return True
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Lease).values(name=name, owner=owner, acquired=stamp, expires=expires))
+        except IntegrityError:  # the row exists and is held by someone else
+            return False
+        return True
+
+    def renew_lease(self, name: str, owner: str, *, now: datetime, ttl: float) -> bool:
+        """Push the expiry of a lease we hold; False if it is no longer ours (it lapsed and was taken)."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(Lease)
+                    .where(Lease.name == name, Lease.owner == owner)
+                    .values(expires=_utc(now) + timedelta(seconds=ttl))
+                ).rowcount
+            )
+
+    def take_over_lease(self, name: str, owner: str, *, previous: str, now: datetime, ttl: float) -> bool:
+        """Take a lease from `previous` (known to be dead) before it expires; False if it changed hands."""
+        stamp = _utc(now)
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(Lease)
+                    .where(Lease.name == name, Lease.owner == previous)
+                    .values(owner=owner, acquired=stamp, expires=stamp + timedelta(seconds=ttl))
+                ).rowcount
+            )
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give a lease back (only if we still hold it)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+
+    def lease(self, name: str) -> Lease | None:
+        """Who holds the lease `name` and until when (an expired row included)."""
+        with self.session() as s:
+            return s.get(Lease, name)
 
     def deliveries(self, subscriber_id: int | None = None) -> list[Delivery]:
         with self.session() as s:
