@@ -20,14 +20,16 @@ import httpx
 from digest.errors import SourceError
 from digest.settings import SourceSettings
 
-PROJECT_URL = "https://github.com/digest-papers/digest"  # TODO(lead): the real repository address
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 Sleep = Callable[[float], None]
 
 
 def user_agent(contact_email: str = "") -> str:
-    """`digest/<version> (+project url; mailto:contact)`: lets an API operator reach us."""
+    """`digest/<version> (personal paper digest; mailto:contact)`: lets an API operator reach the operator.
+
+    Set `contact_email` on the source so arXiv and Hugging Face can reach whoever runs this instance.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -35,7 +37,7 @@ def user_agent(contact_email: str = "") -> str:
     except PackageNotFoundError:
         ours = "0.1"
     contact = f"; mailto:{contact_email}" if contact_email else ""
-    return f"digest/{ours} (+{PROJECT_URL}{contact})"
+    return f"digest/{ours} (personal research-paper digest{contact})"
 
 
 @dataclass(frozen=True)
