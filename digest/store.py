@@ -683,6 +683,27 @@ class Store:
                 s.connection().execute(statement, chunk)
             s.commit()
 
+    def subscribers_by_id(self, ids: Sequence[int]) -> list[Subscriber]:
+        """The given subscribers (active or not), in no particular order."""
+        found: list[Subscriber] = []
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 500):
+                found.extend(s.exec(select(Subscriber).where(Subscriber.id.in_(chunk))))
+        return found
+
+    def release_claims(self, ids: Sequence[int], worker: str) -> None:
+        """Give back claimed rows this worker did not get to (they can be claimed again at once)."""
+        if not ids:
+            return
+        table = Delivery.__table__
+        with self.session() as s:
+            s.execute(
+                update(table)
+                .where(table.c.id.in_(list(ids)), table.c.claimed_by == worker, table.c.status == PENDING)
+                .values(claimed_by="", claimed_until=None)
+            )
+            s.commit()
+
     def delivery_status_counts(self, digest_date: date | None = None) -> dict[str, int]:
         """How many deliveries are in each status (on one digest date, or in all)."""
         with self.session() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from digest.settings import Settings, load_settings
+from digest.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -60,6 +62,44 @@ def smtp_server() -> Iterator[tuple[Inbox, int]]:
         yield inbox, port
     finally:
         controller.stop()
+
+
+POSTGRES_URL_VAR = "DIGEST_TEST_POSTGRES_URL"
+
+
+def reset_postgres(url: str) -> None:
+    """An empty public schema in the test database (each PostgreSQL test starts from nothing)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database: a SQLite file, then the PostgreSQL server `.ci/postgres` starts."""
+    if request.param == "sqlite":
+        return f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
+    url = os.environ.get(POSTGRES_URL_VAR)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_VAR} (eval \"$(.ci/postgres)\" starts one, as .ci/run does)")
+    reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A Store on an empty database, once per backend."""
+    s = Store(database_url)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 ConfigFactory = Callable[..., Settings]

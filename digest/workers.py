@@ -1,0 +1,256 @@
+"""The daily run for a large community: one planner, any number of delivery workers.
+
+The planner does what only needs doing once: ingest, fit the ranker, rank every due subscriber
+in blocks, and write one pending delivery row per subscriber with its papers, reasons and
+trending list (`Store.plan_deliveries`, in bulk; a subscriber who already has today's row keeps
+it).  Workers, on this machine or on others, share those rows through the database
+(`Store.claim_deliveries`: FOR UPDATE SKIP LOCKED on PostgreSQL, a guarded UPDATE on SQLite):
+each claims a batch, renders it, sends it over its own reused SMTP connection and records the
+outcomes and SENT interactions in bulk.  A worker that dies leaves its claim to lapse, and the
+rows go to another worker; a digest is sent at most once because a row is claimed by one worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from digest.deliver import Transport, build_message, make_transport, message_id, parse_sender
+from digest.errors import AuthenticationError, DigestError, PermanentDeliveryError, TransientDeliveryError
+from digest.links import secret_key, unsubscribe_mailto
+from digest.pipeline import (
+    TRENDING_SIZE,
+    Pick,
+    Progress,
+    _stage,
+    compose,
+    ingest,
+    is_due,
+    local_date,
+    rank_subscribers,
+    sync_subscribers,
+    train_data,
+)
+from digest.rank import TrainData, make_ranker
+from digest.settings import Settings
+from digest.store import CLICKED, DISLIKE, FAILED, Delivery, LIKE, PENDING, SENT, SENT_STATUS, Paper, Store, Subscriber
+
+
+@dataclass
+class PlanReport:
+    planned: int = 0
+    not_due: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class WorkReport:
+    worker: str
+    sent: int = 0
+    pending: int = 0
+    failed: int = 0
+    fatal: str = ""
+
+
+def trending_lists(
+    data: TrainData, candidates: Sequence[Paper], picks: dict[int, list[Pick]], size: int = TRENDING_SIZE
+) -> dict[int, list[list[object]]]:
+    """Each subscriber's trending list ([paper id, count], best first) leaving out their own picks.
+
+    The window's counted papers are sorted once; each subscriber takes the first `size` not picked.
+    """
+    counted = []
+    for p in candidates:
+        row = data.corpus.ids.get(p.id)
+        count = int(data.counts[row]) if row is not None else 0
+        if count > 0:
+            counted.append((p, count))
+    counted.sort(key=lambda pc: (-pc[1], pc[0].title))
+    head = counted[: size + max((len(v) for v in picks.values()), default=0)]
+    lists = {}
+    for sid, chosen in picks.items():
+        exclude = {p.paper.id for p in chosen}
+        lists[sid] = [[p.id, c] for p, c in head if p.id not in exclude][:size]
+    return lists
+
+
+def plan_day(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    *,
+    force: bool = False,
+    ingest_sources: bool = True,
+    progress: Progress | None = None,
+) -> PlanReport:
+    """Rank every due subscriber and write their pending deliveries for the workers to send."""
+    import time
+
+    report = PlanReport()
+    clock = time.perf_counter
+    now = now.astimezone(timezone.utc)
+    start = clock()
+    if ingest_sources:
+        ingest(store, settings, now, progress)
+        sync_subscribers(store, settings, now)
+    report.timings["ingest"] = clock() - start
+    start = clock()
+    subscribers = store.subscribers()
+    due = [s for s in subscribers if force or is_due(s, now)]
+    report.not_due = len(subscribers) - len(due)
+    papers = store.papers()
+    data = train_data(store, subscribers, papers)
+    ranker = make_ranker(settings.ranking.ranker).fit(data)
+    report.timings["fit"] = clock() - start
+    start = clock()
+    recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
+    candidates = [p for p in papers if p.id in recent]
+    seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+    with _stage(progress, "Ranking", len(due)) as advance:
+        picks = rank_subscribers(ranker, data, due, candidates, seen, progress=advance)
+    trend = trending_lists(data, candidates, picks)
+    report.timings["rank"] = clock() - start
+    start = clock()
+    sender = parse_sender(settings.smtp.sender)
+    plans = []
+    for sub in due:
+        chosen = picks.get(sub.id, [])
+        if not chosen and settings.delivery.on_empty == "skip":
+            continue
+        day = local_date(now, sub.timezone)
+        plans.append(
+            {
+                "subscriber_id": sub.id,
+                "digest_date": day,
+                "papers": [p.paper.id for p in chosen],
+                "reasons": [p.reason for p in chosen],
+                "trending": trend.get(sub.id, []),
+                "message_id": message_id(sender, sub.email, day),
+            }
+        )
+    store.plan_deliveries(plans, now)
+    report.planned = len(plans)
+    report.timings["plan"] = clock() - start
+    return report
+
+
+def work(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    *,
+    worker: str | None = None,
+    transport: Transport | None = None,
+    batch: int = 200,
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    progress: Callable[[int], None] | None = None,
+) -> WorkReport:
+    """Claim, render, send and record pending deliveries until none is left for this worker."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    report = WorkReport(worker)
+    key = secret_key(settings)
+    now = now.astimezone(timezone.utc)
+    new_count = len(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
+    subscribers: dict[int, Subscriber] = {}
+    papers: dict[str, Paper] = {}
+    retry_after = timedelta(minutes=getattr(settings.delivery, "retry_after_minutes", 15.0))
+    own_transport = transport is None
+    transport = transport or make_transport(settings)
+    try:
+        while not report.fatal:
+            claimed = store.claim_deliveries(worker, clock(), limit=batch)
+            if not claimed:
+                break
+            missing = {r.subscriber_id for r in claimed} - subscribers.keys()
+            if missing:
+                subscribers.update((s.id, s) for s in store.subscribers_by_id(sorted(missing)))
+            wanted = {pid for r in claimed for pid in [*r.papers, *(t[0] for t in r.trending)]} - papers.keys()
+            if wanted:
+                papers.update((p.id, p) for p in store.papers(sorted(wanted)))
+            results: list[tuple[int, str, str]] = []
+            sent: list[tuple[int, str]] = []
+            for row in claimed:
+                status, error = _send_one(settings, key, transport, row, subscribers, papers, new_count, now, report)
+                results.append((row.id, status, error))
+                if status == SENT_STATUS:
+                    sent.extend((row.subscriber_id, pid) for pid in row.papers)
+                if report.fatal:
+                    break
+            done = {r[0] for r in results}
+            # rows not attempted after a fatal error go back at once for another worker or run
+            store.finish_deliveries(results, clock(), retry_after=retry_after)
+            store.release_claims([r.id for r in claimed if r.id not in done], worker)
+            store.add_interactions_many(sent, SENT, now, origin="digest")
+            if progress:
+                progress(len(results))
+    finally:
+        if own_transport:
+            transport.close()
+    return report
+
+
+def _send_one(
+    settings: Settings,
+    key: str,
+    transport: Transport,
+    row: Delivery,
+    subscribers: dict[int, Subscriber],
+    papers: dict[str, Paper],
+    new_count: int,
+    now: datetime,
+    report: WorkReport,
+) -> tuple[str, str]:
+    """Render and send one planned digest; returns (status, error) for the row."""
+    sub = subscribers.get(row.subscriber_id)
+    if sub is None or not sub.active:
+        report.failed += 1
+        return FAILED, "subscriber no longer active"
+    picks = [Pick(papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in papers]
+    trend = [(papers[pid], int(count)) for pid, count in row.trending if pid in papers]
+    try:
+        envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
+        msg = build_message(envelope, text, html, unsubscribe_url=unsub,
+                            unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
+        transport.send(msg)
+    except TransientDeliveryError as e:
+        if row.attempts + 1 < settings.delivery.max_attempts:
+            report.pending += 1
+            return PENDING, str(e)
+        report.failed += 1
+        return FAILED, str(e)
+    except AuthenticationError as e:
+        report.fatal = str(e)
+        report.pending += 1
+        return PENDING, str(e)
+    except (PermanentDeliveryError, DigestError) as e:
+        report.failed += 1
+        return FAILED, str(e)
+    report.sent += 1
+    return SENT_STATUS, ""
+
+
+def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str]:
+    """One worker process: its own store and SMTP connection (spawned, so nothing is shared)."""
+    store = Store(settings.database_url)
+    try:
+        r = work(store, settings, datetime.fromisoformat(now), worker=worker)
+    finally:
+        store.close()
+    return r.sent, r.pending, r.failed, r.fatal
+
+
+def run_workers(settings: Settings, now: datetime, count: int) -> list[WorkReport]:
+    """Start `count` worker processes on this machine and wait for them to drain the day's rows."""
+    context = multiprocessing.get_context("spawn")
+    host = socket.gethostname()
+    args = [(settings, now.isoformat(), f"{host}:w{i}") for i in range(count)]
+    with context.Pool(count) as pool:
+        results = pool.starmap(_worker_main, args)
+    return [WorkReport(a[2], *r) for a, r in zip(args, results)]
+
+
+__all__ = ["PlanReport", "WorkReport", "plan_day", "run_workers", "trending_lists", "work"]
