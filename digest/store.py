@@ -208,9 +208,13 @@ class Store:
         """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper)."""
         counts = UpsertCounts()
         stamp = _utc(now)
+        records = list(records)
         with self.session() as s:
+            known: dict[str, Paper] = {}  # one query per 500 records, not one per record
+            for chunk in _chunks(list(dict.fromkeys(r.id for r in records)), 500):
+                known.update((p.id, p) for p in s.exec(select(Paper).where(Paper.id.in_(chunk))))
             for rec in records:
-                row = s.get(Paper, rec.id)
+                row = known.get(rec.id)
                 values: dict[str, Any] = {
                     "title": rec.title,
                     "title_key": title_key(rec.title),
@@ -226,7 +230,8 @@ class Store:
                     "comments": rec.comments,
                 }
                 if row is None:
-                    s.add(Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values))
+                    known[rec.id] = Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values)
+                    s.add(known[rec.id])
                     counts.new += 1
                     continue
                 changed = False
