@@ -1,0 +1,297 @@
+"""The daily run at scale: time each stage for 10k, 30k and 100k subscribers on this machine.
+
+    python benchmarks/scale.py                       # 10000, 30000, 100000 subscribers, a table
+    python benchmarks/scale.py --users 10000 --json  # one JSON object per size
+
+Each size runs in its own process (so peak memory is that size's alone) on a fresh SQLite file:
+a synthetic but realistic population, built untimed, with a corpus of 2 papers per subscriber
+(200,000 for 100k) whose text recombines real titles (the bundled sample and the CiteULike titles
+in ../shared/bench) and real abstract sentences, grouped into a few hundred interest clusters;
+each subscriber likes 5 to 200 papers (log-uniform) from one to three clusters.  Then the daily
+run, timed stage by stage: ingest the day's 2,000 new papers, fit the features and the ranker,
+rank (block-scored, with reasons), write the planned deliveries in bulk, render every digest
+(HTML + text, one process, measured on its own), and deliver through worker processes to a local
+SMTP sink (aiosmtpd, discarding), each with one reused connection, recording outcomes in bulk.
+The arxiv-sanity-style baseline (a LinearSVC per user over the same TF-IDF, C=0.01, balanced) is
+timed on a sample of the same users, for the per-user ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO.parent / "shared" / "bench" / "citeulike-a-cold" / "papers.jsonl"
+SAMPLE = REPO / "digest" / "data" / "sample_papers.jsonl"
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+CLUSTERS = 300
+
+
+# -- the synthetic population -------------------------------------------------------------------
+
+
+def _texts() -> tuple[list[str], list[str]]:
+    """Real titles and real abstract sentences to recombine."""
+    titles, sentences = [], []
+    for path in (SAMPLE, BENCH):
+        if not path.exists():
+            continue
+        for line in path.open(encoding="utf-8"):
+            rec = json.loads(line)
+            if rec.get("title"):
+                titles.append(rec["title"].strip())
+            for s in re.split(r"(?<=[.!?])\s+", rec.get("abstract") or ""):
+                if len(s) > 40:
+                    sentences.append(s.strip())
+    return titles, sentences
+
+
+def make_papers(count: int, rng: random.Random, *, start: int = 0, day: datetime | None = None) -> list:
+    """`count` PaperRecords, each in one interest cluster (its id says which: s<cluster>-<n>)."""
+    from digest.sources.base import PaperRecord
+
+    titles, sentences = _texts()
+    t_pool = [titles[c::CLUSTERS] for c in range(CLUSTERS)]
+    s_pool = [sentences[c::CLUSTERS] for c in range(CLUSTERS)]
+    surnames = ["Chen", "Smith", "Garcia", "Müller", "Ivanova", "Kim", "Okafor", "Rossi", "Tanaka", "Novak", "Silva", "Dubois"]
+    records = []
+    for n in range(start, start + count):
+        c = rng.randrange(CLUSTERS)
+        a, b = rng.sample(t_pool[c], 2)
+        wa, wb = a.split(), b.split()
+        title = " ".join(wa[: max(1, len(wa) // 2)] + wb[len(wb) // 2 :])
+        abstract = " ".join(rng.sample(s_pool[c], min(4, len(s_pool[c]))) + [rng.choice(sentences)])
+        published = (day or NOW - timedelta(days=30 + n % 3000)).replace(tzinfo=timezone.utc)
+        records.append(
+            PaperRecord(
+                id=f"s{c}-{n}", title=title, abstract=abstract,
+                authors=[f"{rng.choice('ABCDEFGHJKLMNPRSTVW')}. {rng.choice(surnames)}" for _ in range(rng.randint(1, 8))],
+                categories=["cs.LG"], url="", pdf_url="", published=published, updated=published, source="bench",
+            )
+        )
+    return records
+
+
+def populate(store, users: int, papers: int, rng: random.Random) -> None:  # noqa: ANN001 - digest.store.Store
+    """The corpus, the subscribers and their likes (untimed set-up)."""
+    from digest.store import LIKE
+
+    corpus = make_papers(papers, rng)
+    past = NOW - timedelta(days=60)
+    for start in range(0, len(corpus), 20_000):
+        store.upsert_papers(corpus[start : start + 20_000], past)
+    by_cluster: dict[int, list[str]] = {}
+    for rec in corpus:
+        by_cluster.setdefault(int(rec.id[1:].split("-")[0]), []).append(rec.id)
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
+    rows = [
+        {"email": f"u{i}@example.org", "name": f"Reader {i}", "timezone": rng.choice(zones), "send_at": "00:00",
+         "max_papers": 10, "keywords": ["neural networks"] if i % 10 == 0 else []}
+        for i in range(users)
+    ]
+    ids = store.add_subscribers(rows, past)
+    pairs = []
+    for sid in ids.values():
+        likes = int(math.exp(rng.uniform(math.log(5), math.log(200))))
+        clusters = rng.sample(range(CLUSTERS), rng.randint(1, 3))
+        pool = [pid for c in clusters for pid in by_cluster.get(c, [])]
+        pairs.extend((sid, pid) for pid in rng.sample(pool, min(likes, len(pool))))
+    store.add_interactions_many(pairs, LIKE, past, origin="import")
+
+
+# -- an SMTP sink -------------------------------------------------------------------------------
+
+
+def _sink(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Discard:
+        async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+            return "250 OK"
+
+    controller = Controller(Discard(), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    stop.wait()
+    controller.stop()
+
+
+# -- one size -----------------------------------------------------------------------------------
+
+
+def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int = 7) -> dict:
+    import numpy as np
+
+    from digest.pipeline import Pick, compose, rank_subscribers, train_data
+    from digest.rank import make_ranker
+    from digest.settings import load_settings
+    from digest.store import CLICKED, DISLIKE, LIKE, SENT, Store
+    from digest.workers import run_workers, trending_lists
+
+    rng = random.Random(seed)
+    folder = Path(tempfile.mkdtemp(prefix="digest-scale-"))
+    url = f"sqlite:///{folder / 'digest.db'}"
+    port = 20000 + os.getpid() % 20000
+    config = folder / "digest.toml"
+    config.write_text(
+        f'data_dir = "{folder.as_posix()}"\n[database]\nurl = "{url}"\n[delivery]\nmethod = "smtp"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsender = "Digest <digest@example.org>"\ntimeout = 30\n'
+        f'[[sources]]\nkind = "sample"\n',
+        encoding="utf-8",
+    )
+    os.environ.setdefault("DIGEST_SECRET_KEY", "benchmark-secret")
+    settings = load_settings(config)
+    store = Store(url)
+    t = time.perf_counter()
+    populate(store, users, 2 * users, rng)
+    result: dict = {"users": users, "corpus": 2 * users, "new_papers": new, "setup_s": round(time.perf_counter() - t, 1)}
+    stages: dict[str, float] = {}
+
+    def stage(name: str, started: float) -> None:
+        stages[name] = round(time.perf_counter() - started, 2)
+
+    t = time.perf_counter()
+    store.upsert_papers(make_papers(new, rng, start=10**7, day=NOW - timedelta(hours=6)), NOW)
+    stage("ingest_s", t)
+
+    t = time.perf_counter()
+    papers = store.papers()
+    subscribers = store.subscribers()
+    data = train_data(store, subscribers, papers)
+    ranker = make_ranker(settings.ranking.ranker).fit(data)
+    stage("fit_s", t)
+
+    t = time.perf_counter()
+    recent = set(store.recent_paper_ids(NOW - timedelta(days=settings.ranking.window_days)))
+    candidates = [p for p in papers if p.id in recent]
+    seen = store.papers_seen([s.id for s in subscribers], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+    picks = rank_subscribers(ranker, data, subscribers, candidates, seen)
+    trend = trending_lists(data, candidates, picks)
+    stage("rank_s", t)
+    result["candidates"] = len(candidates)
+
+    t = time.perf_counter()
+    from digest.deliver import message_id, parse_sender
+    from digest.pipeline import local_date
+
+    sender = parse_sender(settings.smtp.sender)
+    plans = []
+    for sub in subscribers:
+        day = local_date(NOW, sub.timezone)
+        chosen = picks[sub.id]
+        plans.append({"subscriber_id": sub.id, "digest_date": day, "papers": [p.paper.id for p in chosen],
+                      "reasons": [p.reason for p in chosen], "trending": trend[sub.id],
+                      "message_id": message_id(sender, sub.email, day)})
+    store.plan_deliveries(plans, NOW)
+    stage("plan_write_s", t)
+    del plans
+
+    # Render on its own: every digest, HTML and text, in this one process (not part of total_s;
+    # the workers render again as they send).
+    by_id = {p.id: p for p in candidates}
+    from digest.links import secret_key
+
+    key = secret_key(settings)
+    t = time.perf_counter()
+    size = 0
+    for sub in subscribers:
+        chosen = picks[sub.id]
+        tr = [(by_id[pid], c) for pid, c in trend[sub.id]]
+        _, text, html, _ = compose(settings, key, sub, local_date(NOW, sub.timezone), chosen, tr, len(candidates), NOW)
+        size += len(text) + len(html)
+    stages["render_s"] = round(time.perf_counter() - t, 2)
+    result["mean_digest_kb"] = round(size / max(1, len(subscribers)) / 1024, 1)
+    del picks, trend
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    sink = ctx.Process(target=_sink, args=(port, ready, stop), daemon=True)
+    sink.start()
+    ready.wait(30)
+    t = time.perf_counter()
+    reports = run_workers(settings, NOW, workers)
+    stage("deliver_s", t)
+    stop.set()
+    sink.join(10)
+    sent = sum(r.sent for r in reports)
+    result["sent"] = sent
+    result["deliver_msgs_per_s"] = round(sent / stages["deliver_s"], 1)
+    result["workers"] = workers
+
+    # The per-user SVM baseline, on a sample of the same users.
+    from sklearn.svm import LinearSVC
+
+    sample = rng.sample(range(len(data.users)), min(svm_sample, len(data.users)))
+    rows = data.corpus.ids.indices(p.id for p in candidates)
+    t = time.perf_counter()
+    for u in sample:
+        y = np.zeros(len(data.corpus), dtype=np.int8)
+        y[data.likes[u].indices] = 1
+        clf = LinearSVC(C=0.01, class_weight="balanced", max_iter=1000, tol=1e-3)
+        clf.fit(ranker.items, y)
+        clf.decision_function(ranker.items[rows])
+    svm_per_user = (time.perf_counter() - t) / len(sample)
+    ours_per_user = stages["rank_s"] / users
+    result.update(stages)
+    result["total_s"] = round(sum(v for k, v in stages.items() if k != "render_s"), 1)
+    result["svm_s_per_user"] = round(svm_per_user, 3)
+    result["rank_ms_per_user"] = round(1000 * ours_per_user, 3)
+    result["svm_ratio"] = round(svm_per_user / ours_per_user)
+    store.close()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["peak_rss_mb"] = round(max(own, kids) / 1024)
+    result["worker_peak_rss_mb"] = round(kids / 1024)
+    return result
+
+
+COLUMNS = ["users", "corpus", "ingest_s", "fit_s", "rank_s", "plan_write_s", "render_s", "deliver_s",
+           "deliver_msgs_per_s", "total_s", "peak_rss_mb", "svm_ratio"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", default="10000,30000,100000", help="Comma-separated subscriber counts.")
+    parser.add_argument("--new", type=int, default=2000, help="New papers in the day.")
+    parser.add_argument("--workers", type=int, default=2, help="Delivery worker processes.")
+    parser.add_argument("--svm-sample", type=int, default=10, help="Users the SVM baseline is timed on.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object per size.")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_size(args.one, new=args.new, workers=args.workers, svm_sample=args.svm_sample)))
+        return
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    results = []
+    for n in (int(x) for x in args.users.split(",")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--new", str(args.new), "--workers", str(args.workers),
+             "--svm-sample", str(args.svm_sample)],
+            check=True, capture_output=True, text=True, env=env,
+        )
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(res)
+        if args.json:
+            print(json.dumps(res), flush=True)
+    if not args.json:
+        print(" | ".join(COLUMNS))
+        print(" | ".join("---" for _ in COLUMNS))
+        for res in results:
+            print(" | ".join(str(res.get(c, "")) for c in COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
