@@ -2,17 +2,22 @@
 
 The only module that sends anything out.  Header values from the config are checked here again
 (a newline in a name or subject could inject headers); SMTP failures are sorted into transient
-(retry later), permanent (this address) and authentication (the whole run) errors.
+(retry later), permanent (this address) and authentication (the whole run) errors, and a server that
+cannot be reached at all (`ServerUnavailable`).  `Sender` wraps a transport with the within-run
+retries (exponential backoff with jitter) and the outgoing rate limit, over an injectable clock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import smtplib
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.headerregistry import Address
@@ -26,6 +31,7 @@ from digest.errors import (
     ConfigError,
     DeliveryError,
     PermanentDeliveryError,
+    ServerUnavailable,
     TransientDeliveryError,
 )
 from digest.settings import Settings
@@ -151,7 +157,7 @@ class SmtpTransport:
         except smtplib.SMTPNotSupportedError as e:
             raise AuthenticationError(f"the SMTP server {cfg.host}:{cfg.port} does not support {e}") from e
         except (smtplib.SMTPException, OSError, socket.timeout) as e:
-            raise TransientDeliveryError(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
+            raise ServerUnavailable(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
         return conn
 
     def send(self, msg: EmailMessage) -> None:
@@ -201,6 +207,72 @@ def _smtp_error(code: int, text: bytes | str) -> DeliveryError:
     if 500 <= code < 600:
         return PermanentDeliveryError(f"SMTP {code}: {detail}")
     return TransientDeliveryError(f"SMTP {code}: {detail}")
+
+
+class RateLimiter:
+    """At most `per_second` calls to `wait` return per second (0: no limit); the clock is injectable."""
+
+    def __init__(
+        self,
+        per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self.clock, self.sleep = clock, sleep
+        self._next = float("-inf")
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = self.clock()
+        if now < self._next:
+            self.sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval
+
+
+class Sender:
+    """Sends through a transport at the rate limit, retrying transient errors a few times within the run.
+
+    Try k (k >= 2) waits backoff * 2**(k-2) seconds plus up to as much again of random jitter, so
+    many digests retried at once do not hit the server in step.  Permanent and authentication errors
+    are not retried; the last transient error is raised after `attempts` tries.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        per_second: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.transport = transport
+        self.attempts, self.backoff = attempts, backoff
+        self.sleep, self.jitter = sleep, jitter
+        self.limiter = RateLimiter(per_second, clock=clock, sleep=sleep)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before try number `attempt` (2, 3, ...)."""
+        base = self.backoff * 2 ** (attempt - 2)
+        return base + base * self.jitter()
+
+    def send(self, msg: EmailMessage) -> None:
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                self.sleep(self.delay(attempt))
+            self.limiter.wait()
+            try:
+                self.transport.send(msg)
+                return
+            except TransientDeliveryError:
+                if attempt == self.attempts:
+                    raise
 
 
 def make_transport(settings: Settings) -> Transport:

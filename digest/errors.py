@@ -7,6 +7,7 @@
     ├── StoreError              the database cannot be opened or used
     └── DeliveryError           a message could not be delivered
         ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
+        │   └── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
         ├── PermanentDeliveryError   not for this address (5xx): recorded, others go on
         └── AuthenticationError      the SMTP login failed: stops the whole run once
 """
@@ -46,6 +47,10 @@ class DeliveryError(DigestError):
 
 class TransientDeliveryError(DeliveryError):
     """A delivery failure worth retrying (temporary SMTP error, refused connection, timeout)."""
+
+
+class ServerUnavailable(TransientDeliveryError):
+    """The mail server cannot be reached (refused, timed out); no other message would get through now."""
 
 
 class PermanentDeliveryError(DeliveryError):

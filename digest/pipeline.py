@@ -12,14 +12,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from digest.deliver import (
     Envelope,
+    Sender,
     Transport,
     build_message,
     make_transport,
@@ -31,12 +33,14 @@ from digest.errors import (
     AuthenticationError,
     DigestError,
     PermanentDeliveryError,
+    ServerUnavailable,
     TransientDeliveryError,
 )
 from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
+from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
 from digest.settings import Settings, SubscriberSettings
 from digest.sources import FetchOptions, fetch
 from digest.store import (
@@ -96,7 +100,9 @@ class RunReport:
     sources: list[SourceReport] = field(default_factory=list)
     unmatched_likes: dict[str, list[str]] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
-    fatal: str = ""
+    fatal: str = ""  # the whole run stopped (e.g. SMTP login refused): said once, not per subscriber
+    busy: str = ""  # another run held the lease, so this one did nothing
+    unreachable: str = ""  # the mail server could not be reached: the rest wait for the next run
 
     def by_status(self) -> Counter[str]:
         return Counter(o.status for o in self.outcomes)
@@ -267,12 +273,9 @@ def local_date(now: datetime, tz_name: str) -> date:
 
 
 def is_due(sub: Subscriber | SubscriberSettings, now: datetime) -> bool:
-    """Has the subscriber's send time passed on their local date?"""
-    from zoneinfo import ZoneInfo
-
-    local = now.astimezone(ZoneInfo(sub.timezone))
-    hour, minute = (int(x) for x in sub.send_at.split(":"))
-    return (local.hour, local.minute) >= (hour, minute)
+    """Is today (local) a send day for the subscriber, and has their send time passed?"""
+    day = local_date(now, sub.timezone)
+    return is_send_day(sub, day) and now >= send_moment(sub, day)
 
 
 def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
@@ -357,11 +360,17 @@ def run_daily(
     only: Sequence[str] | None = None,
     keep_html: bool = False,
     progress: Progress | None = None,
+    lease_wait: float = 0.0,
+    clock: Callable[[], datetime] = wall_clock,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunReport:
     """Ingest, rank, render and deliver for every subscriber who is due and has no digest today.
 
     `force` ignores the send time (not the one-per-day rule); `only` limits the run to some emails;
-    `dry_run` renders and saves HTML previews without sending or recording anything.
+    `dry_run` renders and saves HTML previews without sending or recording anything.  A real run
+    holds the database lease "daily-run" (waiting up to `lease_wait` seconds for it; `report.busy`
+    says why it did nothing otherwise).  `clock` (the wall clock, for the lease) and `sleep` (retry
+    backoff, rate limit) are parameters so tests can move them; `now` is the digest clock.
     """
     if now.tzinfo is None:
         raise ValueError("run_daily needs an aware datetime (with a time zone)")
@@ -369,27 +378,44 @@ def run_daily(
     own_store = store is None
     store = store or Store(settings.database_url)
     report = RunReport(now)
+    lease = None if dry_run else RunLease(store, ttl=settings.schedule.lease_seconds, wait=lease_wait, clock=clock, sleep=sleep)
     try:
+        if lease is not None and not lease.start():
+            report.busy = f"another daily run is in progress ({lease.holder()}); nothing done"
+            return report
         report.sources = ingest(store, settings, now, progress)
         report.unmatched_likes = sync_subscribers(store, settings, now)
         subscribers = store.subscribers()
-        due = due_subscribers(store, subscribers, now, report, force=force, only=only, dry_run=dry_run)
+        due = due_subscribers(store, subscribers, now, report, force=force, only=only, dry_run=dry_run,
+                              catch_up_hours=settings.schedule.catch_up_hours)
         if not due:
             return report
         papers = store.papers()
         data = train_data(store, subscribers, papers)
         ranker = make_ranker(settings.ranking.ranker).fit(data)
-        recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
+        # A weekly digest picks from the whole week; the others from ranking.window_days.
+        default_days = settings.ranking.window_days
+        widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])
+        recent_for = {days: set(store.recent_paper_ids(now - timedelta(days=days))) for days in {default_days, widest}}
+        recent = recent_for[widest]
         candidates = [p for p in papers if p.id in recent]
         fresh = [d.subscriber for d in due if d.existing is None]
         seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+        if widest > default_days:
+            older = recent - recent_for[default_days]
+            for sub in fresh:
+                if window_days(sub, default_days) < widest:
+                    seen.setdefault(sub.id, set()).update(older)
         with _stage(progress, "Ranking", len(fresh)) as advance:
             picks = rank_subscribers(ranker, data, fresh, candidates, seen, progress=advance)
         for d in due:
             d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
         _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
-                     transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress)
+                     transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress,
+                     lease=lease, sleep=sleep)
     finally:
+        if lease is not None:
+            lease.stop()
         if own_store:
             store.close()
     return report
@@ -414,19 +440,50 @@ def due_subscribers(
     force: bool,
     only: Sequence[str] | None,
     dry_run: bool,
+    catch_up_hours: float = 12.0,
 ) -> list[Due]:
-    """Subscribers whose send time has passed today (local) and whose digest has not gone out."""
+    """Digests to send now: recorded ones still pending (a crash, a server down), then each
+    subscriber's digest for the date whose send time passed less than `catch_up_hours` ago.
+
+    A pending digest is retried (same papers, same Message-ID) once its `next_attempt_at` has come,
+    until `catch_up_hours` after it was first recorded; then it is marked failed.  A send time
+    missed by more than the window is skipped, never sent late in a burst.
+    """
+    window = timedelta(hours=catch_up_hours)
+    pending: dict[int, list[Delivery]] = {}
+    if not dry_run:
+        for row in store.pending_deliveries([s.id for s in subscribers]):
+            pending.setdefault(row.subscriber_id, []).append(row)
     due = []
     for sub in subscribers:
         if only is not None and sub.email not in only:
             continue
-        day = local_date(now, sub.timezone)
-        if not force and not is_due(sub, now):
-            report.outcomes.append(Outcome(sub.email, "not-due", day, detail=f"sends at {sub.send_at} {sub.timezone}"))
+        today = local_date(now, sub.timezone)
+        retried = set()
+        for row in pending.get(sub.id, []):
+            retried.add(row.digest_date)
+            retry_at = aware(row.next_attempt_at)
+            if now > aware(row.created) + window:
+                reason = f"gave up: not delivered within {catch_up_hours:g} hours ({row.error or 'interrupted'})"
+                store.finish_delivery(row.id, status=FAILED, now=now, error=reason, count_attempt=False)
+                report.outcomes.append(Outcome(sub.email, "failed", row.digest_date, message_id=row.message_id, detail=reason))
+            elif retry_at is not None and retry_at > now and not force:
+                report.outcomes.append(Outcome(sub.email, "pending", row.digest_date, message_id=row.message_id,
+                                               detail=f"next try after {retry_at:%Y-%m-%d %H:%M} UTC ({row.error})"))
+            else:
+                due.append(Due(sub, row.digest_date, row))
+        day = today if force else due_day(sub, now, catch_up_hours=catch_up_hours)
+        if day is None:
+            upcoming = next_send(sub, now).astimezone(ZoneInfo(sub.timezone))
+            report.outcomes.append(Outcome(sub.email, "not-due", today,
+                                           detail=f"next digest {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}"))
+            continue
+        if day in retried:
             continue
         existing = store.delivery(sub.id, day)
         if existing is not None and existing.status in (SENT_STATUS, FAILED):
-            report.outcomes.append(Outcome(sub.email, "skipped", day, message_id=existing.message_id,
+            status = "skipped" if day == today else "not-due"
+            report.outcomes.append(Outcome(sub.email, status, day, message_id=existing.message_id,
                                            detail=f"already {existing.status} for {day}"))
             continue
         due.append(Due(sub, day, None if dry_run else existing))
@@ -460,9 +517,21 @@ def _deliver_all(
     dry_run: bool,
     keep_html: bool,
     progress: Progress | None,
+    lease: RunLease | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
+    """Send each due digest in turn over one connection, paced and retried by a `Sender`.
+
+    An authentication failure stops the run (`report.fatal`, said once); an unreachable server
+    leaves the remaining digests recorded and pending for the next run (`report.unreachable`); a
+    lost lease (this process stalled and another run took over) stops sending at once.
+    """
     own_transport = transport is None and not dry_run
     transport = transport or (None if dry_run else make_transport(settings))
+    cfg = settings.delivery
+    sender = None if transport is None else Sender(
+        transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second, sleep=sleep
+    )
     try:
         with _stage(progress, "Sending" if not dry_run else "Rendering (dry run)", len(due)) as advance:
             for d in due:
@@ -470,13 +539,19 @@ def _deliver_all(
                 report.outcomes.append(outcome)
                 try:
                     if report.fatal:
-                        outcome.detail = "not attempted: " + report.fatal
+                        outcome.detail = "not attempted (the run stopped, see the error below)"
+                        continue
+                    if lease is not None and lease.lost.is_set():
+                        outcome.detail = "not attempted: this run lost its lease to another run"
                         continue
                     _one_subscriber(store, settings, key, data, d, candidates, now, outcome,
-                                    transport=transport, dry_run=dry_run, keep_html=keep_html)
+                                    transport=sender, dry_run=dry_run, keep_html=keep_html,
+                                    unreachable=report.unreachable)
                 except AuthenticationError as e:
                     report.fatal = str(e)
                     outcome.status, outcome.detail = "pending", str(e)
+                except ServerUnavailable as e:  # recorded as pending by _one_subscriber
+                    report.unreachable = str(e)
                 except DigestError as e:
                     outcome.status, outcome.detail = "failed", str(e)
                 finally:
@@ -496,9 +571,10 @@ def _one_subscriber(
     now: datetime,
     outcome: Outcome,
     *,
-    transport: Transport | None,
+    transport: Transport | Sender | None,
     dry_run: bool,
     keep_html: bool,
+    unreachable: str = "",
 ) -> None:
     sub, day, picks = due.subscriber, due.day, due.picks
     if not picks and settings.delivery.on_empty == "skip":
@@ -507,6 +583,8 @@ def _one_subscriber(
         return
     trend = trending(data, candidates, {p.paper.id for p in picks})
     envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+    if due.existing is not None and due.existing.message_id:  # a retry is the same message
+        envelope = replace(envelope, message_id=due.existing.message_id)
     outcome.message_id = envelope.message_id
     if dry_run or keep_html:
         outcome.html_path = _save_html(settings, day, sub.email, html)
@@ -516,13 +594,23 @@ def _one_subscriber(
     msg = build_message(envelope, text, html, unsubscribe_url=unsub,
                         unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
     row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now)
+    retry_after = timedelta(minutes=settings.delivery.retry_after_minutes)
+    if unreachable:  # recorded (so the same papers go later), not attempted
+        retry_at = now + retry_after
+        store.finish_delivery(row.id, status=PENDING, now=now, error=unreachable, count_attempt=False, next_attempt_at=retry_at)
+        outcome.status, outcome.detail = PENDING, f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC"
+        return
     try:
         transport.send(msg)
     except TransientDeliveryError as e:
-        attempts_left = settings.delivery.max_attempts - (row.attempts + 1)
-        status = PENDING if attempts_left > 0 else FAILED
-        store.finish_delivery(row.id, status=status, now=now, error=str(e))
-        outcome.status, outcome.detail = status, str(e)
+        attempts = row.attempts + 1
+        status = PENDING if attempts < settings.delivery.max_attempts else FAILED
+        retry_at = now + retry_after * 2 ** (attempts - 1)
+        store.finish_delivery(row.id, status=status, now=now, error=str(e), next_attempt_at=retry_at)
+        outcome.status = status
+        outcome.detail = f"{e}; next try after {retry_at:%H:%M} UTC" if status == PENDING else f"{e} (gave up after {attempts} attempts)"
+        if isinstance(e, ServerUnavailable):
+            raise
         return
     except PermanentDeliveryError as e:
         store.finish_delivery(row.id, status=FAILED, now=now, error=str(e))
