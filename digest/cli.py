@@ -103,6 +103,10 @@ def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunRep
             console.print(table)
         if out.html_path:
             console.print(f"  HTML digest: {out.html_path}")
+    if report.busy:
+        console.print(f"[yellow]{report.busy}[/yellow]", highlight=False)
+    if report.unreachable:
+        err_console.print(f"[yellow]mail server unreachable, the rest wait for the next run: {report.unreachable}[/yellow]")
     if report.fatal:
         err_console.print(f"[red]error: {report.fatal}[/red]")
 
@@ -169,9 +173,58 @@ def run(config: ConfigOption = None) -> None:
     """Keep running: a daily job per subscriber at their send time, in their time zone (Ctrl-C stops)."""
     from digest.schedule import run_forever
 
+    path = config or default_config_path()
+    settings = load_settings(path)
+    console.print(f"scheduling {len(settings.subscribers)} subscriber(s); Ctrl-C to stop, "
+                  f"kill -HUP to re-read {path} now (it is re-read every {settings.schedule.reload_minutes:g} min)")
+    run_forever(settings, path, log_line=lambda line: console.print(line, highlight=False))
+
+
+@app.command()
+def status(config: ConfigOption = None, now: NowOption = None) -> None:
+    """Per subscriber: the last digest (date, status, attempts, Message-ID), the next one due, any failure."""
+    from zoneinfo import ZoneInfo
+
+    from digest.schedule import RUN_LEASE, due_day, next_send
+    from digest.store import FAILED, PENDING, Store, aware
+
     settings = _settings(config)
-    console.print(f"scheduling {len(settings.subscribers)} subscriber(s); Ctrl-C to stop")
-    run_forever(settings, log=console.print)
+    moment = _parse_now(now).astimezone(timezone.utc)
+    store = Store(settings.database_url)
+    try:
+        lease = store.lease(RUN_LEASE)
+        if lease is not None and aware(lease.expires) > moment:
+            console.print(f"a daily run is in progress: {lease.owner} (lease until {aware(lease.expires):%Y-%m-%d %H:%M:%S} UTC)",
+                          highlight=False, soft_wrap=True)
+        known = {s.email for s in settings.subscribers}
+        subscribers = list(settings.subscribers) + [s for s in store.subscribers() if s.email not in known]
+        if not subscribers:
+            console.print("no subscribers")
+        for sub in subscribers:
+            zone = ZoneInfo(sub.timezone)
+            days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day}s"}[sub.frequency]
+            console.print(f"[bold]{sub.email}[/bold]  {sub.send_at} {sub.timezone}, {days}", highlight=False, soft_wrap=True)
+            row = store.subscriber(email=sub.email)
+            last = store.last_delivery(row.id) if row is not None else None
+            if last is None:
+                console.print("  last digest: none yet", highlight=False, soft_wrap=True)
+            else:
+                tries = f"{last.attempts} attempt{'s' if last.attempts != 1 else ''}"
+                console.print(f"  last digest: {last.digest_date} {last.status} ({tries}) {last.message_id}", highlight=False, soft_wrap=True)
+            day = due_day(sub, moment, catch_up_hours=settings.schedule.catch_up_hours)
+            if last is not None and last.status == PENDING:
+                retry = aware(last.next_attempt_at)
+                when = f"after {retry.astimezone(zone):%a %Y-%m-%d %H:%M} {sub.timezone}" if retry and retry > moment else "at the next run"
+                console.print(f"  next digest: {last.digest_date} (retry {when})", highlight=False, soft_wrap=True)
+            elif day is not None and (row is None or store.delivery(row.id, day) is None):
+                console.print(f"  next digest: {day} (due now)", highlight=False, soft_wrap=True)
+            else:
+                upcoming = next_send(sub, moment).astimezone(zone)
+                console.print(f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True)
+            if last is not None and last.status in (PENDING, FAILED) and last.error:
+                console.print(f"  [red]problem:[/red] {last.error}", highlight=False, soft_wrap=True)
+    finally:
+        store.close()
 
 
 @app.command("check-config")
