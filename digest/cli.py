@@ -227,6 +227,55 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
         store.close()
 
 
+@app.command()
+def migrate(
+    config: ConfigOption = None,
+    autogenerate: Annotated[
+        str | None,
+        typer.Option("--autogenerate", metavar="MESSAGE",
+                     help="For developers: after upgrading, write a new revision for what the tables in digest/store.py have that the migrations lack."),
+    ] = None,
+) -> None:
+    """Upgrade the database's schema to this version of digest (Alembic; back the database up first)."""
+    from digest import migrations
+    from digest.store import Store
+
+    settings = _settings(config)
+    store = Store(settings.database_url, migrate=True)
+    try:
+        if autogenerate:
+            console.print(f"new revision: {migrations.autogenerate(store.engine, autogenerate)}")
+        else:
+            console.print(f"{settings.database_url}: schema at revision {migrations.head()} (up to date)", highlight=False)
+    finally:
+        store.close()
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    now: NowOption = None,
+    batch: Annotated[int, typer.Option(min=1, help="Deliveries claimed at a time.")] = 200,
+    plan: Annotated[bool, typer.Option("--plan", help="First plan the day: ingest, rank everyone due, write their pending digests (run once, by one worker).")] = False,
+) -> None:
+    """Send planned digests until none is left (run several, on one machine or many, against one database)."""
+    from digest.store import Store
+    from digest.workers import plan_day, work
+
+    settings = _settings(config)
+    store = Store(settings.database_url)
+    try:
+        if plan:
+            console.print(f"planned {plan_day(store, settings, _parse_now(now)).planned} digest(s)")
+        report = work(store, settings, _parse_now(now), batch=batch)
+    finally:
+        store.close()
+    console.print(f"{report.worker}: {report.sent} sent, {report.pending} to retry, {report.failed} failed")
+    if report.fatal:
+        err_console.print(f"error: {report.fatal}", highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate a config file and print what it sets up."""

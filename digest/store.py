@@ -188,13 +188,37 @@ def _engine(url: str) -> Engine:
 class Store:
     """All reads and writes of digest's data; one per process, shared by the stages."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool | None = None) -> None:
         self.url = url
         self.engine = _engine(url)
         try:
-            SQLModel.metadata.create_all(self.engine)
+            self._prepare(migrate)
         except (OperationalError, SQLAlchemyError) as e:
             raise StoreError(f"cannot open the database {make_url(url).render_as_string()}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
+
+    def _prepare(self, migrate: bool | None) -> None:
+        """Bring the schema to the code's revision (Alembic, digest/migrations).
+
+        An empty database is created at the newest revision.  An older one is upgraded when
+        `migrate` says so (by default only SQLite, the zero-setup case); a shared server is never
+        altered behind its operator's back: the Store refuses and says to run `digest migrate`.
+        """
+        from digest import migrations
+
+        with self.engine.connect() as conn:
+            at, tables = migrations.current(conn), migrations.has_tables(conn)
+        if at == migrations.head():
+            return
+        if at is None and tables:  # made by create_all before migrations existed: the first revision
+            migrations.stamp(self.engine, migrations.FIRST)
+            at = migrations.FIRST
+        allowed = self.engine.dialect.name == "sqlite" if migrate is None else migrate
+        if at is not None and at != migrations.head() and not allowed:
+            raise StoreError(
+                f"the database schema is at revision {at} but this digest needs {migrations.head()}: "
+                "run `digest migrate` (after a backup) to upgrade it"
+            )
+        migrations.upgrade(self.engine)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

@@ -1,0 +1,90 @@
+"""The store on both backends (a SQLite file, and PostgreSQL when .ci/postgres has started one)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from digest import migrations
+from digest.errors import StoreError
+from digest.sources.base import PaperRecord
+from digest.store import FAILED, LIKE, PENDING, SENT, SENT_STATUS, Store
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+def paper(pid: str, title: str, **rest: object) -> PaperRecord:
+    return PaperRecord(id=pid, title=title, abstract=f"About {title}.", **rest)
+
+
+def test_upsert_new_updated_unchanged(store: Store) -> None:
+    counts = store.upsert_papers([paper("2401.1", "One"), paper("2401.2", "Two")], NOW)
+    assert (counts.new, counts.updated, counts.unchanged) == (2, 0, 0)
+    later = NOW + timedelta(days=1)
+    counts = store.upsert_papers([paper("2401.1", "One, revised", updated=later), paper("2401.2", "Two")], later)
+    assert (counts.new, counts.updated, counts.unchanged) == (0, 1, 1)
+    assert [p.title for p in store.papers(["2401.2", "2401.1", "nope"])] == ["Two", "One, revised"]
+    assert store.resolve_paper("one,  REVISED") == "2401.1"
+
+
+def test_interactions_single_and_bulk(store: Store) -> None:
+    store.upsert_papers([paper(f"p{i}", f"Paper {i}") for i in range(5)], NOW)
+    ids = store.add_subscribers([{"email": "a@example.org"}, {"email": "b@example.org"}], NOW)
+    a, b = ids["a@example.org"], ids["b@example.org"]
+    assert store.add_interactions(a, ["p0", "p1", "p0"], LIKE, NOW, origin="config") == 2
+    assert store.add_interactions(a, ["p1", "p2"], LIKE, NOW, origin="config") == 1
+    assert store.add_interactions_many([(b, "p3"), (b, "p4")], SENT, NOW, origin="digest") == 2
+    assert store.paper_ids_for(a, [LIKE]) == {"p0", "p1", "p2"}
+    assert store.papers_seen([a, b], ["p0", "p3", "p4"], [LIKE, SENT]) == {a: {"p0"}, b: {"p3", "p4"}}
+    assert sorted((r.email, r.paper_id) for r in store.interactions([SENT])) == [("b@example.org", "p3"), ("b@example.org", "p4")]
+
+
+def test_deliveries_plan_claim_finish(store: Store) -> None:
+    store.upsert_papers([paper("p1", "Paper 1")], NOW)
+    ids = list(store.add_subscribers([{"email": f"r{i}@example.org"} for i in range(5)], NOW).values())
+    day = NOW.date()
+    plan = [{"subscriber_id": sid, "digest_date": day, "papers": ["p1"], "reasons": ["close to x"],
+             "trending": [["p1", 3]], "message_id": f"<{sid}@x>"} for sid in ids]
+    store.plan_deliveries(plan, NOW)
+    store.plan_deliveries(plan, NOW)  # one digest a day: the second plan adds nothing
+    assert store.delivery_status_counts(day) == {PENDING: 5}
+
+    first = store.claim_deliveries("w1", NOW, limit=3)
+    second = store.claim_deliveries("w2", NOW, limit=3)
+    assert len(first) == 3 and len(second) == 2
+    assert not {d.id for d in first} & {d.id for d in second}
+    assert first[0].reasons == ["close to x"] and first[0].trending == [["p1", 3]]
+    assert store.claim_deliveries("w3", NOW) == []  # all held
+
+    store.finish_deliveries([(first[0].id, SENT_STATUS, ""), (first[1].id, FAILED, "550 no such user"),
+                             (first[2].id, PENDING, "421 try later")], NOW)
+    store.release_claims([d.id for d in second], "w2")
+    assert store.delivery_status_counts(day) == {SENT_STATUS: 1, FAILED: 1, PENDING: 3}
+    again = store.claim_deliveries("w3", NOW)
+    assert {d.id for d in again} == {d.id for d in second}  # the retry waits; released rows come back
+    later = store.claim_deliveries("w4", NOW + timedelta(hours=1))  # the retry's wait and w3's claim lapsed
+    assert {d.id for d in later} == {first[2].id} | {d.id for d in second}
+    sent = store.delivery(ids[0], day) if first[0].subscriber_id == ids[0] else None
+    assert sent is None or (sent.status == SENT_STATUS and sent.sent_at is not None and sent.attempts == 1)
+
+
+def test_migrations_match_the_tables(database_url: str) -> None:
+    """`alembic check`: a database upgraded from nothing has exactly the tables the code declares."""
+    store = Store(database_url)
+    try:
+        with store.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+            assert migrations.differences(conn) == []
+    finally:
+        store.close()
+
+
+def test_an_old_schema_on_a_server_is_refused(database_url: str) -> None:
+    store = Store(database_url)
+    migrations.stamp(store.engine, migrations.FIRST)
+    store.close()
+    if migrations.head() == migrations.FIRST:
+        pytest.skip("only one revision so far")
+    with pytest.raises(StoreError, match="digest migrate"):
+        Store(database_url, migrate=False).close()
