@@ -353,6 +353,26 @@ def ingest(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the web front: feedback and unsubscribe links from emails, sign-up, preferences.
+
+    Links in emails point at [web] base_url, so set it to where this server is reachable.  Sign
+    links with the same DIGEST_SECRET_KEY as the daily job (or share its data folder).
+    """
+    import uvicorn
+
+    from digest.web import create_app
+
+    settings = _settings(config)
+    console.print(f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
+
+
 def main() -> None:
     """Console entry point: run the app, turning our errors into one line and exit code 2."""
     try:

@@ -1,0 +1,403 @@
+"""The web front's routes: signed links from emails, sign-up with double opt-in, preferences.
+
+Every page is a Jinja2 template under `templates/web/` (autoescaped, inline CSS, no external
+assets).  Every state change needs either a signed link token (feedback, click, unsubscribe,
+confirm, preferences) or, for forms, a CSRF token too; unsubscribe also takes the RFC 8058 one-click
+POST, where the signed URL alone is the proof.  Replies never say whether an address is subscribed.
+
+    GET  /, /subscribe       sign-up form (?q= searches stored papers to tick as liked)
+    POST /subscribe          sends a confirmation link; the same answer whatever the address
+    GET  /confirm?t=         a button; POST /confirm?t= activates (single-use link)
+    GET  /feedback?t=        more / fewer like this (single-use link; a replay changes nothing)
+    GET  /click?t=           records a click, redirects to the paper's stored address only
+    GET  /unsubscribe?t=     a button; POST /unsubscribe?t= unsubscribes at once (one-click)
+    GET  /preferences?t=     preferences and likes; POST saves (web subscribers), /preferences/likes removes
+    GET  /digest?t=          the latest digest, rendered with the email templates
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from digest import links
+from digest.errors import DeliveryError, DigestError
+from digest.render import environment, paper_url
+from digest.settings import Settings
+from digest.store import CLICKED, DISLIKE, LIKE, Store, Subscriber
+from digest.web import forms, mail
+from digest.web.security import CSRF_COOKIE, CSRF_FIELD, RateLimiter, csrf_ok, csrf_token, new_csrf_cookie
+
+log = logging.getLogger(__name__)
+
+MAX_TOKEN = 1000  # characters in a link token; longer is not ours
+SUBSCRIBE_WINDOW = 600.0  # seconds over which web.subscribe_limit counts
+LINK_WINDOW = 60.0  # seconds over which web.link_limit counts
+
+SECURITY_HEADERS = {
+    # No scripts at all, styles only inline, forms only to us; tokens in our URLs never leak as Referer.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class _Front:
+    """The app's state (settings, store, key, clock, limiters) and its handlers."""
+
+    def __init__(self, settings: Settings, store: Store, clock: links.Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.key = links.secret_key(settings)
+        self.env = environment()
+        self.subscribe_limiter = RateLimiter(settings.web.subscribe_limit, SUBSCRIBE_WINDOW, clock)
+        self.link_limiter = RateLimiter(settings.web.link_limit, LINK_WINDOW, clock)
+        self.secure_cookie = settings.web.base_url.startswith("https://")
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def page(self, request: Request, name: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+        """A page from templates/web/, with a CSRF cookie and the matching form token."""
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        fresh = not (16 <= len(cookie) <= 64 and cookie.replace("-", "").replace("_", "").isalnum())
+        if fresh:
+            cookie = new_csrf_cookie()
+        html = self.env.get_template(f"web/{name}.html").render(
+            csrf=csrf_token(self.key, cookie, self.clock), csrf_field=CSRF_FIELD,
+            signups=self.settings.web.allow_signups, **context,
+        )
+        response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        if fresh:
+            response.set_cookie(CSRF_COOKIE, cookie, max_age=links.CSRF_MAX_AGE, httponly=True,
+                                samesite="lax", secure=self.secure_cookie, path="/")
+        return response
+
+    def message(self, request: Request, title: str, text: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+        return self.page(request, "message", status=status, title=title, text=text, **context)
+
+    def bad_link(self, request: Request, why: str = "This link is not valid.") -> HTMLResponse:
+        return self.message(request, "This link does not work", why + " Nothing was changed.", status=400)
+
+    def too_many(self, request: Request) -> HTMLResponse:
+        response = self.message(request, "Too many requests", "Please wait a minute and try again.", status=429)
+        response.headers["Retry-After"] = "60"
+        return response
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def ip(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    def token(self, request: Request, purpose: str, *, max_age: int = links.TOKEN_MAX_AGE,
+              form: dict[str, list[str]] | None = None) -> dict[str, str | int]:
+        """The payload of the link's `t` (query, or form field); raises InvalidToken."""
+        raw = request.query_params.get("t") or (forms.first(form, "t") if form else "")
+        if not raw or len(raw) > MAX_TOKEN:
+            raise links.InvalidToken("this link is not valid")
+        return links.read_token(self.key, purpose, raw, max_age=max_age, clock=self.clock)
+
+    async def form(self, request: Request) -> dict[str, list[str]]:
+        """The posted form, refusing bodies over forms.MAX_BODY without reading them all."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > forms.MAX_BODY:
+            raise HTTPException(413, "form too large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > forms.MAX_BODY:
+                raise HTTPException(413, "form too large")
+        return forms.parse_form(body)
+
+    def csrf_valid(self, request: Request, form: dict[str, list[str]]) -> bool:
+        return csrf_ok(self.key, request.cookies.get(CSRF_COOKIE), forms.first(form, CSRF_FIELD), self.clock)
+
+    def subscriber_from(self, payload: dict[str, str | int]) -> Subscriber | None:
+        email = payload.get("e")
+        return self.store.subscriber(email=email) if isinstance(email, str) else None
+
+    # -- sign-up --------------------------------------------------------------------------------
+
+    def _subscribe_page(self, request: Request, *, values: dict[str, Any], errors: dict[str, str],
+                        status: int = 200) -> HTMLResponse:
+        query = request.query_params.get("q", "")[:200]
+        found = self.store.search_papers(query) if query.strip() else []
+        return self.page(request, "subscribe", status=status, title="Subscribe", values=values, errors=errors,
+                         query=query, found=found)
+
+    async def subscribe_form(self, request: Request) -> Response:
+        if not self.settings.web.allow_signups:
+            return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
+        if request.query_params.get("q") and not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        return self._subscribe_page(request, values={}, errors={})
+
+    async def subscribe(self, request: Request) -> Response:
+        if not self.settings.web.allow_signups:
+            return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
+        form = await self.form(request)
+        if not self.csrf_valid(request, form):
+            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+        if not self.subscribe_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        checked = forms.check_subscribe(form)
+        ids = []
+        for entry in checked.liked:
+            pid = self.store.resolve_paper(entry)
+            if pid is None:
+                checked.errors.setdefault("liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title")
+            ids.append(pid)
+        values = {k: forms.first(form, k) for k in ("email", "name", "timezone", "send_at", "keywords", "liked")}
+        if checked.errors:
+            return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
+        email = checked.values["email"]
+        if not self.subscribe_limiter.hit("email:" + email):
+            return self.too_many(request)
+        fields = {k: v for k, v in checked.values.items() if k != "email"}
+        row = self.store.request_subscription(email, fields, [i for i in ids if i], self.now())
+        if row.active:
+            msg = mail.notice(self.settings, email=email, name=row.name, subject="You already get the paper digest",
+                              template="confirm", when=self.now(), link="",
+                              manage=links.manage_url(self.settings, self.key, email, clock=self.clock))
+        else:
+            msg = mail.notice(self.settings, email=email, name=fields.get("name", ""), subject="Confirm your paper digest",
+                              template="confirm", when=self.now(), manage="",
+                              link=links.confirm_url(self.settings, self.key, email, clock=self.clock))
+        try:
+            await run_in_threadpool(mail.send, self.settings, msg)
+        except DeliveryError as e:
+            log.warning("could not send a confirmation email: %s", e)
+            return self.message(request, "We could not send the email", "Please try again in a few minutes.", status=503)
+        return self.message(request, "Check your inbox",
+                            f"If {email} can receive our emails, a message is on its way with a link to confirm. "
+                            "Nothing is sent to an address that has not confirmed.")
+
+    async def confirm(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        form = await self.form(request) if request.method == "POST" else None
+        try:
+            payload = self.token(request, links.CONFIRM, max_age=links.CONFIRM_MAX_AGE, form=form)
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        email, nonce = payload.get("e"), payload.get("n")
+        if not isinstance(email, str) or not isinstance(nonce, str):
+            return self.bad_link(request)
+        if form is None:
+            return self.page(request, "action", title="Confirm your subscription",
+                             text=f"Start sending the daily paper digest to {email}?",
+                             action=str(request.url.path) + "?" + str(request.url.query), button="Confirm my subscription")
+        if not self.csrf_valid(request, form):
+            return self.message(request, "Please try again", "The form had expired. Open the link from the email again.", status=403)
+        if not self.store.use_token(nonce, links.CONFIRM, self.now()):
+            return self.message(request, "Already confirmed", "This link has been used already; nothing changed.")
+        row = self.store.confirm_subscription(email, self.now())
+        if row is None:
+            return self.bad_link(request)
+        return self.message(request, "You are subscribed",
+                            f"Your first digest comes at {row.send_at} ({row.timezone}).",
+                            manage=links.manage_url(self.settings, self.key, email, clock=self.clock))
+
+    # -- links in the digest --------------------------------------------------------------------
+
+    def _sub_and_paper(self, payload: dict[str, str | int]) -> tuple[Subscriber, Any] | None:
+        sid, pid = payload.get("s"), payload.get("p")
+        if not isinstance(sid, int) or not isinstance(pid, str):
+            return None
+        sub = self.store.subscriber(id=sid)
+        papers = self.store.papers([pid])
+        if sub is None or not papers:
+            return None
+        return sub, papers[0]
+
+    async def feedback(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        try:
+            payload = self.token(request, links.FEEDBACK)
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        found = self._sub_and_paper(payload)
+        kind, nonce = payload.get("k"), payload.get("n")
+        if found is None or kind not in (LIKE, DISLIKE) or not isinstance(nonce, str):
+            return self.bad_link(request)
+        sub, paper = found
+        manage = links.manage_url(self.settings, self.key, sub.email, clock=self.clock)
+        if not self.store.use_token(nonce, links.FEEDBACK, self.now()):
+            return self.message(request, "Already noted", "You used this link before; your digest already knows.",
+                                manage=manage)
+        self.store.set_feedback(sub.id, paper.id, str(kind), self.now(), origin="web")
+        more = kind == LIKE
+        return self.message(request, "Thanks, noted",
+                            f"You will see {'more' if more else 'fewer'} papers like “{paper.title}” from your next digest on.",
+                            manage=manage)
+
+    async def click(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        try:
+            payload = self.token(request, links.CLICK)
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        found = self._sub_and_paper(payload)
+        if found is None:
+            return self.bad_link(request)
+        sub, paper = found
+        self.store.add_interactions(sub.id, [paper.id], CLICKED, self.now(), origin="web")
+        # Only ever the stored paper's own address (http/https or its arXiv page), never one from the request.
+        return RedirectResponse(paper_url(paper.id, paper.url, paper.title), status_code=303, headers=SECURITY_HEADERS)
+
+    async def unsubscribe(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        form = await self.form(request) if request.method == "POST" else None
+        try:
+            payload = self.token(request, links.UNSUBSCRIBE, form=form)
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        email = payload.get("e")
+        if not isinstance(email, str):
+            return self.bad_link(request)
+        if form is None:
+            return self.page(request, "action", title="Unsubscribe",
+                             text=f"Stop sending the paper digest to {email}?",
+                             action=str(request.url.path) + "?" + str(request.url.query), button="Unsubscribe")
+        # RFC 8058 one-click: a mail client POSTs "List-Unsubscribe=One-Click" with no cookie; the signed URL is the proof.
+        self.store.unsubscribe(email, self.now())
+        return self.message(request, "You are unsubscribed",
+                            f"No more digests go to {email}. Changed your mind? Subscribe again any time.")
+
+    # -- preferences and the digest in the browser ---------------------------------------------
+
+    def _preferences_page(self, request: Request, sub: Subscriber, *, errors: dict[str, str] | None = None,
+                          notice: str = "", status: int = 200, values: dict[str, Any] | None = None) -> HTMLResponse:
+        t = request.query_params.get("t", "")
+        current = {
+            "timezone": sub.timezone, "send_at": sub.send_at, "max_papers": sub.max_papers,
+            "keywords": ", ".join(sub.keywords), "exclude_keywords": ", ".join(sub.exclude_keywords),
+        }
+        return self.page(
+            request, "preferences", status=status, title="Your preferences", sub=sub, t=t,
+            values=values or current, errors=errors or {}, notice=notice,
+            editable=sub.origin == "web",
+            likes=self.store.liked_papers(sub.id, LIKE), dislikes=self.store.liked_papers(sub.id, DISLIKE),
+            digest_url=links.manage_url(self.settings, self.key, sub.email, clock=self.clock, path="/digest"),
+            unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
+        )
+
+    async def preferences(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        form = await self.form(request) if request.method == "POST" else None
+        try:
+            sub = self.subscriber_from(self.token(request, links.MANAGE))
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        if sub is None:
+            return self.bad_link(request)
+        if form is None:
+            return self._preferences_page(request, sub)
+        if not self.csrf_valid(request, form):
+            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+        if sub.origin != "web":
+            return self._preferences_page(request, sub, status=409,
+                                          errors={"form": "Your settings come from the preferences file; ask whoever runs this digest to change them."})
+        checked = forms.check_preferences(form)
+        if checked.errors:
+            values = {k: forms.first(form, k) for k in ("timezone", "send_at", "max_papers", "keywords", "exclude_keywords")}
+            return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
+        try:
+            sub = self.store.update_preferences(sub.id, checked.values)
+        except DigestError as e:
+            return self._preferences_page(request, sub, errors={"form": str(e)}, status=409)
+        return self._preferences_page(request, sub, notice="Saved. Your next digest uses these settings.")
+
+    async def remove_like(self, request: Request) -> Response:
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        form = await self.form(request)
+        try:
+            sub = self.subscriber_from(self.token(request, links.MANAGE))
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        if sub is None:
+            return self.bad_link(request)
+        if not self.csrf_valid(request, form):
+            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+        kind = forms.first(form, "kind")
+        removed = self.store.remove_interaction(sub.id, forms.first(form, "paper")[:200], kind if kind == DISLIKE else LIKE, origin="web")
+        return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
+
+    async def digest(self, request: Request) -> Response:
+        from digest.pipeline import Pick, compose, local_date
+
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        try:
+            sub = self.subscriber_from(self.token(request, links.MANAGE))
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        if sub is None:
+            return self.bad_link(request)
+        now = self.now()
+        row = self.store.latest_delivery(sub.id, local_date(now, sub.timezone))
+        if row is None:
+            return self.message(request, "No digest yet", f"Your first digest comes at {sub.send_at} ({sub.timezone}).",
+                                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
+        by_id = {p.id: p for p in self.store.papers(row.papers)}
+        reasons = list(getattr(row, "reasons", []) or [])
+        picks = [Pick(by_id[pid], 0.0, reasons[i] if i < len(reasons) else "")
+                 for i, pid in enumerate(row.papers) if pid in by_id]
+        new_count = len(self.store.recent_paper_ids(now - timedelta(days=self.settings.ranking.window_days)))
+        _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, [], max(new_count, len(picks)), now)
+        return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+def create_app(settings: Settings, *, store: Store | None = None, clock: links.Clock = time.time) -> Starlette:
+    """The web front over `store` (default: the configured database), with `clock` for tokens and limits."""
+    own_store = store is None
+    front = _Front(settings, store or Store(settings.database_url), clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if own_store:
+            front.store.close()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        titles = {404: "Page not found", 405: "Not allowed", 413: "Too large"}
+        return front.message(request, titles.get(status, "Something went wrong"), "Nothing was changed.", status=status)
+
+    routes = [
+        Route("/", front.subscribe_form, methods=["GET"]),
+        Route("/subscribe", front.subscribe_form, methods=["GET"]),
+        Route("/subscribe", front.subscribe, methods=["POST"]),
+        Route("/confirm", front.confirm, methods=["GET", "POST"]),
+        Route("/feedback", front.feedback, methods=["GET"]),
+        Route("/click", front.click, methods=["GET"]),
+        Route("/unsubscribe", front.unsubscribe, methods=["GET", "POST"]),
+        Route("/preferences", front.preferences, methods=["GET", "POST"]),
+        Route("/preferences/likes", front.remove_like, methods=["POST"]),
+        Route("/digest", front.digest, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.front = front
+    return app
