@@ -369,7 +369,7 @@ def serve(
     from digest.web import create_app
 
     settings = _settings(config)
-    console.print(f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})", highlight=False)
+    console.print(f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})", highlight=False, soft_wrap=True)
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
 
 
