@@ -373,6 +373,60 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
 
 
+@app.command("eval")
+def eval_(
+    data_dir: Annotated[Path, typer.Argument(help="Benchmark folder: papers.jsonl, train.csv, test.csv, optional candidates.txt.")],
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for recall@k, comma-separated.")] = "10,20,50,100,300",
+    methods: Annotated[str, typer.Option("--methods", help="Rankers to compare, comma-separated.")] = "popularity,random,content,svm,collaborative,hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw recall@k curves to this PNG (needs matplotlib).")] = None,
+    svm_users: Annotated[int, typer.Option("--svm-users", help="svm fits one model per user: evaluate it on this many sampled users (0: all).")] = 500,
+) -> None:
+    """Measure the rankers on a benchmark folder: recall@k and nDCG@10 per method."""
+    import json
+
+    from digest.evaluate import parse_list, plot_recall, run_eval
+    from digest.rank import RANKERS
+
+    try:
+        ks = parse_list(k, cast=int)
+        names = parse_list(methods)
+    except ValueError as e:
+        raise DigestError(f"--k and --methods take comma-separated lists ({e})") from e
+    if any(x <= 0 for x in ks):
+        raise DigestError("--k values must be positive")
+    unknown = [m for m in names if m not in RANKERS]
+    if unknown:
+        raise DigestError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(RANKERS))}")
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def advance(method: str, done: int, total: int) -> None:
+            if method not in tasks:
+                tasks[method] = bar.add_task(f"eval {method}", total=total)
+            bar.update(tasks[method], completed=done)
+
+        result = run_eval(data_dir, ks, names, progress=advance, svm_users=svm_users or None)
+    if plot is not None:
+        plot_recall(result, plot, ks)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{result['bench']}: {result['users']} users with held-out papers", header_style="bold")
+    table.add_column("method")
+    for kk in ks:
+        table.add_column(f"recall@{kk}", justify="right")
+    table.add_column("nDCG@10", justify="right")
+    table.add_column("users", justify="right")
+    table.add_column("seconds", justify="right")
+    for name, res in result["methods"].items():
+        users = f"{res['users']}" + (" (sample)" if res.get("sampled") else "")
+        table.add_row(name, *(f"{res[f'recall@{kk}']:.4f}" for kk in ks), f"{res['ndcg@10']:.4f}", users, f"{res['seconds']:.1f}")
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning our errors into one line and exit code 2."""
     try:

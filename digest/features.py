@@ -30,6 +30,11 @@ def make_vectorizer(*, ngram_max: int = 2, min_df: int = 1, max_features: int | 
 def fit_tfidf(texts: Sequence[str], **options: int | None) -> tuple[TfidfVectorizer, sp.csr_matrix]:
     """Fit on the corpus; returns the vectorizer and the papers x terms matrix (rows L2-normalised)."""
     vectorizer = make_vectorizer(**options)
+    if not texts:  # no papers at all: a one-term vocabulary and an empty matrix
+        vectorizer = make_vectorizer(**{**options, "min_df": 1})
+        vectorizer.set_params(stop_words=None, token_pattern=r"(?u)\b\w+\b")
+        vectorizer.fit(["_"])
+        return vectorizer, sp.csr_matrix((0, len(vectorizer.vocabulary_)), dtype=np.float32)
     texts = [t if t.strip() else "_" for t in texts]
     try:
         matrix = vectorizer.fit_transform(texts)

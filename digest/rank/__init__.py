@@ -9,9 +9,23 @@ from typing import Any
 
 from digest.errors import ConfigError
 from digest.rank.base import Corpus, IdMap, Ranker, TrainData, top_k
+from digest.rank.collaborative import CollaborativeRanker
 from digest.rank.content import ContentRanker
+from digest.rank.hybrid import HybridRanker
+from digest.rank.popularity import PopularityRanker
+from digest.rank.randomized import RandomRanker
+from digest.rank.svm import SVMRanker
+from digest.rank.trending import TrendingRanker
 
-RANKERS: dict[str, type[Ranker]] = {"content": ContentRanker}
+RANKERS: dict[str, type[Ranker]] = {
+    "content": ContentRanker,
+    "popularity": PopularityRanker,
+    "random": RandomRanker,
+    "svm": SVMRanker,
+    "collaborative": CollaborativeRanker,
+    "hybrid": HybridRanker,
+    "trending": TrendingRanker,
+}
 
 
 def make_ranker(name: str, **options: Any) -> Ranker:

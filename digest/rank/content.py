@@ -21,14 +21,15 @@ class ContentRanker(Ranker):
 
     name = "content"
 
-    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2) -> None:
+    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2, min_df: int = 1) -> None:
         self.keyword_weight = keyword_weight
         self.dislike_weight = dislike_weight
         self.ngram_max = ngram_max
+        self.min_df = min_df
 
     def fit(self, data: TrainData) -> ContentRanker:
         self.data = data
-        self.vectorizer, self.items = fit_tfidf(data.corpus.texts(), ngram_max=self.ngram_max)
+        self.vectorizer, self.items = fit_tfidf(data.corpus.texts(), ngram_max=self.ngram_max, min_df=self.min_df)
         likes = normalize_rows(data.likes)  # mean of liked rows
         profile = likes @ self.items
         self.keyword_vectors = self._keyword_vectors(data.keywords)

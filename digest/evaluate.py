@@ -1,0 +1,273 @@
+"""Offline evaluation: metrics, the benchmark-folder loader, and the `digest eval` driver.
+
+A benchmark folder holds `papers.jsonl` ({"id", "title", "abstract"} a line), `train.csv` and
+`test.csv` (`user,paper` with a header line) and optionally `candidates.txt` (one paper id a line:
+the pool to rank; without it every paper the user did not like in training is ranked).
+
+recall@k for one user = held-out papers in the top k / all held-out papers of that user, with the
+user's training papers excluded from the ranking; averaged over users with at least one held-out
+paper.  nDCG@10 uses binary relevance.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from digest.errors import DataError
+from digest.rank.base import Corpus, IdMap, Ranker, TrainData, pairs_to_matrix, top_k_rows
+
+DEFAULT_KS = (10, 20, 50, 100, 300)
+DEFAULT_METHODS = ("popularity", "random", "content", "svm", "collaborative", "hybrid")
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def recall_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
+    """Share of `relevant` found in the first k of `ranked` (0.0 when nothing is relevant)."""
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(list(ranked)[:k])) / len(relevant)
+
+
+def ndcg_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
+    """Binary-relevance nDCG@k: DCG of the ranking over DCG of the ideal one (0.0 when nothing is relevant)."""
+    relevant = set(relevant)
+    if not relevant:
+        return 0.0
+    dcg = sum(1.0 / np.log2(i + 2) for i, item in enumerate(list(ranked)[:k]) if item in relevant)
+    idcg = sum(1.0 / np.log2(i + 2) for i in range(min(k, len(relevant))))
+    return float(dcg / idcg)
+
+
+def hits_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], ndcg_k: int = 10,
+                 n_ideal: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-user metrics from a users x ranks 0/1 `hits` array (the vectorised form of the two above).
+
+    `n_relevant` is each user's number of held-out papers (recall's denominator); `n_ideal` the number
+    the ranking could find (nDCG's ideal), defaulting to `n_relevant`.
+    """
+    hits = np.asarray(hits, dtype=np.float64)
+    n_relevant = np.asarray(n_relevant, dtype=np.float64)
+    n_ideal = n_relevant if n_ideal is None else np.asarray(n_ideal, dtype=np.float64)
+    safe = np.maximum(n_relevant, 1)
+    out = {f"recall@{k}": np.where(n_relevant > 0, hits[:, :k].sum(axis=1) / safe, 0.0) for k in ks}
+    disc = 1.0 / np.log2(np.arange(2, ndcg_k + 2))
+    dcg = (hits[:, :ndcg_k] * disc[: hits[:, :ndcg_k].shape[1]]).sum(axis=1)
+    cum = np.concatenate([[0.0], np.cumsum(disc)])
+    idcg = cum[np.minimum(n_ideal, ndcg_k).astype(np.int64)]
+    out[f"ndcg@{ndcg_k}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+    return out
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """A benchmark folder loaded: training data for the rankers, the held-out likes, the pool."""
+
+    name: str
+    data: TrainData
+    test: sp.csr_matrix  # users x corpus, 0/1
+    candidates: np.ndarray | None  # corpus rows of candidates.txt, or None: rank everything
+
+    @property
+    def eval_users(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.test.indptr) > 0)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header[:2]] != ["user", "paper"] or len(header) != 2:
+                raise DataError(f"{path}:1: expected the header line 'user,paper', got {','.join(header or [])!r}")
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                    raise DataError(f"{path}:{reader.line_num}: expected 'user,paper', got {','.join(row)!r}")
+                pairs.append((row[0].strip(), row[1].strip()))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    return pairs
+
+
+def _read_papers(path: Path) -> list[tuple[str, str, str]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from e
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)) or str(rec.get("id")).strip() == "":
+                raise DataError(f"{path}:{n}: each line needs a non-empty \"id\"")
+            title, abstract = rec.get("title") or "", rec.get("abstract") or ""
+            if not isinstance(title, str) or not isinstance(abstract, str):
+                raise DataError(f"{path}:{n}: \"title\" and \"abstract\" must be strings")
+            records.append((str(rec["id"]).strip(), title, abstract))
+    return records
+
+
+def load_bench(path: str | Path) -> Bench:
+    """Load a benchmark folder; papers or users seen only in test (or candidates) are added, untitled if unknown."""
+    path = Path(path)
+    for required in ("papers.jsonl", "train.csv", "test.csv"):
+        if not (path / required).is_file():
+            raise DataError(f"{path / required}: missing (a benchmark folder needs papers.jsonl, train.csv, test.csv)")
+    records = _read_papers(path / "papers.jsonl")
+    train = _read_pairs(path / "train.csv")
+    test = _read_pairs(path / "test.csv")
+    cand_ids = None
+    if (path / "candidates.txt").is_file():
+        cand_ids = [line.strip() for line in (path / "candidates.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    known = {r[0] for r in records}
+    extra = []
+    for pid in [p for _, p in train] + [p for _, p in test] + (cand_ids or []):
+        if pid not in known:
+            known.add(pid)
+            extra.append((pid, "", ""))
+    corpus = Corpus.from_records(records + extra)
+    users = IdMap([u for u, _ in train] + [u for u, _ in test])
+    data = TrainData.from_pairs(corpus, users, train)
+    data.counts = np.zeros(len(corpus), dtype=np.float32)  # no community signal in a benchmark
+    test_m = pairs_to_matrix(test, users, corpus.ids)
+    candidates = corpus.ids.indices(dict.fromkeys(cand_ids)) if cand_ids is not None else None
+    return Bench(path.name, data, test_m, candidates)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def evaluate(ranker: Ranker, bench: Bench, ks: Sequence[int] = DEFAULT_KS, *, users: np.ndarray | None = None,
+             fit: bool = True, block: int = 1000, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Fit `ranker` on the bench's training data (unless fit=False) and measure it on test.csv.
+
+    Returns {"recall@k": ..., "ndcg@10": ..., "users": n, "seconds": s}; `users` restricts (samples) the
+    evaluated users.
+    """
+    start = time.perf_counter()
+    if fit:
+        ranker.fit(bench.data)
+    users = bench.eval_users if users is None else np.asarray(users, dtype=np.int64)
+    cands = bench.candidates if bench.candidates is not None else np.arange(len(bench.data.corpus))
+    kmax = max(max(ks), 10)
+    likes, test = bench.data.likes, bench.test
+    n_relevant = np.diff(test.indptr)[users]
+    per_user: dict[str, list[np.ndarray]] = {}
+    for s in range(0, len(users), block):
+        ub = users[s : s + block]
+        scores = np.asarray(ranker.score(ub, cands), dtype=np.float32).copy()
+        scores[likes[ub][:, cands].toarray() > 0] = -np.inf
+        truth = test[ub][:, cands].toarray() > 0
+        truth &= ~np.isneginf(scores)
+        top = top_k_rows(scores, kmax)
+        hits = np.take_along_axis(truth, top, axis=1)
+        for name, vals in hits_metrics(hits, n_relevant[s : s + block], ks, 10, truth.sum(axis=1)).items():
+            per_user.setdefault(name, []).append(vals)
+        if progress:
+            progress(min(s + block, len(users)), len(users))
+    out = {name: float(np.concatenate(v).mean()) if v else 0.0 for name, v in per_user.items()}
+    out["users"] = int(len(users))
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def ranker_options(method: str, bench: Bench) -> dict:
+    """Options `run_eval` gives a method: the hybrid tunes its weights on a split of train.csv."""
+    if method == "hybrid":
+        return {"tune": "cold" if bench.candidates is not None else "warm"}
+    return {}
+
+
+def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence[str] = DEFAULT_METHODS, *,
+             progress: Callable[[str, int, int], None] | None = None, svm_users: int | None = 500, seed: int = 0) -> dict:
+    """Evaluate each method on a benchmark folder.
+
+    Returns {"bench": name, "users": N, "methods": {name: {"recall@k": ..., "ndcg@10": ..., "seconds": s,
+    "users": n}}}.  `svm` fits one model per user, so it is measured on a random sample of `svm_users`
+    users (None: all); its entry then says "sampled": true.
+    """
+    from digest.rank import make_ranker
+
+    bench = load_bench(path)
+    all_users = bench.eval_users
+    result: dict = {"bench": bench.name, "users": int(len(all_users)), "methods": {}}
+    for method in methods:
+        ranker = make_ranker(method, **ranker_options(method, bench))
+        users = None
+        if method == "svm" and svm_users is not None and len(all_users) > svm_users:
+            users = np.sort(np.random.default_rng(seed).choice(all_users, size=svm_users, replace=False))
+        cb = (lambda done, total, m=method: progress(m, done, total)) if progress else None
+        res = evaluate(ranker, bench, ks, users=users, progress=cb)
+        if users is not None:
+            res["sampled"] = True
+        tuning = getattr(ranker, "tuning", None)
+        if tuning:
+            res["tuning"] = tuning
+        result["methods"][method] = res
+    return result
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+# Published / measured figures from the bench README: {split: [(label, k, recall)]}
+ANCHORS: dict[str, list[tuple[str, int, float]]] = {
+    "citeulike-a-cold": [("DropoutNet-WMF (abstracts)", 100, 0.645), ("shared_rep (abstracts)", 100, 0.671),
+                         ("TF-IDF titles centroid", 100, 0.49)],
+    "citeulike-a-p1": [("CTR", 100, 0.095), ("CTR", 300, 0.223), ("CDL", 100, 0.147), ("CDL", 300, 0.244),
+                       ("CVAE", 100, 0.163), ("CVAE", 300, 0.291), ("CDL+BERT", 300, 0.315), ("TF-IDF titles", 300, 0.141)],
+    "citeulike-a-p10": [("TF-IDF titles", 300, 0.351), ("popularity", 300, 0.105)],
+}
+
+
+def parse_list(value: str, *, cast=str) -> list:  # noqa: ANN001
+    """'10,20, 50' -> [10, 20, 50]; raises ValueError on an empty list or a bad item."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError("empty list")
+    return [cast(v) for v in items]
+
+
+def plot_recall(result: dict, path: str | Path, ks: Sequence[int]) -> Path:
+    """Recall@k curves of every method, with the published anchors of the split marked; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        from digest.errors import DigestError
+
+        raise DigestError("--plot needs matplotlib: pip install 'digest[plot]' (or pip install matplotlib)") from e
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, res in result["methods"].items():
+        xs = [k for k in ks if f"recall@{k}" in res]
+        ax.plot(xs, [res[f"recall@{k}"] for k in xs], marker="o", label=name)
+    for label, k, value in ANCHORS.get(result.get("bench", ""), []):
+        ax.scatter([k], [value], marker="*", s=90, color="black", zorder=5)
+        ax.annotate(label, (k, value), textcoords="offset points", xytext=(4, 2), fontsize=7)
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k")
+    ax.set_title(f"{result.get('bench', '')}: {result['users']} users")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

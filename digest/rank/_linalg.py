@@ -1,0 +1,67 @@
+"""Small vectorised helpers shared by the collaborative and hybrid rankers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def ridge_cg(X: sp.csr_matrix, Y: np.ndarray, lam: float, *, iters: int = 200, tol: float = 1e-4) -> np.ndarray:
+    """Solve (X^T X + lam I) W = X^T Y for every column of Y at once by conjugate gradients.
+
+    X is sparse (n x F, F can be large), Y dense (n x k); returns W (F x k).  One iteration costs two
+    sparse x dense products, so mapping TF-IDF onto a few hundred factors takes seconds.
+    """
+    Y = np.asarray(Y, dtype=np.float32)
+    b = np.asarray(X.T @ Y, dtype=np.float32)
+    W = np.zeros_like(b)
+    r = b.copy()
+    p = r.copy()
+    rs = (r * r).sum(0)
+    b2 = np.maximum(rs, 1e-30)
+    for _ in range(iters):
+        Ap = np.asarray(X.T @ (X @ p), dtype=np.float32) + lam * p
+        alpha = rs / np.maximum((p * Ap).sum(0), 1e-30)
+        W += alpha * p
+        r -= alpha * Ap
+        rs_new = (r * r).sum(0)
+        if np.all(rs_new / b2 < tol * tol):
+            break
+        p = r + (rs_new / np.maximum(rs, 1e-30)) * p
+        rs = rs_new
+    return W
+
+
+@contextlib.contextmanager
+def single_blas_thread():
+    """implicit's ALS runs its own threads and warns if BLAS does too: pin BLAS to one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    old = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        with threadpool_limits(1, "blas"):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = old
+
+
+def zstats(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and standard deviation (never zero) of a users x items score block."""
+    mean = block.mean(axis=1, dtype=np.float64).astype(np.float32)
+    std = block.std(axis=1, dtype=np.float64).astype(np.float32)
+    std[~(std > 1e-9)] = 1.0
+    return mean, std
+
+
+def finite32(block: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(np.asarray(block, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)

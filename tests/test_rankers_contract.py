@@ -1,0 +1,143 @@
+"""The ranker contract, written once and run against every registered ranker.
+
+Synthetic case with a known answer: two topic clusters of papers (proteins, galaxies), users who
+liked only cluster-A papers; their unseen cluster-A papers must be ranked above every cluster-B paper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from digest.rank import RANKERS, Corpus, IdMap, TrainData, make_ranker
+from digest.rank.base import top_k
+from digest.rank.diversity import mmr
+
+A = [f"protein folding {w} structure" for w in ("dynamics", "kinetics", "energy", "prediction", "network", "simulation", "alignment", "design")]
+B = [f"galaxy dark matter {w} survey" for w in ("halo", "cluster", "lensing", "rotation", "formation", "redshift", "energy", "cosmology")]
+TOPICAL = {"content", "svm", "hybrid"}  # rankers that must find the cluster from text alone
+FLOORS = {"popularity", "random", "trending"}
+
+
+def synthetic() -> TrainData:
+    corpus = Corpus.from_records([(f"a{i}", t, "") for i, t in enumerate(A)] + [(f"b{i}", t, "") for i, t in enumerate(B)] + [("e", "", "")])
+    users = IdMap(["ua1", "ua2", "ub1", "ub2", "nobody", "kw"])
+    likes = [("ua1", "a0"), ("ua1", "a1"), ("ua1", "a2"), ("ua2", "a0"), ("ua2", "a1"), ("ua2", "a3"),
+             ("ub1", "b0"), ("ub1", "b1"), ("ub1", "b2"), ("ub2", "b0"), ("ub2", "b1"), ("ub2", "b3")]
+    counts = np.arange(len(corpus), dtype=np.float32)
+    return TrainData.from_pairs(corpus, users, likes, dislikes=[("ua1", "b4")],
+                                keywords=[[], [], [], [], [], ["protein"]], counts=counts)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainData:
+    return synthetic()
+
+
+@pytest.mark.parametrize("name", sorted(RANKERS))
+def test_contract(name: str, data: TrainData) -> None:
+    ranker = make_ranker(name)
+    assert ranker.fit(data) is ranker
+    users = np.arange(len(data.users))
+    cands = np.arange(len(data.corpus))
+    s = ranker.score(users, cands)
+    assert isinstance(s, np.ndarray) and s.dtype == np.float32
+    assert s.shape == (len(users), len(cands))
+    assert np.isfinite(s).all()
+    # a sub-block scores the same as the matching slice of the full block
+    sub = ranker.score(users[1:3], cands[::2])
+    np.testing.assert_allclose(sub, s[1:3, ::2], rtol=1e-4, atol=1e-4)
+    # empty blocks
+    assert ranker.score(users[:0], cands).shape == (0, len(cands))
+    assert ranker.score(users, cands[:0]).shape == (len(users), 0)
+    for u in users:
+        reasons = ranker.explain(int(u), cands[:5])
+        assert len(reasons) == 5 and all(isinstance(r, str) and r for r in reasons)
+    assert ranker.explain(0, cands[:0]) == []
+    rows, scores = ranker.recommend(0, cands, 3, exclude=data.likes[0].indices)
+    assert len(rows) == 3 and not np.isin(rows, data.likes[0].indices).any()
+    # fit again on new data works
+    ranker.fit(data)
+
+
+@pytest.mark.parametrize("name", sorted(TOPICAL))
+def test_known_answer(name: str, data: TrainData) -> None:
+    ranker = make_ranker(name).fit(data)
+    a_rows = np.arange(len(A))
+    b_rows = np.arange(len(A), len(A) + len(B))
+    for uid in ("ua1", "ua2"):
+        u = data.users.index(uid)
+        liked = data.likes[u].indices
+        unseen_a = np.setdiff1d(a_rows, liked)
+        cands = np.concatenate([unseen_a, b_rows])
+        best, _ = top_k(cands, ranker.score(np.array([u]), cands)[0], len(unseen_a))
+        assert set(best) == set(unseen_a), f"{name} for {uid}: {best}"
+    u = data.users.index("ub1")
+    unseen_b = np.setdiff1d(b_rows, data.likes[u].indices)
+    cands = np.concatenate([a_rows, unseen_b])
+    best, _ = top_k(cands, ranker.score(np.array([u]), cands)[0], len(unseen_b))
+    assert set(best) == set(unseen_b)
+
+
+def test_keywords_only_user_gets_topic(data: TrainData) -> None:
+    for name in ("content", "hybrid"):
+        ranker = make_ranker(name).fit(data)
+        u = data.users.index("kw")
+        cands = np.arange(len(A) + len(B))
+        best, _ = top_k(cands, ranker.score(np.array([u]), cands)[0], 4)
+        assert (best < len(A)).all(), name
+
+
+def test_hybrid_explains_with_component_reasons(data: TrainData) -> None:
+    ranker = make_ranker("hybrid").fit(data)
+    u = data.users.index("ua1")
+    reasons = ranker.explain(u, np.array([3, 4, 5]))
+    assert all(r.startswith(("close to ", "matches keyword ", "liked by readers", "trending: ", "popular")) for r in reasons)
+    trend = make_ranker("hybrid", weights={"content": 0.0, "lsa": 0.0, "cf": 0.0, "trend": 1.0}).fit(data)
+    assert trend.explain(u, np.array([10]))[0] == "trending: 10 upvotes"
+
+
+def test_hybrid_copes_with_tiny_data() -> None:
+    corpus = Corpus.from_records([("p1", "deep learning", ""), ("p2", "", ""), ("p3", "graph theory", "")])
+    for users, likes, kws in [
+        ([], [], None),
+        (["solo"], [], [["graph"]]),
+        (["solo"], [("solo", "p1")], None),
+        (["a", "b"], [("a", "p1"), ("a", "p3"), ("b", "p1")], None),
+    ]:
+        data = TrainData.from_pairs(corpus, IdMap(users), likes, keywords=kws)
+        for name in sorted(RANKERS):
+            r = make_ranker(name).fit(data)
+            s = r.score(np.arange(len(users)), np.arange(3))
+            assert s.shape == (len(users), 3) and np.isfinite(s).all()
+            if users:
+                assert len(r.explain(0, np.arange(3))) == 3
+    empty = Corpus.from_records([])
+    data = TrainData.from_pairs(empty, IdMap(["x"]), [])
+    for name in ("popularity", "random", "trending", "collaborative", "hybrid"):
+        assert make_ranker(name).fit(data).score(np.array([0]), np.zeros(0, np.int64)).shape == (1, 0)
+
+
+def test_hybrid_dislikes_push_down(data: TrainData) -> None:
+    corpus, users = data.corpus, data.users
+    base = TrainData.from_pairs(corpus, users, [("ua1", "a0"), ("ua1", "b0")])
+    with_dislike = TrainData.from_pairs(corpus, users, [("ua1", "a0"), ("ua1", "b0")], dislikes=[("ua1", "b1")])
+    u = users.index("ua1")
+    b_rows = np.arange(len(A) + 1, len(A) + len(B))
+    s0 = make_ranker("hybrid").fit(base).score(np.array([u]), b_rows)[0]
+    s1 = make_ranker("hybrid").fit(with_dislike).score(np.array([u]), b_rows)[0]
+    assert s1.mean() < s0.mean()
+
+
+def test_mmr_diversifies_near_duplicates() -> None:
+    # five near-duplicates of topic A scored highest, then topic B papers
+    feats = np.array([[1.0, 0.01 * i, 0.0] for i in range(5)] + [[0.0, 0.0, 1.0], [0.05, 0.0, 1.0]])
+    scores = np.array([1.0, 0.99, 0.98, 0.97, 0.96, 0.8, 0.79])
+    cands = np.arange(7) + 100
+    picked = mmr(cands, scores, feats, k=3, lambda_=0.5)
+    assert picked[0] == 100
+    assert any(p in (105, 106) for p in picked), picked
+    assert len(set(picked)) == 3
+    # lambda_=1 is plain ranking
+    assert list(mmr(cands, scores, feats, k=3, lambda_=1.0)) == [100, 101, 102]
+    assert len(mmr(cands[:0], scores[:0], feats[:0], k=3)) == 0
