@@ -137,9 +137,10 @@ class SmtpTransport:
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.settings.smtp
+        conn: smtplib.SMTP | None = None
         try:
             if cfg.ssl:
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                conn = smtplib.SMTP_SSL(
                     cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
                 )
             else:
@@ -149,6 +150,16 @@ class SmtpTransport:
             if self.settings.smtp_username is not None:
                 password = self.settings.smtp_password.get_secret_value() if self.settings.smtp_password else ""
                 conn.login(self.settings.smtp_username.get_secret_value(), password)
+        except BaseException:
+            if conn is not None:  # connected, then STARTTLS or the login failed: do not leak the socket
+                conn.close()
+            raise
+        return conn
+
+    def _open(self) -> smtplib.SMTP:
+        cfg = self.settings.smtp
+        try:
+            return self._connect()
         except smtplib.SMTPAuthenticationError as e:
             raise AuthenticationError(
                 f"the SMTP server {cfg.host}:{cfg.port} refused the login ({e.smtp_code}); "
@@ -158,16 +169,15 @@ class SmtpTransport:
             raise AuthenticationError(f"the SMTP server {cfg.host}:{cfg.port} does not support {e}") from e
         except (smtplib.SMTPException, OSError, socket.timeout) as e:
             raise ServerUnavailable(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
-        return conn
 
     def send(self, msg: EmailMessage) -> None:
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = self._connect()
+                self._conn = self._open()
             try:
                 refused = self._conn.send_message(msg)
             except smtplib.SMTPServerDisconnected as e:
-                self._conn = None
+                self._drop()
                 if attempt == 2:
                     raise TransientDeliveryError(f"SMTP server closed the connection: {e}") from e
                 continue  # reconnect once and retry this message
