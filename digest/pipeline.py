@@ -39,6 +39,7 @@ from digest.errors import (
 from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
+from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
 from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
 from digest.settings import Settings, SubscriberSettings
@@ -216,13 +217,15 @@ def rank_subscribers(
     candidates: Sequence[Paper],
     seen: dict[int, set[str]],
     *,
+    diversity: float = 0.5,
     block: int = 1024,
     progress: Callable[[int], None] | None = None,
 ) -> dict[int, list[Pick]]:
     """Each subscriber's best `max_papers` candidates with a reason each, scored in blocks of users.
 
     Papers the subscriber was already sent, liked, disliked or clicked, and papers matching their
-    exclude_keywords, are never picked.
+    exclude_keywords, are never picked.  With `diversity` < 1 the picks are re-ranked by maximal
+    marginal relevance over a short list, so the top is not ten near-copies of one topic.
     """
     picks: dict[int, list[Pick]] = {}
     if not candidates or not subscribers:
@@ -230,6 +233,8 @@ def rank_subscribers(
     rows = data.corpus.ids.indices(p.id for p in candidates)
     position = {p.id: i for i, p in enumerate(candidates)}
     masks: dict[tuple[str, ...], np.ndarray] = {}
+    features = ranker.item_features(rows) if diversity < 1 else None
+    sim = cosine_similarity_matrix(features) if features is not None else None
     for start in range(0, len(subscribers), block):
         chunk = subscribers[start : start + block]
         users = np.array([data.users.index(s.email) for s in chunk])
@@ -243,7 +248,12 @@ def rank_subscribers(
                 if pid in position:
                     allowed[position[pid]] = False
             pool = np.flatnonzero(allowed)
-            best, best_scores = top_k(pool, row_scores[pool], sub.max_papers)
+            if sim is None:
+                best, best_scores = top_k(pool, row_scores[pool], sub.max_papers)
+            else:
+                short, short_scores = top_k(pool, row_scores[pool], max(3 * sub.max_papers, 20))
+                order = mmr_order(short_scores, sim[np.ix_(short, short)], sub.max_papers, diversity)
+                best, best_scores = short[order], short_scores[order]
             reasons = ranker.explain(int(user), rows[best]) if len(best) else []
             picks[sub.id] = [Pick(candidates[i], float(sc), r) for i, sc, r in zip(best, best_scores, reasons)]
         if progress:
@@ -407,7 +417,8 @@ def run_daily(
                 if window_days(sub, default_days) < widest:
                     seen.setdefault(sub.id, set()).update(older)
         with _stage(progress, "Ranking", len(fresh)) as advance:
-            picks = rank_subscribers(ranker, data, fresh, candidates, seen, progress=advance)
+            picks = rank_subscribers(ranker, data, fresh, candidates, seen,
+                                     diversity=settings.ranking.diversity, progress=advance)
         for d in due:
             d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
         _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,

@@ -157,7 +157,18 @@ class ScheduleSettings(_Section):
 
 
 class RankingSettings(_Section):
-    ranker: str = Field("content", description="Ranker for the personal picks (content; hybrid once trained).")
+    ranker: str = Field(
+        "hybrid",
+        description="Ranker for the personal picks: hybrid (content + collaborative + trending), content, "
+        "collaborative, trending or popularity.",
+    )
+    diversity: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Maximal marginal relevance trade-off for the picks: 1 ranks by score alone, lower values "
+        "push near-duplicates of a paper already picked further down.",
+    )
     window_days: int = Field(
         7, ge=1, le=365, description="Only papers published or first seen within this many days are candidates."
     )

@@ -111,7 +111,8 @@ def plan_day(
     candidates = [p for p in papers if p.id in recent]
     seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
     with _stage(progress, "Ranking", len(due)) as advance:
-        picks = rank_subscribers(ranker, data, due, candidates, seen, progress=advance)
+        picks = rank_subscribers(ranker, data, due, candidates, seen,
+                                 diversity=settings.ranking.diversity, progress=advance)
     trend = trending_lists(data, candidates, picks)
     report.timings["rank"] = clock() - start
     start = clock()

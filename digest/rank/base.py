@@ -167,6 +167,10 @@ class Ranker(ABC):
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         return [f"ranked by {self.name}"] * len(papers)
 
+    def item_features(self, papers: np.ndarray) -> sp.csr_matrix | np.ndarray | None:
+        """Feature rows of these papers, for the diversity step (None: the ranker has no text space)."""
+        return None
+
     def recommend(
         self, user: int, candidates: np.ndarray, k: int, *, exclude: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,9 @@ class ContentRanker(Ranker):
         block = self.profiles[users] @ self.items[candidates].T
         return np.asarray(block.toarray(), dtype=np.float32)
 
+    def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
+        return self.items[papers]
+
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         """"close to <liked title>" or "matches keyword X", whichever explains the paper better."""
         liked = self.data.likes[user].indices

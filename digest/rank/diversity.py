@@ -19,10 +19,25 @@ def mmr(candidates: np.ndarray, scores: np.ndarray, features, k: int, lambda_: f
     if k <= 0:
         return candidates[:0]
     F = sp.csr_matrix(features, dtype=np.float64) if sp.issparse(features) else sp.csr_matrix(np.asarray(features, dtype=np.float64))
+    return candidates[mmr_order(scores, cosine_similarity_matrix(F), k, lambda_)]
+
+
+def cosine_similarity_matrix(features) -> np.ndarray:
+    """Dense pairwise cosine similarity of the rows of `features` (sparse or dense)."""
+    F = sp.csr_matrix(features, dtype=np.float32)
     norms = np.sqrt(np.asarray(F.multiply(F).sum(axis=1)).ravel())
     norms[norms == 0] = 1.0
     F = sp.diags(1.0 / norms) @ F
-    sim = (F @ F.T).toarray()
+    return np.asarray((F @ F.T).toarray(), dtype=np.float32)
+
+
+def mmr_order(scores: np.ndarray, sim: np.ndarray, k: int, lambda_: float = 0.7) -> np.ndarray:
+    """Positions (into `scores`) of k items chosen greedily by MMR, given their pairwise similarity."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
     span = scores.max() - scores.min()
     rel = (scores - scores.min()) / span if span > 0 else np.zeros(n)
     chosen: list[int] = []
@@ -35,4 +50,4 @@ def mmr(candidates: np.ndarray, scores: np.ndarray, features, k: int, lambda_: f
         chosen.append(best)
         available[best] = False
         max_sim = np.maximum(max_sim, sim[best])
-    return candidates[np.array(chosen)]
+    return np.array(chosen, dtype=np.int64)

@@ -211,6 +211,9 @@ class HybridRanker(Ranker):
             total += block
         return finite32(total)
 
+    def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
+        return self.state.content.items[np.asarray(papers, dtype=np.int64)]
+
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         papers = np.asarray(papers, dtype=np.int64)
         if len(papers) == 0:
