@@ -141,3 +141,26 @@ def test_mmr_diversifies_near_duplicates() -> None:
     # lambda_=1 is plain ranking
     assert list(mmr(cands, scores, feats, k=3, lambda_=1.0)) == [100, 101, 102]
     assert len(mmr(cands[:0], scores[:0], feats[:0], k=3)) == 0
+
+
+@pytest.mark.parametrize("name", sorted(RANKERS))
+def test_explain_many_matches_explain(name: str, data: TrainData) -> None:
+    ranker = make_ranker(name).fit(data)
+    users = np.arange(len(data.users))
+    rng = np.random.default_rng(0)
+    papers = np.stack([rng.permutation(len(data.corpus))[:6] for _ in users])
+    assert ranker.explain_many(users, papers) == [ranker.explain(int(u), row) for u, row in zip(users, papers)]
+    assert ranker.explain_many(users[:0], papers[:0]) == []
+    assert ranker.explain_many(users[:2], papers[:2, :0]) == [[], []]
+
+
+def test_explain_many_with_keywords_and_dislikes(data: TrainData) -> None:
+    # a fitted hybrid whose trend or content wins on different papers: reasons still agree one by one
+    for weights in ({"trend": 1.0}, {"content": 0.0, "lsa": 0.0, "cf": 0.0, "trend": 1.0}, {"cf": 8.0}):
+        ranker = make_ranker("hybrid", weights=weights).fit(data)
+        users = np.array([5, 0, 2, 5])
+        papers = np.tile(np.arange(len(data.corpus))[None, ::2], (4, 1))
+        assert ranker.explain_many(users, papers) == [ranker.explain(int(u), row) for u, row in zip(users, papers)]
+    content = make_ranker("content").fit(data)
+    got = content.explain_many(np.array([5]), np.arange(8)[None, :])[0]
+    assert got == content.explain(5, np.arange(8)) and any(r.startswith("matches keyword") for r in got)

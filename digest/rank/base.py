@@ -153,7 +153,8 @@ class Ranker(ABC):
     - `fit(data)` returns self and may be called again with new data;
     - `score(users, candidates)` takes row indices into `data.users` and `data.corpus` and returns
       a float32 array of shape (len(users), len(candidates)), finite, higher is better;
-    - `explain(user, papers)` returns one short human reason per paper.
+    - `explain(user, papers)` returns one short human reason per paper; `explain_many(users, papers)`
+      the same for a block of users (papers 2-D, one row per user).
     """
 
     name: ClassVar[str]
@@ -167,6 +168,16 @@ class Ranker(ABC):
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         return [f"ranked by {self.name}"] * len(papers)
 
+    def explain_many(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
+        """`explain` for many users at once: `papers` is 2-D, one row of paper rows per user.
+
+        The default loops over `explain`; rankers override it with a vectorised version that must
+        give the same reasons.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        papers = paper_rows(users, papers)
+        return [self.explain(int(u), row) for u, row in zip(users, papers)]
+
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix | np.ndarray | None:
         """Feature rows of these papers, for the diversity step (None: the ranker has no text space)."""
         return None
@@ -177,6 +188,14 @@ class Ranker(ABC):
         """(paper rows, scores) of the user's best k candidates, best first."""
         scores = self.score(np.array([user]), candidates)[0]
         return top_k(candidates, scores, k, exclude=exclude)
+
+
+def paper_rows(users: np.ndarray, papers: np.ndarray) -> np.ndarray:
+    """`explain_many`'s papers argument as a 2-D int array with one row per user."""
+    papers = np.asarray(papers, dtype=np.int64)
+    if papers.ndim == 2:
+        return papers
+    return papers.reshape(len(users), -1) if len(users) else papers.reshape(0, 0)
 
 
 def top_k(

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from digest.features import fit_tfidf, normalize_rows
-from digest.rank.base import Ranker, TrainData
+from digest.rank.base import Ranker, TrainData, paper_rows
 
 
 class ContentRanker(Ranker):
@@ -82,3 +82,61 @@ class ContentRanker(Ranker):
             else:
                 reasons.append("new in your window")
         return reasons
+
+    def explain_many(self, users: np.ndarray, papers: np.ndarray, *, block: int = 512) -> list[list[str]]:
+        """`explain` for a block of users (papers 2-D, one row per user), vectorised: one sparse product
+        per block of users gives every paper's similarity to every liked paper of its reader."""
+        users = np.asarray(users, dtype=np.int64)
+        papers = paper_rows(users, papers)
+        out: list[list[str]] = []
+        for s in range(0, len(users), block):
+            out.extend(self._explain_block(users[s : s + block], papers[s : s + block]))
+        return out
+
+    def _explain_block(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
+        n, m = papers.shape
+        if n == 0 or m == 0:
+            return [[] for _ in range(n)]
+        flat = papers.ravel()
+        owner = np.repeat(np.arange(n), m)  # user slot of each (user, paper) row
+        likes = self.data.likes[users]
+        liked_all = likes.indices.astype(np.int64)
+        liked_owner = np.repeat(np.arange(n), np.diff(likes.indptr))
+        best_like = np.zeros(n * m)
+        best_liked = np.full(n * m, -1, dtype=np.int64)
+        if len(liked_all):
+            sim = (self.items[flat] @ self.items[liked_all].T).tocoo()
+            keep = (owner[sim.row] == liked_owner[sim.col]) & (sim.data > 0)
+            r, c, v = sim.row[keep], sim.col[keep], sim.data[keep]
+            # per row, the first liked paper (in the user's order) with the highest similarity, as argmax does
+            order = np.lexsort((c, -v, r))
+            r, c, v = r[order], c[order], v[order]
+            if len(r):
+                first = np.r_[True, r[1:] != r[:-1]]
+                best_like[r[first]] = v[first]
+                best_liked[r[first]] = liked_all[c[first]]
+        corpus = self.data.corpus
+        keywords = self.data.keywords
+        out = []
+        for i, u in enumerate(users):
+            kws = keywords[u]
+            row = slice(i * m, (i + 1) * m)
+            if kws:
+                kw_sim = (self.items[papers[i]] @ normalize_rows(self.vectorizer.transform(kws)).T).toarray()
+                texts = [f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold() for p in papers[i]]
+            reasons = []
+            for j, (bl, li) in enumerate(zip(best_like[row], best_liked[row])):
+                best_kw = kw_sim[j].max() if kws else 0.0
+                literal = [k for k in kws if k.casefold() in texts[j]] if kws else []
+                if literal and self.keyword_weight * best_kw >= bl:
+                    reasons.append(f"matches keyword {literal[0]}")
+                elif bl > 0:
+                    reasons.append(f"close to {corpus.titles[li]}")
+                elif best_kw > 0:
+                    reasons.append(f"matches keyword {kws[int(kw_sim[j].argmax())]}")
+                elif literal:
+                    reasons.append(f"matches keyword {literal[0]}")
+                else:
+                    reasons.append("new in your window")
+            out.append(reasons)
+        return out
