@@ -163,7 +163,8 @@ def send(
                            only=[o.lower() for o in only] if only else None, progress=_Bar(progress))
     _print_report(report, show_picks=dry_run)
     counts = report.by_status()
-    console.print("summary: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no subscribers"))
+    if not report.busy:
+        console.print("summary: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no subscribers"))
     if report.fatal:
         raise typer.Exit(1)
 
@@ -381,6 +382,8 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw recall@k curves to this PNG (needs matplotlib).")] = None,
     svm_users: Annotated[int, typer.Option("--svm-users", help="svm fits one model per user: evaluate it on this many sampled users (0: all).")] = 500,
+    embeddings: Annotated[bool, typer.Option("--embeddings", help="Feed sentence embeddings of the papers to the hybrid (needs the embeddings extra).")] = False,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Embedding cache folder (default $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings).")] = None,
 ) -> None:
     """Measure the rankers on a benchmark folder: recall@k and nDCG@10 per method."""
     import json
@@ -406,7 +409,8 @@ def eval_(
                 tasks[method] = bar.add_task(f"eval {method}", total=total)
             bar.update(tasks[method], completed=done)
 
-        result = run_eval(data_dir, ks, names, progress=advance, svm_users=svm_users or None)
+        result = run_eval(data_dir, ks, names, progress=advance, svm_users=svm_users or None,
+                          embeddings=embeddings, cache_dir=cache_dir)
     if plot is not None:
         plot_recall(result, plot, ks)
     if as_json:
