@@ -188,28 +188,47 @@ def evaluate(ranker: Ranker, bench: Bench, ks: Sequence[int] = DEFAULT_KS, *, us
     return out
 
 
-def ranker_options(method: str, bench: Bench) -> dict:
-    """Options `run_eval` gives a method: the hybrid tunes its weights on a split of train.csv."""
+def ranker_options(method: str, bench: Bench, embeddings: np.ndarray | None = None) -> dict:
+    """Options `run_eval` gives a method: the hybrid tunes its weights on a split of train.csv (and gets the embeddings)."""
     if method == "hybrid":
-        return {"tune": "cold" if bench.candidates is not None else "warm"}
+        return {"tune": "cold" if bench.candidates is not None else "warm", "embeddings": embeddings}
     return {}
 
 
+def default_cache_dir() -> Path:
+    """Where `digest eval --embeddings` caches vectors: $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings."""
+    import os
+
+    base = os.environ.get("DIGEST_DATA_DIR")
+    return Path(base).expanduser() / "cache" / "embeddings" if base else Path.home() / ".cache" / "digest" / "embeddings"
+
+
 def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence[str] = DEFAULT_METHODS, *,
-             progress: Callable[[str, int, int], None] | None = None, svm_users: int | None = 500, seed: int = 0) -> dict:
+             progress: Callable[[str, int, int], None] | None = None, svm_users: int | None = 500, seed: int = 0,
+             embeddings: bool = False, cache_dir: str | Path | None = None) -> dict:
     """Evaluate each method on a benchmark folder.
 
     Returns {"bench": name, "users": N, "methods": {name: {"recall@k": ..., "ndcg@10": ..., "seconds": s,
     "users": n}}}.  `svm` fits one model per user, so it is measured on a random sample of `svm_users`
-    users (None: all); its entry then says "sampled": true.
+    users (None: all); its entry then says "sampled": true.  `embeddings=True` feeds sentence embeddings of
+    the papers (the optional extra, cached in `cache_dir`) to the hybrid; the time spent getting them is
+    reported as "embedding_seconds" (and added to the hybrid's "seconds").
     """
     from digest.rank import make_ranker
 
     bench = load_bench(path)
     all_users = bench.eval_users
     result: dict = {"bench": bench.name, "users": int(len(all_users)), "methods": {}}
+    emb = None
+    if embeddings and "hybrid" in methods:
+        from digest.embeddings import embed_texts
+
+        start = time.perf_counter()
+        cb = (lambda done, total: progress("embeddings", done, total)) if progress else None
+        emb = embed_texts(bench.data.corpus.texts(), cache_dir if cache_dir is not None else default_cache_dir(), progress=cb)
+        result["embedding_seconds"] = round(time.perf_counter() - start, 2)
     for method in methods:
-        ranker = make_ranker(method, **ranker_options(method, bench))
+        ranker = make_ranker(method, **ranker_options(method, bench, emb))
         users = None
         if method == "svm" and svm_users is not None and len(all_users) > svm_users:
             users = np.sort(np.random.default_rng(seed).choice(all_users, size=svm_users, replace=False))
@@ -217,6 +236,9 @@ def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence
         res = evaluate(ranker, bench, ks, users=users, progress=cb)
         if users is not None:
             res["sampled"] = True
+        if method == "hybrid" and emb is not None:
+            res["embeddings"] = True
+            res["seconds"] = round(res["seconds"] + result["embedding_seconds"], 2)
         tuning = getattr(ranker, "tuning", None)
         if tuning:
             res["tuning"] = tuning

@@ -173,6 +173,11 @@ class RankingSettings(_Section):
         7, ge=1, le=365, description="Only papers published or first seen within this many days are candidates."
     )
     abstract_chars: int = Field(420, ge=80, le=5000, description="Abstracts are trimmed to about this many characters.")
+    embeddings: bool = Field(
+        False,
+        description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "
+        "pip install 'digest[embeddings]'); vectors are cached in <data_dir>/cache/embeddings.",
+    )
 
 
 class SourceSettings(_Section):

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from digest.rank._linalg import finite32, ridge_cg, zstats
-from digest.rank.base import Ranker, TrainData, top_k_rows
+from digest.rank.base import Ranker, TrainData, paper_rows, top_k_rows
 from digest.rank.collaborative import CF_REASON, fit_factors
 from digest.rank.content import ContentRanker
 from digest.rank.trending import trending_reason
@@ -80,10 +80,12 @@ class HybridRanker(Ranker):
         lsa_dims: int = 200,
         min_likes: int = 50,
         embeddings: np.ndarray | None = None,
+        emb_map_weight: float = 0.5,
         keyword_weight: float = 0.35,
         dislike_weight: float = 0.5,
         seed: int = 0,
         val_users: int = 1500,
+        objective: str = "both",
     ) -> None:
         if tune not in (None, "cold", "warm"):
             raise ValueError("tune must be None, 'cold' or 'warm'")
@@ -94,11 +96,15 @@ class HybridRanker(Ranker):
         self.lsa_dims = lsa_dims
         self.min_likes = min_likes
         self.embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
+        self.emb_map_weight = emb_map_weight
         self.keyword_weight = keyword_weight
         self.dislike_weight = dislike_weight
         self.seed = seed
         self.val_users = val_users
         self.tuning: dict | None = None
+        if objective not in ("both", "recall", "ndcg"):
+            raise ValueError("objective must be 'both', 'recall' or 'ndcg'")
+        self.objective = objective
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -109,6 +115,9 @@ class HybridRanker(Ranker):
         if self.tune is not None:
             self._tune(data)
         self.state = self._fit_components(data)
+        # per-fit facts the explanations use
+        self._trend_counts = np.maximum(np.nan_to_num(np.asarray(data.counts, dtype=np.float64)), 0)
+        self._like_counts = np.asarray(data.likes.getnnz(axis=0)).ravel()
         return self
 
     def _fit_components(self, data: TrainData) -> _State:
@@ -135,10 +144,14 @@ class HybridRanker(Ranker):
         if likes.nnz >= self.min_likes and (per_user >= 2).any() and min(likes.shape) >= 3:
             U, V = fit_factors(likes, **self.als)
             liked = np.asarray(likes.getnnz(axis=0)) > 0
-            M = ridge_cg(X[liked], V[liked], self.map_lambda)
             cold = ~liked
             if cold.any():
-                V[cold] = np.asarray(X[cold] @ M, dtype=np.float32)
+                F = X
+                if self.embeddings is not None and self.emb_map_weight:
+                    # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses
+                    F = sp.hstack([X, sp.csr_matrix(self.emb_map_weight * _unit(self.embeddings))], format="csr", dtype=np.float32)
+                M = ridge_cg(F[liked], V[liked], self.map_lambda)
+                V[cold] = np.asarray(F[cold] @ M, dtype=np.float32)
             if data.dislikes is not None and data.dislikes.nnz:
                 # a disliked paper's factors push the user away from similar papers
                 U = U - 0.5 * np.asarray(_row_mean(data.dislikes) @ V, dtype=np.float32) * (np.diff(data.dislikes.indptr) > 0)[:, None]
@@ -214,33 +227,72 @@ class HybridRanker(Ranker):
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
         return self.state.content.items[np.asarray(papers, dtype=np.int64)]
 
+    def _pair_z(self, name: str, users: np.ndarray, papers: np.ndarray) -> np.ndarray | None:
+        """One component's standardised score of each (users[i], papers[i]) pair (a vector, not a block)."""
+        st = self.state
+        if name == "content":
+            c = st.content
+            raw = np.asarray(c.profiles[users].multiply(c.items[papers]).sum(axis=1), dtype=np.float32).ravel()
+        elif name == "lsa" and st.lsa_items is not None:
+            raw = np.einsum("ij,ij->i", st.lsa_profiles[users], st.lsa_items[papers])
+        elif name == "cf" and st.U is not None:
+            raw = np.einsum("ij,ij->i", st.U[users], st.V[papers])
+        elif name == "trend":
+            mean, std = st.stats[name]
+            return (st.trend[papers] - mean[0]) / std[0] if len(mean) else st.trend[papers] * 0
+        elif name == "emb" and st.emb_profiles is not None:
+            raw = np.einsum("ij,ij->i", st.emb_profiles[users], _unit(self.embeddings[papers]))
+        else:
+            return None
+        mean, std = st.stats[name]
+        return (raw - mean[users]) / std[users]
+
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
-        papers = np.asarray(papers, dtype=np.int64)
-        if len(papers) == 0:
-            return []
-        parts = self.components(np.array([user]), papers)
+        return self.explain_many(np.array([user]), np.asarray(papers, dtype=np.int64)[None, :])[0]
+
+    def explain_many(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
+        """Each paper's reason is the one of the component that contributed most to its score.
+
+        Vectorised: every component's weighted, standardised contribution of all (user, paper) pairs
+        at once; the text reasons come from `ContentRanker.explain_many` for the pairs that need them.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        papers = paper_rows(users, papers)
+        n, m = papers.shape
+        if n == 0 or m == 0:
+            return [[] for _ in range(n)]
+        flat_u, flat_p = np.repeat(users, m), papers.ravel()
+        names, parts = [], []
+        for name in COMPONENTS:
+            w = self.weights.get(name, 0.0)
+            if w == 0:
+                continue
+            z = self._pair_z(name, flat_u, flat_p)
+            if z is not None:
+                names.append(name)
+                parts.append(w * np.asarray(z, dtype=np.float32))
         if not parts:
-            return ["new in your window"] * len(papers)
-        names = list(parts)
-        best = np.argmax(np.stack([parts[n][0] for n in names]), axis=0)
-        content_reasons = None
-        trend_counts = np.maximum(np.nan_to_num(self.data.counts), 0)
-        like_counts = np.asarray(self.data.likes.sum(axis=0)).ravel()
-        reasons = []
-        for i, p in enumerate(papers):
-            name = names[best[i]]
-            if name in ("content", "lsa", "emb"):
-                if content_reasons is None:
-                    content_reasons = self.state.content.explain(user, papers)
-                reasons.append(content_reasons[i])
-            elif name == "cf":
-                reasons.append(CF_REASON)
-            elif trend_counts[p] > 0:
-                reasons.append(trending_reason(trend_counts[p]))
-            else:
-                n = int(like_counts[p])
-                reasons.append(f"popular: liked by {n} reader" + ("" if n == 1 else "s"))
-        return reasons
+            return [["new in your window"] * m for _ in range(n)]
+        best = np.argmax(np.stack(parts), axis=0).reshape(n, m)
+        textual = np.isin(np.array(names)[best], ("content", "lsa", "emb"))
+        need = np.flatnonzero(textual.any(axis=1))
+        content = dict(zip(need.tolist(), self.state.content.explain_many(users[need], papers[need]))) if len(need) else {}
+        out = []
+        for i in range(n):
+            reasons = []
+            for j, p in enumerate(papers[i]):
+                name = names[best[i, j]]
+                if name in ("content", "lsa", "emb"):
+                    reasons.append(content[i][j])
+                elif name == "cf":
+                    reasons.append(CF_REASON)
+                elif self._trend_counts[p] > 0:
+                    reasons.append(trending_reason(self._trend_counts[p]))
+                else:
+                    k = int(self._like_counts[p])
+                    reasons.append(f"popular: liked by {k} reader" + ("" if k == 1 else "s"))
+            out.append(reasons)
+        return out
 
     # -- validation tuning ---------------------------------------------------------------------
 
@@ -290,6 +342,17 @@ class HybridRanker(Ranker):
         truth = val[users][:, cands].toarray() > 0
         n_true = np.maximum(truth.sum(axis=1), 1)
         names = [n for n in ("lsa", "cf", "trend", "emb") if n in blocks]
+        disc = 1.0 / np.log2(np.arange(2, 12))
+        idcg = np.cumsum(disc)[np.clip(truth.sum(axis=1), 1, 10) - 1]
+
+        def measure(total: np.ndarray) -> tuple[float, float]:
+            total[exclude] = -np.inf
+            hits = np.take_along_axis(truth, top_k_rows(total, k), axis=1)
+            rec = float((hits.sum(axis=1) / n_true).mean())
+            ndcg = float(((hits[:, :10] * disc[: min(10, hits.shape[1])]).sum(axis=1) / idcg).mean())
+            return rec, ndcg
+
+        base = measure(blocks["content"].copy())  # content alone: the scale of each metric
         best = (-1.0, None)
         results = []
         for combo in itertools.product(*(GRID[n] for n in names)):
@@ -298,17 +361,19 @@ class HybridRanker(Ranker):
             for n in names:
                 if w[n]:
                     total += w[n] * blocks[n]
-            total[exclude] = -np.inf
-            top = top_k_rows(total, k)
-            rec = float((np.take_along_axis(truth, top, axis=1).sum(axis=1) / n_true).mean())
-            results.append((w, rec))
-            if rec > best[0] + 1e-6:
-                best = (rec, w)
+            rec, ndcg = measure(total)
+            # the objective: recall@k and nDCG@10, each relative to content alone, so neither dominates
+            obj = rec / max(base[0], 1e-9) + ndcg / max(base[1], 1e-9) if self.objective == "both" else rec if self.objective == "recall" else ndcg
+            results.append((w, rec, ndcg))
+            if obj > best[0] + 1e-6:
+                best = (obj, w, rec, ndcg)
         chosen = {"content": 1.0, **{n: 0.0 for n in ("lsa", "cf", "trend")}, **best[1]}
         if "emb" not in best[1]:
             chosen["emb"] = self.weights.get("emb", 1.0)
         self.weights.update(chosen)
-        self.tuning.update({"val_users": int(len(users)), "metric": f"recall@{k}", "best": best[0], "chosen": dict(chosen)})
+        self.tuning.update({"val_users": int(len(users)), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
+                            f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
+                            "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
