@@ -38,6 +38,7 @@ from digest.errors import (
 )
 from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
+from digest.embeddings import ranking_options
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
@@ -402,7 +403,7 @@ def run_daily(
             return report
         papers = store.papers()
         data = train_data(store, subscribers, papers)
-        ranker = make_ranker(settings.ranking.ranker).fit(data)
+        ranker = make_ranker(settings.ranking.ranker, **ranking_options(settings, data.corpus)).fit(data)
         # A weekly digest picks from the whole week; the others from ranking.window_days.
         default_days = settings.ranking.window_days
         widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])

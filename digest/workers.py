@@ -35,6 +35,7 @@ from digest.pipeline import (
     sync_subscribers,
     train_data,
 )
+from digest.embeddings import ranking_options
 from digest.rank import TrainData, make_ranker
 from digest.settings import Settings
 from digest.store import CLICKED, DISLIKE, FAILED, Delivery, LIKE, PENDING, SENT, SENT_STATUS, Paper, Store, Subscriber
@@ -104,7 +105,7 @@ def plan_day(
     report.not_due = len(subscribers) - len(due)
     papers = store.papers()
     data = train_data(store, subscribers, papers)
-    ranker = make_ranker(settings.ranking.ranker).fit(data)
+    ranker = make_ranker(settings.ranking.ranker, **ranking_options(settings, data.corpus)).fit(data)
     report.timings["fit"] = clock() - start
     start = clock()
     recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
