@@ -83,7 +83,7 @@ class ContentRanker(Ranker):
                 reasons.append("new in your window")
         return reasons
 
-    def explain_many(self, users: np.ndarray, papers: np.ndarray, *, block: int = 512) -> list[list[str]]:
+    def explain_many(self, users: np.ndarray, papers: np.ndarray, *, block: int = 64) -> list[list[str]]:
         """`explain` for a block of users (papers 2-D, one row per user), vectorised: one sparse product
         per block of users gives every paper's similarity to every liked paper of its reader."""
         users = np.asarray(users, dtype=np.int64)
