@@ -41,12 +41,12 @@ from digest.rank.content import ContentRanker
 from digest.rank.trending import trending_reason
 
 COMPONENTS = ("content", "lsa", "cf", "trend", "emb")
-DEFAULT_WEIGHTS: dict[str, float] = {"content": 1.0, "lsa": 0.25, "cf": 2.0, "trend": 0.0, "emb": 1.0}
+DEFAULT_WEIGHTS: dict[str, float] = {"content": 1.0, "lsa": 0.25, "cf": 2.0, "trend": 0.0, "emb": 4.0}
 GRID: dict[str, tuple[float, ...]] = {
     "lsa": (0.0, 0.25, 0.5),
-    "cf": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0),
+    "cf": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 30.0),
     "trend": (0.0, 0.1, 0.25),
-    "emb": (0.5, 1.0, 2.0),
+    "emb": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
 }
 
 
@@ -353,25 +353,43 @@ class HybridRanker(Ranker):
             return rec, ndcg
 
         base = measure(blocks["content"].copy())  # content alone: the scale of each metric
-        best = (-1.0, None)
-        results = []
-        for combo in itertools.product(*(GRID[n] for n in names)):
-            w = dict(zip(names, combo))
+
+        def objective(w: dict[str, float]) -> tuple[float, float, float]:
             total = blocks["content"].copy()
             for n in names:
                 if w[n]:
                     total += w[n] * blocks[n]
             rec, ndcg = measure(total)
-            # the objective: recall@k and nDCG@10, each relative to content alone, so neither dominates
+            # recall@k and nDCG@10, each relative to content alone, so neither dominates
             obj = rec / max(base[0], 1e-9) + ndcg / max(base[1], 1e-9) if self.objective == "both" else rec if self.objective == "recall" else ndcg
-            results.append((w, rec, ndcg))
-            if obj > best[0] + 1e-6:
-                best = (obj, w, rec, ndcg)
+            return obj, rec, ndcg
+
+        # coordinate ascent over the grid (a few dozen blends instead of every combination), two rounds
+        w = {n: min(GRID[n], key=lambda g, n=n: abs(g - DEFAULT_WEIGHTS[n])) for n in names}
+        seen: dict[tuple, tuple[float, float, float]] = {}
+        best = None
+        for _ in range(2):
+            changed = False
+            for n in names:
+                for g in GRID[n]:
+                    trial = {**w, n: g}
+                    key = tuple(trial[m] for m in names)
+                    if key not in seen:
+                        seen[key] = objective(trial)
+                    if best is None or seen[key][0] > best[0] + 1e-6:
+                        best = (seen[key][0], dict(trial), seen[key][1], seen[key][2])
+                        changed = changed or trial != w
+                        w = dict(trial)
+            if not changed:
+                break
+        if best is None:  # no component besides content
+            obj, rec, ndcg = objective(w)
+            best = (obj, dict(w), rec, ndcg)
         chosen = {"content": 1.0, **{n: 0.0 for n in ("lsa", "cf", "trend")}, **best[1]}
         if "emb" not in best[1]:
-            chosen["emb"] = self.weights.get("emb", 1.0)
+            chosen["emb"] = self.weights.get("emb", DEFAULT_WEIGHTS["emb"])
         self.weights.update(chosen)
-        self.tuning.update({"val_users": int(len(users)), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
+        self.tuning.update({"val_users": int(len(users)), "blends_tried": len(seen), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
                             f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
                             "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
 
