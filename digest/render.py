@@ -7,7 +7,8 @@ drop <style> blocks still show the layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -96,12 +97,15 @@ def environment(templates_dir: Path | None = None) -> Environment:
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        auto_reload=False,  # no stat() of every template on every render
     )
     env.filters["wrap"] = _wrap
     return env
 
 
+@lru_cache(maxsize=65536)
 def _wrap(text: str, width: int = 76, indent: str = "") -> str:
+    """textwrap.fill, remembered: the same abstract is wrapped once per run, not once per digest."""
     import textwrap
 
     return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
@@ -111,8 +115,176 @@ _INLINER = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=
 
 
 def render_digest(view: DigestView, *, templates_dir: Path | None = None) -> tuple[str, str]:
-    """(plain text, HTML with inline CSS) of one digest."""
+    """(plain text, HTML with inline CSS) of one digest.
+
+    The HTML comes from pieces inlined once (`_Pieces`): the page per layout and each paper's row
+    per paper, with the per-reader values (name, links, reasons) put in; the result is the same
+    string as rendering the whole template and inlining it (`render_digest_reference`), which the
+    pieces check on first use, falling back to the reference for templates they cannot split.
+    """
+    env = environment(templates_dir)
+    text = env.get_template("email/digest.txt").render(d=view)
+    pieces = _pieces(templates_dir)
+    html = pieces.html(view) if pieces.ok(view) else _INLINER.inline(env.get_template("email/digest.html").render(d=view))
+    return text, html
+
+
+def render_digest_reference(view: DigestView, *, templates_dir: Path | None = None) -> tuple[str, str]:
+    """(plain text, HTML): the whole templates rendered and the CSS inlined, per digest (slow, simple)."""
     env = environment(templates_dir)
     text = env.get_template("email/digest.txt").render(d=view)
     html = env.get_template("email/digest.html").render(d=view)
     return text, _INLINER.inline(html)
+
+
+# -- the HTML from pre-inlined pieces -----------------------------------------------------------
+
+_MARK = "\ue000{}\ue001"  # private-use characters: never escaped, never in our templates
+_SLOT = re.compile("\ue000([a-z_]+)\ue001")
+_PAGE_SLOTS = ("name", "email", "subject", "unsubscribe_url", "manage_url", "browser_url")
+_ROW_SLOTS = ("href", "reason", "more_url", "fewer_url")
+
+
+def _serialized(value: str, attribute: bool) -> str:
+    """`value` as it comes out of autoescape -> HTML parse -> serialize (what the inliner does)."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "\ufffd").replace("&", "&amp;").replace("\xa0", "&nbsp;")
+    if attribute:
+        return value.replace('"', "&quot;")
+    return value.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _split(html: str) -> list[tuple[str, str, bool]] | None:
+    """[(literal, slot name, attribute?)...] of a piece with slots; the last slot name is ""."""
+    out, last = [], 0
+    for m in _SLOT.finditer(html):
+        before = html[last : m.start()]
+        out.append((before, m.group(1), before.endswith('="')))
+        last = m.end()
+    out.append((html[last:], "", False))
+    return out
+
+
+def _fill(parts: list[tuple[str, str, bool]], values: dict[str, str]) -> list[str]:
+    out = []
+    for literal, slot, attribute in parts:
+        out.append(literal)
+        if slot:
+            out.append(_serialized(values[slot], attribute))
+    return out
+
+
+class _Pieces:
+    """Inlined pieces of digest.html: the page per layout and each paper's row, with slots."""
+
+    def __init__(self, templates_dir: Path | None) -> None:
+        self.env = environment(templates_dir)
+        self.pages: dict[tuple, tuple[list, list, list] | None] = {}
+        self.rows: dict[tuple, list] = {}
+        self.checked: bool | None = None
+
+    def ok(self, view: DigestView) -> bool:
+        if self.checked is None:
+            try:
+                self.checked = self.html(view) == _INLINER.inline(self.env.get_template("email/digest.html").render(d=view))
+            except Exception:  # noqa: BLE001 - any surprise: the reference path for this template
+                self.checked = False
+        return self.checked
+
+    def _style(self) -> str:
+        source = self.env.get_template("email/digest.html").render(d=_sample_view())
+        found = re.search(r"<style[^>]*>.*?</style>", source, re.S)
+        return found.group(0) if found else ""
+
+    def row(self, p: PaperView, label: str) -> list:
+        key = (p.id, p.title, p.url, p.authors, p.abstract, p.date, p.count, label,
+               bool(p.reason), bool(p.click_url), bool(p.more_url), bool(p.fewer_url))
+        parts = self.rows.get(key)
+        if parts is None:
+            if len(self.rows) > 100_000:
+                self.rows.clear()
+            parts = _split(self._inline_row(p, label))
+            self.rows[key] = parts
+        return parts
+
+    def _inline_row(self, p: PaperView, label: str) -> str:
+        slotted = replace(p, reason=_MARK.format("reason") if p.reason else "",
+                          click_url=_MARK.format("href"),
+                          more_url=_MARK.format("more_url") if p.more_url else "",
+                          fewer_url=_MARK.format("fewer_url") if p.fewer_url else "")
+        row = self.env.get_template("email/_paper.html").render(p=slotted, label=label)
+        if not hasattr(self, "style"):
+            self.style = self._style()
+        doc = f"<html><head>{self.style}</head><body><table><tbody><!--row-->{row}<!--end--></tbody></table></body></html>"
+        out = _INLINER.inline(doc)
+        return out[out.index("<!--row-->") + 10 : out.index("<!--end-->")]
+
+    def page(self, view: DigestView) -> tuple[list, list, list] | None:
+        """(before the picks, between picks and trending, after) for this view's layout."""
+        key = (view.digest_date, view.new_count, len(view.picks), bool(view.trending), view.trending_label,
+               view.origin, bool(view.name), bool(view.manage_url), bool(view.browser_url))
+        if key in self.pages:
+            return self.pages[key]
+        pick = PaperView(id="\ue000p", title="\ue000pick", url="", authors="", abstract="", date="")
+        hot = PaperView(id="\ue000t", title="\ue000hot", url="", authors="", abstract="", date="", count=1)
+        slotted = replace(
+            view, picks=[pick] * len(view.picks), trending=[hot] if view.trending else [],
+            **{n: _MARK.format(n) if getattr(view, n) or n in ("email", "subject", "unsubscribe_url") else ""
+               for n in _PAGE_SLOTS},
+        )
+        out = _INLINER.inline(self.env.get_template("email/digest.html").render(d=slotted))
+        rows = ["".join(_fill(self.row(pick, ""), {"href": ""}))] * len(view.picks)
+        if view.trending:
+            rows.append("".join(_fill(self.row(hot, view.trending_label), {"href": ""})))
+        if not rows:
+            self.pages[key] = (_split(out), [("", "", False)], [("", "", False)])
+            return self.pages[key]
+        pieces, rest = [], out
+        for r in rows:  # each placeholder row must be found in order
+            at = rest.find(r)
+            if at < 0:
+                self.pages[key] = None
+                return None
+            pieces.append(rest[:at])
+            rest = rest[at + len(r) :]
+        pieces.append(rest)
+        npick = len(view.picks)
+        if npick and any(p for p in pieces[1:npick]):  # picks must be adjacent
+            self.pages[key] = None
+            return None
+        before = pieces[0]
+        middle = pieces[npick] if view.trending else ""
+        after = pieces[-1]
+        if not npick and view.trending:  # before == the text up to trending; middle is empty
+            before, middle = pieces[0], ""
+        result = (_split(before), _split(middle), _split(after))
+        if len(self.pages) > 1000:
+            self.pages.clear()
+        self.pages[key] = result
+        return result
+
+    def html(self, view: DigestView) -> str:
+        page = self.page(view)
+        if page is None:
+            return _INLINER.inline(self.env.get_template("email/digest.html").render(d=view))
+        before, middle, after = page
+        values = {n: getattr(view, n) for n in _PAGE_SLOTS}
+        out = _fill(before, values)
+        for p in view.picks:
+            out += _fill(self.row(p, ""), {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url})
+        if view.trending:
+            out += _fill(middle, values)
+            for p in view.trending:
+                out += _fill(self.row(p, view.trending_label),
+                             {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url})
+        out += _fill(after, values)
+        return "".join(out)
+
+
+def _sample_view() -> DigestView:
+    return DigestView(name="", email="a@b", digest_date=date(2000, 1, 1), picks=[], new_count=0,
+                      unsubscribe_url="", subject="")
+
+
+@lru_cache(maxsize=4)
+def _pieces(templates_dir: Path | None) -> _Pieces:
+    return _Pieces(templates_dir)
