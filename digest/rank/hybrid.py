@@ -80,7 +80,7 @@ class HybridRanker(Ranker):
         lsa_dims: int = 200,
         min_likes: int = 50,
         embeddings: np.ndarray | None = None,
-        emb_map_weight: float = 0.5,
+        emb_map_weight: float = 1.0,
         keyword_weight: float = 0.35,
         dislike_weight: float = 0.5,
         seed: int = 0,
