@@ -184,20 +184,11 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     result["candidates"] = len(candidates)
 
     t = time.perf_counter()
-    from digest.deliver import message_id, parse_sender
     from digest.pipeline import local_date
+    from digest.workers import write_plans
 
-    sender = parse_sender(settings.smtp.sender)
-    plans = []
-    for sub in subscribers:
-        day = local_date(NOW, sub.timezone)
-        chosen = picks[sub.id]
-        plans.append({"subscriber_id": sub.id, "digest_date": day, "papers": [p.paper.id for p in chosen],
-                      "reasons": [p.reason for p in chosen], "trending": trend[sub.id],
-                      "message_id": message_id(sender, sub.email, day)})
-    store.plan_deliveries(plans, NOW)
+    write_plans(store, settings, subscribers, picks, trend, NOW)
     stage("plan_write_s", t)
-    del plans
 
     # Render on its own: every digest, HTML and text, in this one process (not part of total_s;
     # the workers render again as they send).
@@ -235,14 +226,15 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     from sklearn.svm import LinearSVC
 
     sample = rng.sample(range(len(data.users)), min(svm_sample, len(data.users)))
+    items = ranker.item_features(np.arange(len(data.corpus)))  # the ranker's TF-IDF rows
     rows = data.corpus.ids.indices(p.id for p in candidates)
     t = time.perf_counter()
     for u in sample:
         y = np.zeros(len(data.corpus), dtype=np.int8)
         y[data.likes[u].indices] = 1
         clf = LinearSVC(C=0.01, class_weight="balanced", max_iter=1000, tol=1e-3)
-        clf.fit(ranker.items, y)
-        clf.decision_function(ranker.items[rows])
+        clf.fit(items, y)
+        clf.decision_function(items[rows])
     svm_per_user = (time.perf_counter() - t) / len(sample)
     ours_per_user = stages["rank_s"] / users
     result.update(stages)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -40,6 +41,7 @@ from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.embeddings import ranking_options
 from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
+from digest.rank.base import top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
 from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
@@ -239,27 +241,87 @@ def rank_subscribers(
     for start in range(0, len(subscribers), block):
         chunk = subscribers[start : start + block]
         users = np.array([data.users.index(s.email) for s in chunk])
-        scores = ranker.score(users, rows)
-        for sub, user, row_scores in zip(chunk, users, scores):
+        scores = np.array(ranker.score(users, rows), dtype=np.float32)  # a copy we may write into
+        # what each reader may be sent: not seen, not excluded (as -inf in the block)
+        for i, sub in enumerate(chunk):
             key = tuple(sub.exclude_keywords)
-            if key not in masks:
-                masks[key] = exclusion_mask(candidates, key)
-            allowed = ~masks[key]
-            for pid in seen.get(sub.id, ()):
-                if pid in position:
-                    allowed[position[pid]] = False
-            pool = np.flatnonzero(allowed)
+            if key:
+                if key not in masks:
+                    masks[key] = exclusion_mask(candidates, key)
+                scores[i, masks[key]] = -np.inf
+            done = [position[pid] for pid in seen.get(sub.id, ()) if pid in position]
+            if done:
+                scores[i, done] = -np.inf
+        allowed = np.isfinite(scores).sum(axis=1)
+        chosen: list[tuple[np.ndarray, np.ndarray]] = [None] * len(chunk)  # type: ignore[list-item]
+        for size in sorted({s.max_papers for s in chunk}):
+            group = np.array([i for i, s in enumerate(chunk) if s.max_papers == size], dtype=np.int64)
+            short_len = size if sim is None else max(3 * size, 20)
+            full = group[allowed[group] >= short_len]
+            for i in group[allowed[group] < short_len]:  # few papers left to pick from: one by one
+                chosen[i] = _pick_one(scores[i], size, sim, diversity)
+            if not len(full) or size <= 0:
+                for i in full:
+                    chosen[i] = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+                continue
+            short = top_k_rows(scores[full], short_len)
+            short_scores = np.take_along_axis(scores[full], short, axis=1)
             if sim is None:
-                best, best_scores = top_k(pool, row_scores[pool], sub.max_papers)
+                best, best_scores = short, short_scores
             else:
-                short, short_scores = top_k(pool, row_scores[pool], max(3 * sub.max_papers, 20))
-                order = mmr_order(short_scores, sim[np.ix_(short, short)], sub.max_papers, diversity)
-                best, best_scores = short[order], short_scores[order]
-            reasons = ranker.explain(int(user), rows[best]) if len(best) else []
-            picks[sub.id] = [Pick(candidates[i], float(sc), r) for i, sc, r in zip(best, best_scores, reasons)]
+                order = _mmr_rows(short_scores, sim[short[:, :, None], short[:, None, :]], size, diversity)
+                best = np.take_along_axis(short, order, axis=1)
+                best_scores = np.take_along_axis(short_scores, order, axis=1)
+            for j, i in enumerate(full):
+                chosen[i] = (best[j], best_scores[j])
+        # reasons for the whole block at once, by pick count
+        reasons: list[list[str]] = [[] for _ in chunk]
+        by_len: dict[int, list[int]] = {}
+        for i, (best, _) in enumerate(chosen):
+            if len(best):
+                by_len.setdefault(len(best), []).append(i)
+        for idx in by_len.values():
+            said = ranker.explain_many(users[idx], rows[np.stack([chosen[i][0] for i in idx])])
+            for i, r in zip(idx, said):
+                reasons[i] = r
+        for i, sub in enumerate(chunk):
+            best, best_scores = chosen[i]
+            picks[sub.id] = [Pick(candidates[c], float(sc), r) for c, sc, r in zip(best, best_scores, reasons[i])]
         if progress:
             progress(len(chunk))
     return picks
+
+
+def _pick_one(row_scores: np.ndarray, size: int, sim: np.ndarray | None, diversity: float) -> tuple[np.ndarray, np.ndarray]:
+    """One reader's picks (candidate positions, scores) from a score row where -inf is not allowed."""
+    pool = np.flatnonzero(np.isfinite(row_scores))
+    if sim is None:
+        return top_k(pool, row_scores[pool], size)
+    short, short_scores = top_k(pool, row_scores[pool], max(3 * size, 20))
+    order = mmr_order(short_scores, sim[np.ix_(short, short)], size, diversity)
+    return short[order], short_scores[order]
+
+
+def _mmr_rows(scores: np.ndarray, sims: np.ndarray, k: int, lambda_: float) -> np.ndarray:
+    """`mmr_order` for many readers at once: scores (B, n), sims (B, n, n) -> positions (B, k)."""
+    scores = scores.astype(np.float64)
+    b, n = scores.shape
+    k = min(k, n)
+    low = scores.min(axis=1, keepdims=True)
+    span = scores.max(axis=1, keepdims=True) - low
+    rel = np.where(span > 0, (scores - low) / np.where(span > 0, span, 1.0), 0.0)
+    max_sim = np.zeros((b, n))
+    taken = np.zeros((b, n), dtype=bool)
+    out = np.zeros((b, k), dtype=np.int64)
+    rows = np.arange(b)
+    for step in range(k):
+        value = lambda_ * rel - (1 - lambda_) * max_sim
+        value[taken] = -np.inf
+        best = np.argmax(value, axis=1)
+        out[:, step] = best
+        taken[rows, best] = True
+        max_sim = np.maximum(max_sim, sims[rows, best])
+    return out
 
 
 def trending(data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE) -> list[tuple[Paper, int]]:
@@ -290,16 +352,26 @@ def is_due(sub: Subscriber | SubscriberSettings, now: datetime) -> bool:
 
 
 def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
-    return PaperView(
-        id=paper.id,
-        title=paper.title,
-        url=paper_url(paper.id, paper.url, paper.title),
-        authors=format_authors(paper.authors),
-        abstract=trim(paper.abstract, settings.ranking.abstract_chars),
-        date=format_date(aware(paper.published) or aware(paper.first_seen)),
-        reason=reason,
-        score=score,
-        count=count,
+    title, url, authors, abstract, day = _paper_fields(
+        paper.id, paper.title, paper.url, tuple(paper.authors), paper.abstract, paper.published, paper.first_seen,
+        settings.ranking.abstract_chars,
+    )
+    return PaperView(id=paper.id, title=title, url=url, authors=authors, abstract=abstract, date=day,
+                     reason=reason, score=score, count=count)
+
+
+@lru_cache(maxsize=32768)
+def _paper_fields(
+    pid: str, title: str, url: str, authors: tuple[str, ...], abstract: str,
+    published: datetime | None, first_seen: datetime | None, abstract_chars: int,
+) -> tuple[str, str, str, str, str]:
+    """A paper's shown fields, worked out once per run (the same papers recur across digests)."""
+    return (
+        title,
+        paper_url(pid, url, title),
+        format_authors(list(authors)),
+        trim(abstract, abstract_chars),
+        format_date(aware(published) or aware(first_seen)),
     )
 
 
@@ -337,10 +409,9 @@ def compose(
         origin=sub.origin,
     )
     if sub.id is not None:
+        signer = links.DigestLinks(settings, key, sub.id, clock=clock)
         for pv in view.picks + view.trending:
-            pv.click_url = links.click_url(settings, key, sub.id, pv.id, clock=clock)
-            pv.more_url = links.feedback_url(settings, key, sub.id, pv.id, "like", clock=clock)
-            pv.fewer_url = links.feedback_url(settings, key, sub.id, pv.id, "dislike", clock=clock)
+            pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
     text, html = render_digest(view)
     envelope = Envelope(
         sender=sender,

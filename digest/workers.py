@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from digest.deliver import Transport, build_message, make_transport, message_id, parse_sender
+from digest.deliver import Transport, build_message, make_transport, message_bytes, message_id, parse_sender
 from digest.errors import AuthenticationError, DigestError, PermanentDeliveryError, TransientDeliveryError
 from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
@@ -79,6 +79,48 @@ def trending_lists(
     return lists
 
 
+def write_plans(
+    store: Store,
+    settings: Settings,
+    due: Sequence[Subscriber],
+    picks: dict[int, list[Pick]],
+    trend: dict[int, list[list[object]]],
+    now: datetime,
+    *,
+    chunk: int = 5_000,
+) -> int:
+    """Write the pending delivery rows in chunks (never all 100k plans in memory at once); returns how many."""
+    sender = parse_sender(settings.smtp.sender)
+    days: dict[str, object] = {}
+    planned = 0
+    plans: list[dict] = []
+    for sub in due:
+        chosen = picks.get(sub.id, [])
+        if not chosen and settings.delivery.on_empty == "skip":
+            continue
+        day = days.get(sub.timezone)
+        if day is None:
+            day = days[sub.timezone] = local_date(now, sub.timezone)
+        plans.append(
+            {
+                "subscriber_id": sub.id,
+                "digest_date": day,
+                "papers": [p.paper.id for p in chosen],
+                "reasons": [p.reason for p in chosen],
+                "trending": trend.get(sub.id, []),
+                "message_id": message_id(sender, sub.email, day),
+            }
+        )
+        if len(plans) >= chunk:
+            store.plan_deliveries(plans, now)
+            planned += len(plans)
+            plans = []
+    if plans:
+        store.plan_deliveries(plans, now)
+        planned += len(plans)
+    return planned
+
+
 def plan_day(
     store: Store,
     settings: Settings,
@@ -117,25 +159,7 @@ def plan_day(
     trend = trending_lists(data, candidates, picks)
     report.timings["rank"] = clock() - start
     start = clock()
-    sender = parse_sender(settings.smtp.sender)
-    plans = []
-    for sub in due:
-        chosen = picks.get(sub.id, [])
-        if not chosen and settings.delivery.on_empty == "skip":
-            continue
-        day = local_date(now, sub.timezone)
-        plans.append(
-            {
-                "subscriber_id": sub.id,
-                "digest_date": day,
-                "papers": [p.paper.id for p in chosen],
-                "reasons": [p.reason for p in chosen],
-                "trending": trend.get(sub.id, []),
-                "message_id": message_id(sender, sub.email, day),
-            }
-        )
-    store.plan_deliveries(plans, now)
-    report.planned = len(plans)
+    report.planned = write_plans(store, settings, due, picks, trend, now)
     report.timings["plan"] = clock() - start
     return report
 
@@ -215,9 +239,13 @@ def _send_one(
     trend = [(papers[pid], int(count)) for pid, count in row.trending if pid in papers]
     try:
         envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
-        msg = build_message(envelope, text, html, unsubscribe_url=unsub,
-                            unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
-        transport.send(msg)
+        mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
+        send_bytes = getattr(transport, "send_bytes", None)
+        if send_bytes is not None:  # SMTP: straight to wire bytes, no EmailMessage to build and flatten
+            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec,
+                       message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto))
+        else:
+            transport.send(build_message(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto))
     except TransientDeliveryError as e:
         if row.attempts + 1 < settings.delivery.max_attempts:
             report.pending += 1
@@ -255,4 +283,4 @@ def run_workers(settings: Settings, now: datetime, count: int) -> list[WorkRepor
     return [WorkReport(a[2], *r) for a, r in zip(args, results)]
 
 
-__all__ = ["PlanReport", "WorkReport", "plan_day", "run_workers", "trending_lists", "work"]
+__all__ = ["PlanReport", "WorkReport", "plan_day", "run_workers", "trending_lists", "work", "write_plans"]

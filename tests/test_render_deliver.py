@@ -105,3 +105,26 @@ def test_outbox_writes_one_file_per_subscriber_and_day(tmp_path) -> None:  # noq
     OutboxTransport(tmp_path).send(msg)  # the same digest again replaces, never duplicates
     files = list(tmp_path.rglob("*.eml"))
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["2026-11-23/ada@example.org.eml"]
+
+
+@pytest.mark.parametrize("name,subject", [("Ada Lovelace", "Your digest"), ("Zoë Ñúñez, Jr.", "Vos articles — lundi"), ("", "x" * 200)])
+def test_wire_bytes_match_the_built_message(name: str, subject: str) -> None:
+    """`message_bytes` (the fast path the workers send) parses to the same headers and bodies as `build_message`."""
+    from digest.deliver import message_bytes
+
+    env = envelope(name, subject)
+    text, html = render_digest(view())
+    text += "\nA line with trailing space \nand = signs and a very long line " + "word " * 40 + "\n.leading dot\n"
+    kwargs = dict(unsubscribe_url="https://digest.example.org/unsubscribe?t=" + "A" * 90 + ".b",
+                  unsubscribe_mailto="mailto:digest@example.org?subject=unsubscribe%20ada%40example.org")
+    built = build_message(env, text, html, **kwargs)
+    wire = message_from_bytes(message_bytes(env, text, html, **kwargs), policy=policy.default)
+    assert all(len(line) <= 998 for line in message_bytes(env, text, html, **kwargs).split(b"\r\n"))
+    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
+                   "Auto-Submitted", "X-Digest-Date"):
+        assert str(wire[header]) == str(built[header]), header
+    assert wire.get_content_type() == "multipart/alternative"
+    for kind in ("plain", "html"):
+        assert wire.get_body((kind,)).get_content().replace("\r\n", "\n") == built.get_body((kind,)).get_content()
+    with pytest.raises(DeliveryError):
+        message_bytes(envelope(subject="x\r\nBcc: evil@example.org"), text, html, **kwargs)
