@@ -177,6 +177,7 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     t = time.perf_counter()
     recent = set(store.recent_paper_ids(NOW - timedelta(days=settings.ranking.window_days)))
     candidates = [p for p in papers if p.id in recent]
+    del papers  # as plan_day does
     seen = store.papers_seen([s.id for s in subscribers], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
     picks = rank_subscribers(ranker, data, subscribers, candidates, seen)
     trend = trending_lists(data, candidates, picks)
@@ -215,12 +216,17 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     t = time.perf_counter()
     reports = run_workers(settings, NOW, workers)
     stage("deliver_s", t)
+    from digest.workers import peak_rss_mb
+
+    result["planner_peak_rss_mb"] = round(peak_rss_mb())  # the daily run's planner, before the SVM baseline
+    result["sink_alone_msgs_per_s"] = _sink_ceiling(settings, port, subscribers[:2000], NOW)
     stop.set()
     sink.join(10)
     sent = sum(r.sent for r in reports)
     result["sent"] = sent
     result["deliver_msgs_per_s"] = round(sent / stages["deliver_s"], 1)
     result["workers"] = workers
+    result["worker_peak_rss_mb"] = round(max(r.peak_rss_mb for r in reports))
 
     # The per-user SVM baseline, on a sample of the same users.
     from sklearn.svm import LinearSVC
@@ -243,15 +249,35 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     result["rank_ms_per_user"] = round(1000 * ours_per_user, 3)
     result["svm_ratio"] = round(svm_per_user / ours_per_user)
     store.close()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result["peak_rss_mb"] = round(max(own, kids) / 1024)
-    result["worker_peak_rss_mb"] = round(kids / 1024)
+    result["svm_peak_rss_mb"] = round(peak_rss_mb())  # includes the SVM baseline's own peak
+    result["peak_rss_mb"] = max(result["planner_peak_rss_mb"], result["worker_peak_rss_mb"])
     return result
 
 
+def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:  # noqa: ANN001
+    """Messages per second the sink takes from one client sending ready-made wire bytes (no rendering)."""
+    import smtplib
+
+    from digest.deliver import Envelope, message_bytes, parse_sender, recipient
+
+    sender = parse_sender(settings.smtp.sender)
+    body = ("x" * 75 + "\n") * 150, ("<p>" + "y" * 150 + "é</p>\n") * 200  # a digest's size and line count
+    msgs = [
+        (s.email, message_bytes(Envelope(sender, recipient(s.name, s.email), "Digest", f"<{s.id}@x>", now, now.date()),
+                                *body, unsubscribe_url="https://x/u?t=a", unsubscribe_mailto="mailto:a@b", eight_bit=True))
+        for s in subscribers
+    ]
+    conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    t = time.perf_counter()
+    for to, data in msgs:
+        conn.sendmail(sender.addr_spec, [to], data, mail_options=["BODY=8BITMIME"])
+    rate = len(msgs) / (time.perf_counter() - t)
+    conn.quit()
+    return round(rate, 1)
+
+
 COLUMNS = ["users", "corpus", "ingest_s", "fit_s", "rank_s", "plan_write_s", "render_s", "deliver_s",
-           "deliver_msgs_per_s", "total_s", "peak_rss_mb", "svm_ratio"]
+           "deliver_msgs_per_s", "sink_alone_msgs_per_s", "total_s", "planner_peak_rss_mb", "worker_peak_rss_mb", "svm_ratio"]
 
 
 def main() -> None:

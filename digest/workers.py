@@ -55,6 +55,21 @@ class WorkReport:
     pending: int = 0
     failed: int = 0
     fatal: str = ""
+    peak_rss_mb: float = 0.0  # the worker process's own high-water mark (run_workers fills it in)
+    eight_bit: bool | None = None  # does the SMTP server take 8bit bodies (asked once)
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def trending_lists(
@@ -152,6 +167,7 @@ def plan_day(
     start = clock()
     recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
     candidates = [p for p in papers if p.id in recent]
+    del papers  # the ranker keeps what it needs; 200k ORM rows are ~1 GB
     seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
     with _stage(progress, "Ranking", len(due)) as advance:
         picks = rank_subscribers(ranker, data, due, candidates, seen,
@@ -242,8 +258,11 @@ def _send_one(
         mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
         send_bytes = getattr(transport, "send_bytes", None)
         if send_bytes is not None:  # SMTP: straight to wire bytes, no EmailMessage to build and flatten
-            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec,
-                       message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto))
+            if report.eight_bit is None:
+                report.eight_bit = transport.takes_8bit()
+            data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
+                                 eight_bit=report.eight_bit)
+            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, eight_bit=report.eight_bit)
         else:
             transport.send(build_message(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto))
     except TransientDeliveryError as e:
@@ -263,14 +282,14 @@ def _send_one(
     return SENT_STATUS, ""
 
 
-def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str]:
+def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:
     """One worker process: its own store and SMTP connection (spawned, so nothing is shared)."""
     store = Store(settings.database_url)
     try:
         r = work(store, settings, datetime.fromisoformat(now), worker=worker)
     finally:
         store.close()
-    return r.sent, r.pending, r.failed, r.fatal
+    return r.sent, r.pending, r.failed, r.fatal, peak_rss_mb()
 
 
 def run_workers(settings: Settings, now: datetime, count: int) -> list[WorkReport]:

@@ -113,18 +113,22 @@ def test_wire_bytes_match_the_built_message(name: str, subject: str) -> None:
     from digest.deliver import message_bytes
 
     env = envelope(name, subject)
-    text, html = render_digest(view())
-    text += "\nA line with trailing space \nand = signs and a very long line " + "word " * 40 + "\n.leading dot\n"
+    text, html = render_digest(view(name="Zoë"))
+    text += "\nA line with trailing space \nand = signs and a very long line " + "word " * 40 + "\n.leading dot"
     kwargs = dict(unsubscribe_url="https://digest.example.org/unsubscribe?t=" + "A" * 90 + ".b",
                   unsubscribe_mailto="mailto:digest@example.org?subject=unsubscribe%20ada%40example.org")
     built = build_message(env, text, html, **kwargs)
-    wire = message_from_bytes(message_bytes(env, text, html, **kwargs), policy=policy.default)
-    assert all(len(line) <= 998 for line in message_bytes(env, text, html, **kwargs).split(b"\r\n"))
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
-                   "Auto-Submitted", "X-Digest-Date"):
-        assert str(wire[header]) == str(built[header]), header
-    assert wire.get_content_type() == "multipart/alternative"
-    for kind in ("plain", "html"):
-        assert wire.get_body((kind,)).get_content().replace("\r\n", "\n") == built.get_body((kind,)).get_content()
+    for eight_bit, long_line in ((False, ""), (True, ""), (True, "z" * 1200)):
+        raw = message_bytes(env, text + long_line, html, eight_bit=eight_bit, **kwargs)
+        wire = message_from_bytes(raw, policy=policy.default)
+        assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+        assert raw.isascii() or eight_bit
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post",
+                       "Auto-Submitted", "X-Digest-Date"):
+            assert str(wire[header]) == str(built[header]), header
+        assert wire.get_content_type() == "multipart/alternative"
+        for kind, body in (("plain", text + long_line), ("html", html)):
+            got = wire.get_body((kind,)).get_content().replace("\r\n", "\n")
+            assert got == (body if body.endswith("\n") else body + "\n")
     with pytest.raises(DeliveryError):
         message_bytes(envelope(subject="x\r\nBcc: evil@example.org"), text, html, **kwargs)
