@@ -9,21 +9,34 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def ridge_cg(X: sp.csr_matrix, Y: np.ndarray, lam: float, *, iters: int = 200, tol: float = 1e-4) -> np.ndarray:
-    """Solve (X^T X + lam I) W = X^T Y for every column of Y at once by conjugate gradients.
+def ridge_cg(X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray | None = None, iters: int = 200,
+             tol: float = 1e-4) -> np.ndarray:
+    """Solve (F^T F + lam I) W = F^T Y for every column of Y at once by conjugate gradients, F = [X | dense].
 
-    X is sparse (n x F, F can be large), Y dense (n x k); returns W (F x k).  One iteration costs two
-    sparse x dense products, so mapping TF-IDF onto a few hundred factors takes seconds.
+    X is sparse (n x F, F can be large), `dense` an optional dense block (n x d) kept apart from the
+    sparse part so its products run as dense BLAS, Y dense (n x k); returns W ((F + d) x k).  One
+    iteration costs two products with F, so mapping TF-IDF onto a few hundred factors takes seconds.
     """
     Y = np.asarray(Y, dtype=np.float32)
-    b = np.asarray(X.T @ Y, dtype=np.float32)
+    nx = X.shape[1]
+    D = None if dense is None else np.asarray(dense, dtype=np.float32)
+
+    def fwd(p: np.ndarray) -> np.ndarray:  # F @ p
+        out = np.asarray(X @ p[:nx], dtype=np.float32)
+        return out + D @ p[nx:] if D is not None else out
+
+    def back(q: np.ndarray) -> np.ndarray:  # F.T @ q
+        out = np.asarray(X.T @ q, dtype=np.float32)
+        return np.vstack([out, D.T @ q]) if D is not None else out
+
+    b = back(Y)
     W = np.zeros_like(b)
     r = b.copy()
     p = r.copy()
     rs = (r * r).sum(0)
     b2 = np.maximum(rs, 1e-30)
     for _ in range(iters):
-        Ap = np.asarray(X.T @ (X @ p), dtype=np.float32) + lam * p
+        Ap = back(fwd(p)) + lam * p
         alpha = rs / np.maximum((p * Ap).sum(0), 1e-30)
         W += alpha * p
         r -= alpha * Ap

@@ -149,12 +149,14 @@ class HybridRanker(Ranker):
             liked = np.asarray(likes.getnnz(axis=0)) > 0
             cold = ~liked
             if cold.any():
-                F = X
+                D = None
                 if self.embeddings is not None and self.emb_map_weight:
                     # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses
-                    F = sp.hstack([X, sp.csr_matrix(self.emb_map_weight * _unit(self.embeddings))], format="csr", dtype=np.float32)
-                M = ridge_cg(F[liked], V[liked], self.map_lambda)
-                V[cold] = np.asarray(F[cold] @ M, dtype=np.float32)
+                    D = self.emb_map_weight * _unit(self.embeddings)
+                M = ridge_cg(X[liked], V[liked], self.map_lambda, dense=None if D is None else D[liked])
+                V[cold] = np.asarray(X[cold] @ M[: X.shape[1]], dtype=np.float32)
+                if D is not None:
+                    V[cold] += D[cold] @ M[X.shape[1]:]
             if data.dislikes is not None and data.dislikes.nnz:
                 # a disliked paper's factors push the user away from similar papers
                 U = U - 0.5 * np.asarray(_row_mean(data.dislikes) @ V, dtype=np.float32) * (np.diff(data.dislikes.indptr) > 0)[:, None]
