@@ -109,3 +109,22 @@ def test_cache_finds_every_key_again(tmp_path: Path) -> None:
     enc.encoded.clear()
     emb.embed_texts(texts, tmp_path, encoder=enc)
     assert enc.encoded == []
+
+
+def test_setting_on_uses_the_cache_under_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emb, "available", lambda: True)
+    calls = {}
+
+    def fake(texts, cache_dir, **_):  # noqa: ANN001, ANN202
+        calls["dir"] = Path(cache_dir)
+        return FakeEncoder().encode(list(texts))
+
+    monkeypatch.setattr(emb, "embed_texts", fake)
+    corpus = Corpus.from_records([("p1", "deep learning", ""), ("p2", "graph theory", "an abstract")])
+    opts = emb.ranking_options(_settings(tmp_path, True), corpus)
+    assert opts["embeddings"].shape == (2, emb.DIM)
+    assert calls["dir"] == tmp_path / "cache" / "embeddings"
+    from digest.settings import Settings
+
+    content_only = Settings.model_validate({"data_dir": str(tmp_path), "ranking": {"embeddings": True, "ranker": "content"}})
+    assert emb.ranking_options(content_only, corpus) == {}
