@@ -394,6 +394,8 @@ class HybridRanker(Ranker):
         if "emb" not in best[1]:
             chosen["emb"] = self.weights.get("emb", DEFAULT_WEIGHTS["emb"])
         self.weights.update(chosen)
+        if self.embeddings is None:
+            chosen.pop("emb")  # not a component of this fit: keep it out of the report
         self.tuning.update({"val_users": int(len(users)), "blends_tried": len(seen), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
                             f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
                             "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
