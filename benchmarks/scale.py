@@ -25,7 +25,6 @@ import multiprocessing
 import os
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
