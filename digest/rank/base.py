@@ -178,15 +178,6 @@ class Ranker(ABC):
         papers = paper_rows(users, papers)
         return [self.explain(int(u), row) for u, row in zip(users, papers)]
 
-    def explain_many(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
-        """`explain` for a block: `papers` is 2-D, one row of corpus rows per user (same length).
-
-        Returns one list of reasons per user.  Rankers override this to explain a block at once;
-        this default asks `explain` user by user.
-        """
-        papers = np.asarray(papers, dtype=np.int64)
-        return [self.explain(int(u), row) for u, row in zip(users, papers)]
-
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix | np.ndarray | None:
         """Feature rows of these papers, for the diversity step (None: the ranker has no text space)."""
         return None
