@@ -5,6 +5,8 @@ This is what makes a brand-new paper rankable on its first day: it needs text, n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -70,17 +72,11 @@ class ContentRanker(Ranker):
             best_like = liked_sim[i].max() if liked_sim.shape[1] else 0.0
             best_kw = kw_sim[i].max() if kw_sim.shape[1] else 0.0
             literal = [k for k in keywords if k.casefold() in texts[i]]
-            if literal and self.keyword_weight * best_kw >= best_like:
-                reasons.append(f"matches keyword {literal[0]}")
-            elif best_like > 0:
-                title = self.data.corpus.titles[liked[int(liked_sim[i].argmax())]]
-                reasons.append(f"close to {title}")
-            elif best_kw > 0:
-                reasons.append(f"matches keyword {keywords[int(kw_sim[i].argmax())]}")
-            elif literal:
-                reasons.append(f"matches keyword {literal[0]}")
-            else:
-                reasons.append("new in your window")
+            reasons.append(_reason(
+                self.keyword_weight, literal, best_kw, best_like,
+                lambda: self.data.corpus.titles[liked[int(liked_sim[i].argmax())]],
+                lambda: keywords[int(kw_sim[i].argmax())],
+            ))
         return reasons
 
     def explain_many(self, users: np.ndarray, papers: np.ndarray, *, block: int = 64) -> list[list[str]]:
@@ -128,15 +124,31 @@ class ContentRanker(Ranker):
             for j, (bl, li) in enumerate(zip(best_like[row], best_liked[row])):
                 best_kw = kw_sim[j].max() if kws else 0.0
                 literal = [k for k in kws if k.casefold() in texts[j]] if kws else []
-                if literal and self.keyword_weight * best_kw >= bl:
-                    reasons.append(f"matches keyword {literal[0]}")
-                elif bl > 0:
-                    reasons.append(f"close to {corpus.titles[li]}")
-                elif best_kw > 0:
-                    reasons.append(f"matches keyword {kws[int(kw_sim[j].argmax())]}")
-                elif literal:
-                    reasons.append(f"matches keyword {literal[0]}")
-                else:
-                    reasons.append("new in your window")
+                reasons.append(_reason(
+                    self.keyword_weight, literal, best_kw, bl,
+                    lambda: corpus.titles[li],
+                    lambda: kws[int(kw_sim[j].argmax())],
+                ))
             out.append(reasons)
         return out
+
+
+def _reason(
+    keyword_weight: float,
+    literal: list[str],
+    best_kw: float,
+    best_like: float,
+    liked_title: Callable[[], str],
+    top_keyword: Callable[[], str],
+) -> str:
+    """The one rule for a content reason: a literal keyword match that outweighs the closest liked
+    paper, else that paper, else the keyword the paper is nearest to, else a plain "new"."""
+    if literal and keyword_weight * best_kw >= best_like:
+        return f"matches keyword {literal[0]}"
+    if best_like > 0:
+        return f"close to {liked_title()}"
+    if best_kw > 0:
+        return f"matches keyword {top_keyword()}"
+    if literal:
+        return f"matches keyword {literal[0]}"
+    return "new in your window"
