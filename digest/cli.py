@@ -82,6 +82,8 @@ def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunRep
         else:
             c = src.counts
             console.print(f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; skipped: {skipped}")
+    if report.model is not None:
+        console.print(str(report.model), highlight=False)
     for email, entries in report.unmatched_likes.items():
         for entry in entries:
             console.print(f"[yellow]{email}: liked entry matches no known paper: {entry!r}[/yellow]")
@@ -127,7 +129,7 @@ def demo(
 
     folder = (data_dir or Path(platformdirs.user_data_dir("digest")) / "demo").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    for leftover in ("digest.db", "outbox", "digests"):
+    for leftover in ("digest.db", "outbox", "digests", "models"):
         target = folder / leftover
         if target.is_dir():
             shutil.rmtree(target)
@@ -267,7 +269,10 @@ def worker(
     store = Store(settings.database_url)
     try:
         if plan:
-            console.print(f"planned {plan_day(store, settings, _parse_now(now)).planned} digest(s)")
+            planned = plan_day(store, settings, _parse_now(now))
+            if planned.model is not None:
+                console.print(str(planned.model), highlight=False)
+            console.print(f"planned {planned.planned} digest(s)")
         report = work(store, settings, _parse_now(now), batch=batch)
     finally:
         store.close()

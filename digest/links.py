@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

@@ -40,8 +40,9 @@ from digest.errors import (
 from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
 from digest.embeddings import ranking_options
-from digest.rank import Corpus, IdMap, Ranker, TrainData, make_ranker, top_k
+from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.base import top_k_rows
+from digest.rank.saved import ModelReport, ranker_for_day
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
 from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
@@ -107,6 +108,7 @@ class RunReport:
     fatal: str = ""  # the whole run stopped (e.g. SMTP login refused): said once, not per subscriber
     busy: str = ""  # another run held the lease, so this one did nothing
     unreachable: str = ""  # the mail server could not be reached: the rest wait for the next run
+    model: ModelReport | None = None  # refitted or updated, and how long it took
 
     def by_status(self) -> Counter[str]:
         return Counter(o.status for o in self.outcomes)
@@ -203,6 +205,12 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
     if not counts.any():  # no community upvotes: likes across our subscribers are the trend
         data.counts = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
     return data
+
+
+def day_ranker(settings: Settings, data: TrainData, now: datetime) -> tuple[Ranker, ModelReport]:
+    """The configured ranker for today: the saved fit with today folded in, or a refit (`rank.saved`)."""
+    return ranker_for_day(settings.ranking.ranker, ranking_options(settings, data.corpus), data, now,
+                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days)
 
 
 def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:
@@ -474,7 +482,7 @@ def run_daily(
             return report
         papers = store.papers()
         data = train_data(store, subscribers, papers)
-        ranker = make_ranker(settings.ranking.ranker, **ranking_options(settings, data.corpus)).fit(data)
+        ranker, report.model = day_ranker(settings, data, now)
         # A weekly digest picks from the whole week; the others from ranking.window_days.
         default_days = settings.ranking.window_days
         widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])

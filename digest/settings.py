@@ -172,6 +172,13 @@ class RankingSettings(_Section):
     window_days: int = Field(
         7, ge=1, le=365, description="Only papers published or first seen within this many days are candidates."
     )
+    refit_days: float = Field(
+        7.0,
+        ge=0.0,
+        le=365.0,
+        description="Refit the ranker from scratch when its saved fit (in <data_dir>/models) is this many days old; "
+        "between refits each run folds the day's new papers, readers and likes into it. 0 refits every run.",
+    )
     abstract_chars: int = Field(420, ge=80, le=5000, description="Abstracts are trimmed to about this many characters.")
     embeddings: bool = Field(
         False,

@@ -28,6 +28,7 @@ from digest.pipeline import (
     Progress,
     _stage,
     compose,
+    day_ranker,
     ingest,
     is_due,
     local_date,
@@ -35,8 +36,8 @@ from digest.pipeline import (
     sync_subscribers,
     train_data,
 )
-from digest.embeddings import ranking_options
-from digest.rank import TrainData, make_ranker
+from digest.rank import TrainData
+from digest.rank.saved import ModelReport
 from digest.settings import Settings
 from digest.store import CLICKED, DISLIKE, FAILED, Delivery, LIKE, PENDING, SENT, SENT_STATUS, Paper, Store, Subscriber
 
@@ -46,6 +47,7 @@ class PlanReport:
     planned: int = 0
     not_due: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    model: ModelReport | None = None  # refitted or updated, and how long it took
 
 
 @dataclass
@@ -162,7 +164,7 @@ def plan_day(
     report.not_due = len(subscribers) - len(due)
     papers = store.papers()
     data = train_data(store, subscribers, papers)
-    ranker = make_ranker(settings.ranking.ranker, **ranking_options(settings, data.corpus)).fit(data)
+    ranker, report.model = day_ranker(settings, data, now)
     report.timings["fit"] = clock() - start
     start = clock()
     recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))

@@ -158,9 +158,17 @@ class Ranker(ABC):
     """
 
     name: ClassVar[str]
+    folds_in: ClassVar[bool] = False  # does `update` fold new data in (worth saving the fit, `rank.saved`)
 
     @abstractmethod
     def fit(self, data: TrainData) -> Ranker: ...
+
+    def update(self, data: TrainData, **options: object) -> Ranker:
+        """Bring a fitted ranker up to `data` (new papers, readers, likes); by default a new fit."""
+        return self.fit(data)
+
+    def prepare_update(self) -> None:
+        """Finish anything `update` needs before the fit is saved (nothing by default)."""
 
     @abstractmethod
     def score(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray: ...

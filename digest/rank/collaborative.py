@@ -25,8 +25,11 @@ def fit_factors(
     alpha: float = 20.0,
     iterations: int = 15,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(user factors, item factors) of a users x items 0/1 matrix; factors capped by the data size."""
+    keep_model: bool = False,
+) -> tuple:
+    """(user factors, item factors) of a users x items 0/1 matrix; factors capped by the data size.
+
+    With `keep_model`, also the fitted `implicit` model (to fold new users in later, `fold_in_users`)."""
     factors = int(max(2, min(factors, min(likes.shape) - 1)))
     with single_blas_thread():
         if model == "bpr":
@@ -43,7 +46,22 @@ def fit_factors(
             raise ValueError(f"unknown collaborative model {model!r}: als or bpr")
     U = finite32(np.asarray(est.user_factors))
     V = finite32(np.asarray(est.item_factors))
+    if keep_model:
+        est.user_factors = np.zeros((0, U.shape[1]), dtype=np.float32)  # the caller keeps U; no second copy
+        return U, V, est
     return U, V
+
+
+def fold_in_users(model, likes: sp.csr_matrix, item_factors: np.ndarray, alpha: float) -> np.ndarray:  # noqa: ANN001
+    """ALS user factors of these likes rows against fixed item factors (one least-squares solve per
+    user, as an ALS half-step): how a reader whose likes changed is folded in without a refit."""
+    if likes.shape[0] == 0:
+        return np.zeros((0, item_factors.shape[1]), dtype=np.float32)
+    with single_blas_thread():
+        model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        model._YtY = None  # cached from the previous item factors
+        U = model.recalculate_user(np.arange(likes.shape[0]), sp.csr_matrix(likes * alpha, dtype=np.float32))
+    return finite32(np.asarray(U).reshape(likes.shape[0], -1))
 
 
 class CollaborativeRanker(Ranker):

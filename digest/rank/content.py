@@ -32,14 +32,43 @@ class ContentRanker(Ranker):
     def fit(self, data: TrainData) -> ContentRanker:
         self.data = data
         self.vectorizer, self.items = fit_tfidf(data.corpus.texts(), ngram_max=self.ngram_max, min_df=self.min_df)
-        likes = normalize_rows(data.likes)  # mean of liked rows
-        profile = likes @ self.items
-        self.keyword_vectors = self._keyword_vectors(data.keywords)
-        profile = normalize_rows(profile) + self.keyword_weight * self.keyword_vectors
-        if data.dislikes is not None and data.dislikes.nnz:
-            profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(normalize_rows(data.dislikes) @ self.items)
-        self.profiles = sp.csr_matrix(normalize_rows(sp.csr_matrix(profile)), dtype=np.float32)
+        # the terms min_df/max_features cut (often millions of bigrams): not needed to transform
+        self.vectorizer.stop_words_ = None
+        self.profiles = self.make_profiles(data.likes, data.dislikes, data.keywords)
         return self
+
+    def make_profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None, keywords: list[list[str]]) -> sp.csr_matrix:
+        """Profile rows for these users: mean liked row + keyword query - disliked rows, unit length."""
+        profile = normalize_rows(normalize_rows(likes) @ self.items) + self.keyword_weight * self._keyword_vectors(keywords)
+        if dislikes is not None and dislikes.nnz:
+            profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(normalize_rows(dislikes) @ self.items)
+        return sp.csr_matrix(normalize_rows(sp.csr_matrix(profile)), dtype=np.float32)
+
+    def fold_in(self, data: TrainData, paper_rows_old: np.ndarray, user_rows_old: np.ndarray, changed: np.ndarray) -> sp.csr_matrix:
+        """Carry the fit over to `data` without refitting the vocabulary: papers new since the fit
+        (`paper_rows_old` -1) are transformed with the fitted vectorizer, users in `changed` get new
+        profiles, everyone else keeps theirs (`user_rows_old`: each user's row in the fit, -1 if new).
+        Returns the new papers' TF-IDF rows (in the order they appear in `data`)."""
+        new = np.flatnonzero(paper_rows_old < 0)
+        texts = data.corpus.texts()
+        fresh = (sp.csr_matrix(self.vectorizer.transform([texts[i] for i in new]), dtype=np.float32) if len(new)
+                 else sp.csr_matrix((0, self.items.shape[1]), dtype=np.float32))
+        self.items = _take_rows(self.items, paper_rows_old, fresh)
+        self.data = data
+        block = self.make_profiles(data.likes[changed], None if data.dislikes is None else data.dislikes[changed],
+                                   [data.keywords[u] for u in changed])
+        rows = user_rows_old.copy()
+        rows[changed] = -1
+        order = np.full(len(rows), -1, dtype=np.int64)
+        order[changed] = np.arange(len(changed))
+        self.profiles = _take_rows(self.profiles, rows, block, order)
+        return fresh
+
+    def __getstate__(self) -> dict:
+        """Pickled without the training data (a saved fit, `rank.saved`): `fit`/`fold_in` bring it back."""
+        state = dict(self.__dict__)
+        state.pop("data", None)
+        return state
 
     def _keyword_vectors(self, keywords: list[list[str]]) -> sp.csr_matrix:
         queries = [" ".join(k) for k in keywords]
@@ -152,3 +181,14 @@ def _reason(
     if literal:
         return f"matches keyword {literal[0]}"
     return "new in your window"
+
+
+def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order: np.ndarray | None = None) -> sp.csr_matrix:
+    """Row i of the result is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`
+    (or fresh[order[i]] when `order` is given)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if order is None:
+        order = np.full(len(rows), -1, dtype=np.int64)
+        order[rows < 0] = np.arange(int((rows < 0).sum()))
+    pick = np.where(rows >= 0, rows, old.shape[0] + order)
+    return sp.csr_matrix(sp.vstack([old, fresh], format="csr")[pick], dtype=np.float32)

@@ -31,7 +31,6 @@ chose, and only matters when embeddings are given.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +38,7 @@ import scipy.sparse as sp
 
 from digest.rank._linalg import finite32, ridge_cg, zstats
 from digest.rank.base import Ranker, TrainData, paper_rows, top_k_rows
-from digest.rank.collaborative import CF_REASON, fit_factors
+from digest.rank.collaborative import CF_REASON, fit_factors, fold_in_users
 from digest.rank.content import ContentRanker
 from digest.rank.trending import trending_reason
 
@@ -65,10 +64,16 @@ class _State:
     trend: np.ndarray
     emb_profiles: np.ndarray | None
     stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    # what folding new papers and readers in needs (`HybridRanker.update`)
+    lsa_comp: np.ndarray | None = None  # LSA: TF-IDF -> LSA projection
+    cf_map: np.ndarray | None = None  # ridge map [TF-IDF | embeddings] -> ALS item factors
+    cf_model: object | None = None  # the fitted implicit model (item factors swapped in to fold users in)
+    sample_ids: list[str] | None = None  # the papers every reader's z-score statistics are measured on
 
 
 class HybridRanker(Ranker):
     name = "hybrid"
+    folds_in = True
 
     def __init__(
         self,
@@ -118,10 +123,15 @@ class HybridRanker(Ranker):
         if self.tune is not None:
             self._tune(data)
         self.state = self._fit_components(data)
-        # per-fit facts the explanations use
+        self._remember(data)
+        return self
+
+    def _remember(self, data: TrainData) -> None:
+        """Per-fit facts the explanations use, and what the state was computed from (for `update`)."""
+        self.data = data
         self._trend_counts = np.maximum(np.nan_to_num(np.asarray(data.counts, dtype=np.float64)), 0)
         self._like_counts = np.asarray(data.likes.getnnz(axis=0)).ravel()
-        return self
+        self._fitted = (list(data.corpus.ids.ids), list(data.users.ids), data.likes, data.dislikes, [list(k) for k in data.keywords])
 
     def _fit_components(self, data: TrainData) -> _State:
         n_items = len(data.corpus)
@@ -131,7 +141,7 @@ class HybridRanker(Ranker):
         ).fit(data)
         X = content.items
         # LSA space of the TF-IDF
-        lsa_items = lsa_profiles = None
+        lsa_items = lsa_profiles = comp = None
         k = min(self.lsa_dims, X.shape[1] - 1, n_items - 1)
         if k >= 8 and self.weights.get("lsa", 0) != 0:
             from sklearn.decomposition import TruncatedSVD
@@ -141,46 +151,142 @@ class HybridRanker(Ranker):
             comp = svd.components_.astype(np.float32)
             lsa_profiles = _unit(np.asarray(content.profiles @ comp.T, dtype=np.float32))
         # collaborative factors, carried to unliked papers through text
-        U = V = None
+        U = V = M = est = None
         likes = data.likes
         per_user = np.diff(likes.indptr)
         if likes.nnz >= self.min_likes and (per_user >= 2).any() and min(likes.shape) >= 3:
-            U, V = fit_factors(likes, **self.als)
+            U, V, est = fit_factors(likes, **self.als, keep_model=True)
             liked = np.asarray(likes.getnnz(axis=0)) > 0
             cold = ~liked
             if cold.any():
-                D = None
-                if self.embeddings is not None and self.emb_map_weight:
-                    # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses
-                    D = self.emb_map_weight * _unit(self.embeddings)
-                M = ridge_cg(X[liked], V[liked], self.map_lambda, dense=None if D is None else D[liked])
-                V[cold] = np.asarray(X[cold] @ M[: X.shape[1]], dtype=np.float32)
-                if D is not None:
-                    V[cold] += D[cold] @ M[X.shape[1]:]
-            if data.dislikes is not None and data.dislikes.nnz:
-                # a disliked paper's factors push the user away from similar papers
-                U = U - 0.5 * np.asarray(_row_mean(data.dislikes) @ V, dtype=np.float32) * (np.diff(data.dislikes.indptr) > 0)[:, None]
+                M = self._cf_map(X, V, liked)
+                V[cold] = self._map_to_factors(M, X[cold], cold)
+            U = self._push_away(U, V, data.dislikes)
             U, V = finite32(U), finite32(V)
-        # trend: likes plus community counts
-        trend_raw = np.asarray(likes.sum(axis=0), dtype=np.float32).ravel() + np.maximum(np.nan_to_num(data.counts), 0)
-        trend = np.log1p(trend_raw).astype(np.float32)
-        # optional sentence embeddings
-        emb_profiles = None
-        if self.embeddings is not None:
-            E = _unit(self.embeddings)
-            prof = _row_mean(likes) @ E
-            if data.dislikes is not None and data.dislikes.nnz:
-                prof = prof - self.dislike_weight * (_row_mean(data.dislikes) @ E)
-            emb_profiles = _unit(np.asarray(prof, dtype=np.float32))
-        state = _State(content, lsa_items, lsa_profiles, U, V, trend, emb_profiles, {})
+        trend = _trend(data)
+        emb_profiles = self._emb_profiles(data.likes, data.dislikes)
+        state = _State(content, lsa_items, lsa_profiles, U, V, trend, emb_profiles, {}, comp, M, est)
         # per-user standardisation against a fixed sample of the corpus
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(n_items, size=min(n_items, 2000), replace=False)) if n_items else np.zeros(0, np.int64)
-        users = np.arange(len(data.users))
+        state.sample_ids = [data.corpus.ids.ids[i] for i in sample]
+        state.stats = self._stats(state, np.arange(len(data.users)), sample)
+        return state
+
+    def _stats(self, state: _State, users: np.ndarray, sample: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each active component's per-user (mean, std) over the sample papers."""
+        stats = {}
         for name in COMPONENTS:
             raw = self._raw(state, name, users, sample)
             if raw is not None:
-                state.stats[name] = zstats(raw) if raw.shape[1] else (np.zeros(len(users), np.float32), np.ones(len(users), np.float32))
+                stats[name] = zstats(raw) if raw.shape[1] else (np.zeros(len(users), np.float32), np.ones(len(users), np.float32))
+        return stats
+
+    def _cf_map(self, X: sp.csr_matrix, V: np.ndarray, liked: np.ndarray) -> np.ndarray:
+        """The ridge map from a paper's text (TF-IDF, and embeddings when given) to its ALS factors,
+        learned on the papers someone liked."""
+        D = self._map_dense(np.flatnonzero(liked))
+        return ridge_cg(X[liked], V[liked], self.map_lambda, dense=D)
+
+    def _map_dense(self, rows: np.ndarray) -> np.ndarray | None:
+        if self.embeddings is None or not self.emb_map_weight:
+            return None
+        # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses
+        return self.emb_map_weight * _unit(self.embeddings[rows])
+
+    def _map_to_factors(self, M: np.ndarray, X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        """Factors of papers nobody liked (TF-IDF rows X, corpus rows `rows`) through the ridge map."""
+        out = np.asarray(X @ M[: X.shape[1]], dtype=np.float32)
+        D = self._map_dense(np.flatnonzero(rows) if rows.dtype == bool else rows)
+        if D is not None:
+            out += D @ M[X.shape[1]:]
+        return out
+
+    def _push_away(self, U: np.ndarray, V: np.ndarray, dislikes: sp.csr_matrix | None) -> np.ndarray:
+        """A disliked paper's factors push the user away from similar papers."""
+        if dislikes is None or not dislikes.nnz:
+            return U
+        return U - 0.5 * np.asarray(_row_mean(dislikes) @ V, dtype=np.float32) * (np.diff(dislikes.indptr) > 0)[:, None]
+
+    def _emb_profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None) -> np.ndarray | None:
+        """Optional sentence-embedding profiles: mean liked embedding - disliked ones, unit length."""
+        if self.embeddings is None:
+            return None
+        E = _unit(self.embeddings)
+        prof = _row_mean(likes) @ E
+        if dislikes is not None and dislikes.nnz:
+            prof = prof - self.dislike_weight * (_row_mean(dislikes) @ E)
+        return _unit(np.asarray(prof, dtype=np.float32))
+
+    # -- folding in --------------------------------------------------------------------------
+
+    def update(self, data: TrainData, *, embeddings: np.ndarray | None = None) -> HybridRanker:
+        """Fold a day's changes into the last fit instead of refitting: new papers get TF-IDF rows
+        from the fitted vocabulary, LSA coordinates and ALS factors through the ridge map; readers
+        who are new or whose likes, dislikes or keywords changed get new profiles and ALS factors
+        (one least-squares step against the item factors) and new z-score statistics; everyone
+        else keeps theirs; the trend is recomputed.  The vocabulary, LSA axes, ALS item factors and
+        the map stay as fitted, so a periodic `fit` is still needed (`digest.rank.saved`)."""
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings, dtype=np.float32)
+            if len(embeddings) != len(data.corpus):
+                raise ValueError("embeddings must have one row per corpus paper")
+        if not hasattr(self, "state"):
+            self.embeddings = embeddings if embeddings is not None else self.embeddings
+            return self.fit(data)
+        if (embeddings is None) != (self.embeddings is None):
+            raise ValueError("update needs embeddings exactly when the fit had them")
+        paper_ids, user_ids, old_likes, old_dislikes, old_keywords = self._fitted
+        pindex = {pid: i for i, pid in enumerate(paper_ids)}
+        prow = np.fromiter((pindex.get(p, -1) for p in data.corpus.ids.ids), dtype=np.int64, count=len(data.corpus))
+        uindex = {u: i for i, u in enumerate(user_ids)}
+        urow = np.fromiter((uindex.get(u, -1) for u in data.users.ids), dtype=np.int64, count=len(data.users))
+        changed = _changed_users(data, prow, urow, len(paper_ids), old_likes, old_dislikes, old_keywords)
+        st = self.state
+        self.prepare_update()  # in the fit's coordinates, before anything moves
+        if embeddings is not None:
+            self.embeddings = embeddings
+        new = np.flatnonzero(prow < 0)
+        fresh = st.content.fold_in(data, prow, urow, changed)
+        if st.lsa_items is not None:
+            st.lsa_items = _take_dense(st.lsa_items, prow, _unit(np.asarray(fresh @ st.lsa_comp.T, dtype=np.float32)))
+            block = _unit(np.asarray(st.content.profiles[changed] @ st.lsa_comp.T, dtype=np.float32))
+            st.lsa_profiles = _take_users(st.lsa_profiles, urow, changed, block)
+        if st.U is not None:
+            st.V = finite32(_take_dense(st.V, prow, self._map_to_factors(st.cf_map, fresh, new)))
+            likes_c = data.likes[changed]
+            block = fold_in_users(st.cf_model, likes_c, st.V, self.als["alpha"])
+            block = self._push_away(block, st.V, None if data.dislikes is None else data.dislikes[changed])
+            st.U = finite32(_take_users(st.U, urow, changed, block))
+        st.trend = _trend(data)
+        if st.emb_profiles is not None:
+            block = self._emb_profiles(data.likes[changed], None if data.dislikes is None else data.dislikes[changed])
+            st.emb_profiles = _take_users(st.emb_profiles, urow, changed, block)
+        sample = data.corpus.ids.indices(st.sample_ids)
+        fresh_stats = self._stats(st, changed, sample)
+        for name, (mean, std) in list(st.stats.items()):
+            if name in fresh_stats:
+                st.stats[name] = (_take_users(mean, urow, changed, fresh_stats[name][0]),
+                                  _take_users(std, urow, changed, fresh_stats[name][1]))
+        if "trend" in st.stats:  # one global scale, recomputed with the new trend
+            mean, std = zstats(st.trend[sample][None, :]) if len(sample) else (np.zeros(1, np.float32), np.ones(1, np.float32))
+            st.stats["trend"] = (np.full(len(urow), mean[0], np.float32), np.full(len(urow), std[0], np.float32))
+        self.last_update = {"new_papers": int(len(new)), "new_users": int((urow < 0).sum()), "changed_users": int(len(changed))}
+        self._remember(data)
+        return self
+
+    def prepare_update(self) -> None:
+        """Learn the text -> factors map if the fit did not need one (every paper had a like), so that
+        a saved model folds new papers in quickly."""
+        st = self.state
+        if st.U is not None and st.cf_map is None:
+            liked = np.asarray(self._fitted[2].getnnz(axis=0)) > 0
+            st.cf_map = self._cf_map(st.content.items, st.V, liked)
+
+    def __getstate__(self) -> dict:
+        """Saved without the training data (texts, likes): `update` brings today's."""
+        state = dict(self.__dict__)
+        state.pop("data", None)
         return state
 
     def _raw(self, state: _State, name: str, users: np.ndarray, candidates: np.ndarray) -> np.ndarray | None:
@@ -399,6 +505,57 @@ class HybridRanker(Ranker):
         self.tuning.update({"val_users": int(len(users)), "blends_tried": len(seen), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
                             f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
                             "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
+
+
+def _trend(data: TrainData) -> np.ndarray:
+    """log(1 + likes + community counts) of every paper."""
+    raw = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel() + np.maximum(np.nan_to_num(data.counts), 0)
+    return np.log1p(raw).astype(np.float32)
+
+
+def _changed_users(data: TrainData, prow: np.ndarray, urow: np.ndarray, n_old_papers: int,
+                   old_likes: sp.csr_matrix, old_dislikes: sp.csr_matrix | None, old_keywords: list[list[str]]) -> np.ndarray:
+    """Rows (in `data`) of readers who are new or whose likes, dislikes or keywords differ from the fit's."""
+    inv_p = np.full(n_old_papers, -1, dtype=np.int64)
+    inv_p[prow[prow >= 0]] = np.flatnonzero(prow >= 0)
+    inv_u = np.full(old_likes.shape[0], -1, dtype=np.int64)
+    inv_u[urow[urow >= 0]] = np.flatnonzero(urow >= 0)
+    shape = data.likes.shape
+
+    def moved(m: sp.csr_matrix | None) -> sp.csr_matrix:
+        if m is None:
+            return sp.csr_matrix(shape, dtype=np.float32)
+        c = m.tocoo()
+        r, k = inv_u[c.row], inv_p[c.col]
+        keep = (r >= 0) & (k >= 0)
+        return sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (r[keep], k[keep])), shape=shape)
+
+    changed = urow < 0
+    for new, old in ((data.likes, old_likes), (data.dislikes, old_dislikes)):
+        new = sp.csr_matrix(shape, dtype=np.float32) if new is None else new
+        diff = (new != moved(old)).tocsr()
+        changed |= np.diff(diff.indptr) > 0
+    known = np.flatnonzero(~changed)
+    changed[known] = [list(data.keywords[u]) != old_keywords[urow[u]] for u in known]
+    return np.flatnonzero(changed)
+
+
+def _take_dense(old: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Row i is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`."""
+    out = np.empty((len(rows),) + old.shape[1:], dtype=old.dtype)
+    out[rows >= 0] = old[rows[rows >= 0]]
+    out[rows < 0] = fresh
+    return out
+
+
+def _take_users(old: np.ndarray, urow: np.ndarray, changed: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Per-user rows: `block` for the changed users (in order), the old row for everyone else."""
+    out = np.empty((len(urow),) + old.shape[1:], dtype=old.dtype)
+    keep = np.ones(len(urow), dtype=bool)
+    keep[changed] = False
+    out[keep] = old[urow[keep]]
+    out[changed] = block
+    return out
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""Fit weekly, fold each day in: the saved ranker the daily run starts from.
+
+A full fit of the hybrid over 200,000 papers and 100,000 readers takes minutes and most of the
+daily run's memory, while a day adds about 1% new papers and changes the likes of a few readers.
+So the daily run loads the last full fit from `<data_dir>/models`, folds today's data into it
+(`Ranker.update`: new papers, new readers, changed likes), and refits only when the saved fit is
+older than `ranking.refit_days`, was made with other ranking settings or an older format, cannot
+be read, or the corpus or the community has grown by more than a quarter since.
+
+The file is a pickle written by this program into its own data folder (trusted like the
+database next to it); it is replaced atomically, so a crash mid-write leaves the previous fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from digest.rank import Ranker, TrainData, make_ranker
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when a ranker's saved state changes shape
+GROWTH = 1.25  # refit when papers or readers grew by more than this factor since the fit
+
+
+@dataclass
+class ModelReport:
+    """What the run did about its model, for the run report."""
+
+    refit: bool
+    reason: str
+    fitted_at: datetime
+    seconds: float
+    new_papers: int = 0
+    changed_readers: int = 0
+
+    def __str__(self) -> str:
+        if self.refit:
+            return f"ranker fitted in {self.seconds:.1f} s ({self.reason})"
+        return (f"ranker of {self.fitted_at:%Y-%m-%d %H:%M} UTC updated in {self.seconds:.1f} s: "
+                f"{self.new_papers} new paper(s), {self.changed_readers} new or changed reader(s)")
+
+
+def model_path(data_dir: Path, name: str) -> Path:
+    return data_dir / "models" / f"{name}.pkl"
+
+
+def ranker_for_day(
+    name: str,
+    options: dict,
+    data: TrainData,
+    now: datetime,
+    *,
+    data_dir: Path | None,
+    refit_days: float,
+) -> tuple[Ranker, ModelReport]:
+    """The ranker for today's run: the saved fit with today folded in, or a new fit (then saved).
+
+    `options` are `make_ranker` options (the hybrid's `embeddings` among them); `data_dir` None
+    or `refit_days` 0 means fit every time and save nothing.
+    """
+    start = time.perf_counter()
+    ranker = make_ranker(name, **options)
+    if data_dir is None or refit_days <= 0 or not getattr(ranker, "folds_in", False):
+        ranker.fit(data)
+        return ranker, ModelReport(True, "refit every run", now, time.perf_counter() - start)
+    path = model_path(data_dir, name)
+    fingerprint = _fingerprint(name, options)
+    saved, reason = _load(path, fingerprint, now, refit_days, data)
+    if saved is not None:
+        old = saved["ranker"]
+        try:
+            old.update(data, **({"embeddings": options["embeddings"]} if "embeddings" in options else {}))
+        except Exception as e:  # noqa: BLE001 - a saved model that cannot take today's data: refit
+            log.warning("saved ranker %s could not be updated (%s); refitting", path, e)
+            reason = f"the saved fit could not be updated: {e}"
+        else:
+            info = getattr(old, "last_update", {})
+            return old, ModelReport(False, "", saved["fitted_at"], time.perf_counter() - start,
+                                    info.get("new_papers", 0), info.get("changed_users", 0))
+    ranker.fit(data)
+    ranker.prepare_update()
+    _save(path, {"format": FORMAT, "fingerprint": fingerprint, "fitted_at": now, "papers": len(data.corpus),
+                 "users": len(data.users), "ranker": ranker})
+    return ranker, ModelReport(True, reason, now, time.perf_counter() - start)
+
+
+def _fingerprint(name: str, options: dict) -> dict:
+    """What a saved fit must match to be reused (the embeddings' presence, not their values)."""
+    plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray)}
+    return {"format": FORMAT, "ranker": name, "options": repr(sorted(plain.items())),
+            "embeddings": "embeddings" in options}
+
+
+def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data: TrainData) -> tuple[dict | None, str]:
+    """(the saved record, "") if it can be reused today, else (None, why a refit is due)."""
+    if not path.exists():
+        return None, "no saved fit"
+    try:
+        with path.open("rb") as f:
+            saved = pickle.load(f)  # noqa: S301 - our own file in our own data folder
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            return None, "the saved fit has an older format"
+    except Exception as e:  # noqa: BLE001 - unreadable (truncated, other versions): refit
+        log.warning("cannot read saved ranker %s (%s); refitting", path, e)
+        return None, f"the saved fit could not be read ({type(e).__name__})"
+    if saved.get("fingerprint") != fingerprint:
+        return None, "ranking settings changed"
+    age = now - saved["fitted_at"]
+    if age >= timedelta(days=refit_days) or age < timedelta(0):
+        return None, f"the saved fit is {age.days} day(s) old (refit_days = {refit_days:g})"
+    if len(data.corpus) > GROWTH * saved["papers"] or len(data.users) > GROWTH * saved["users"] + 10:
+        return None, "the corpus or the community grew by more than a quarter"
+    return saved, ""
+
+
+def _save(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with tmp.open("wb") as f:
+        pickle.dump(record, f, protocol=5)
+    os.replace(tmp, path)

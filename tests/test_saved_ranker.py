@@ -1,0 +1,151 @@
+"""Fit weekly, fold each day in: `HybridRanker.update` and the saved fit (`digest.rank.saved`).
+
+A synthetic community in three topics, large enough for every hybrid component (ALS included).
+The fold-in must change nothing when nothing changed, rank a new reader's and a new paper's topic
+like a refit does, and the saved fit must be reused, refitted and recovered when it should be.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from digest.rank import Corpus, IdMap, TrainData
+from digest.rank.base import top_k_rows
+from digest.rank.hybrid import HybridRanker
+from digest.rank.saved import model_path, ranker_for_day
+
+TOPICS = {
+    "bio": "protein folding enzyme kinetics genome sequencing cell membrane receptor binding molecular dynamics",
+    "astro": "galaxy dark matter halo lensing redshift survey cosmology supernova telescope stellar",
+    "ml": "neural network transformer attention gradient descent training dataset benchmark language model",
+}
+NOW = datetime(2026, 11, 24, 6, 0, tzinfo=timezone.utc)
+
+
+def _papers(rng: random.Random, per_topic: int, start: int) -> list[tuple[str, str, str, str]]:
+    out = []
+    for topic, words in TOPICS.items():
+        pool = words.split()
+        for n in range(start, start + per_topic):
+            title = " ".join(rng.sample(pool, 4))
+            abstract = " ".join(rng.sample(pool, 6)) + " we study " + " ".join(rng.sample(pool, 3))
+            out.append((f"{topic}-{n}", title, abstract, topic))
+    return out
+
+
+def community(*, new_papers: int = 0, new_readers: int = 0, seed: int = 1) -> TrainData:
+    """60 papers and 12 readers per topic (each liking 8 papers of their topic), plus extras."""
+    rng = random.Random(seed)
+    papers = _papers(rng, 60, 0) + _papers(random.Random(99), new_papers, 1000)
+    corpus = Corpus.from_records((pid, t, a) for pid, t, a, _ in papers)
+    by_topic: dict[str, list[str]] = {}
+    for pid, _, _, topic in papers[: 60 * len(TOPICS)]:
+        by_topic.setdefault(topic, []).append(pid)
+    readers, likes = [], []
+    for topic in TOPICS:
+        for i in range(12 + new_readers):
+            uid = f"{topic}{i}"
+            readers.append(uid)
+            likes += [(uid, pid) for pid in random.Random(f"{seed}{uid}").sample(by_topic[topic], 8)]
+    return TrainData.from_pairs(corpus, IdMap(readers), likes)
+
+
+def _topic(data: TrainData, row: int) -> str:
+    return data.corpus.ids.ids[row].split("-")[0]
+
+
+def test_update_with_nothing_new_changes_no_score() -> None:
+    data = community()
+    ranker = HybridRanker().fit(data)
+    assert ranker.state.U is not None, "the community must be large enough for ALS"
+    users, cands = np.arange(len(data.users)), np.arange(len(data.corpus))
+    before = ranker.score(users, cands)
+    ranker.update(community())
+    assert ranker.last_update == {"new_papers": 0, "new_users": 0, "changed_users": 0}
+    np.testing.assert_allclose(ranker.score(users, cands), before, rtol=1e-5, atol=1e-5)
+
+
+def test_update_ranks_new_papers_and_readers_like_a_refit() -> None:
+    old, new = community(), community(new_papers=10, new_readers=2)
+    folded = HybridRanker().fit(old)
+    folded.prepare_update()
+    folded = pickle.loads(pickle.dumps(folded))  # as the daily run gets it: from the saved file
+    folded.update(new)
+    refit = HybridRanker().fit(new)
+    assert folded.last_update["new_papers"] == 30 and folded.last_update["new_users"] == 6
+    fresh = np.flatnonzero([pid.split("-")[1] >= "1000" for pid in new.corpus.ids.ids])
+    readers = np.arange(len(new.users))
+    top_fold = fresh[top_k_rows(folded.score(readers, fresh), 10)]
+    top_refit = fresh[top_k_rows(refit.score(readers, fresh), 10)]
+    for u, f_row, r_row in zip(readers, top_fold, top_refit):
+        topic = new.users.ids[u].rstrip("0123456789")
+        # every reader, old or new, gets the new papers of their own topic first, as a refit does
+        assert {_topic(new, p) for p in f_row} == {topic}, (new.users.ids[u], [new.corpus.ids.ids[p] for p in f_row])
+        assert {_topic(new, p) for p in r_row} == {topic}
+    # reasons work on the folded ranker (the saved file carried no texts; update brought them)
+    assert all(r for r in folded.explain(0, fresh[:5]))
+
+
+def test_a_changed_reader_is_folded_in() -> None:
+    data = community()
+    ranker = HybridRanker().fit(data)
+    # bio0 now also likes 8 astro papers: their profile moves, nobody else's does
+    extra = [("bio0", pid) for pid in data.corpus.ids.ids[60:68]]
+    pairs = [(data.users.ids[u], data.corpus.ids.ids[p]) for u, p in zip(*data.likes.nonzero())] + extra
+    changed = TrainData.from_pairs(data.corpus, data.users, pairs)
+    users, cands = np.arange(len(data.users)), np.arange(len(data.corpus))
+    before = ranker.score(users, cands)
+    ranker.update(changed)
+    assert ranker.last_update["changed_users"] == 1
+    after = ranker.score(users, cands)
+    u = data.users.index("bio0")
+    astro = np.arange(60, 120)
+    assert after[u, astro].mean() > before[u, astro].mean() + 0.5
+    others = np.delete(users, u)
+    np.testing.assert_allclose(after[others], before[others], rtol=1e-4, atol=1e-3)  # the trend moved a little
+
+
+def test_saved_fit_is_reused_then_refitted(tmp_path) -> None:
+    data = community()
+    ranker, report = ranker_for_day("hybrid", {}, data, NOW, data_dir=tmp_path, refit_days=7)
+    assert report.refit and report.reason == "no saved fit"
+    path = model_path(tmp_path, "hybrid")
+    saved = path.read_bytes()
+    assert data.corpus.abstracts[0].encode() not in saved and data.corpus.titles[1].encode() not in saved  # no texts
+    # the next day: folded in, not refitted
+    ranker, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert not report.refit and report.new_papers == 15 and report.fitted_at == NOW
+    assert "updated" in str(report)
+    # a week later: refitted, and the new fit is saved
+    _, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=7), data_dir=tmp_path, refit_days=7)
+    assert report.refit and "7 day(s) old" in report.reason
+    _, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7)
+    assert not report.refit and report.fitted_at == NOW + timedelta(days=7)
+    # other settings: refitted
+    _, report = ranker_for_day("hybrid", {"dislike_weight": 0.2}, community(), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7)
+    assert report.refit and report.reason == "ranking settings changed"
+    # a community that doubled: refitted
+    _, report = ranker_for_day("hybrid", {"dislike_weight": 0.2}, community(new_papers=100), NOW + timedelta(days=9),
+                               data_dir=tmp_path, refit_days=7)
+    assert report.refit and "grew" in report.reason
+
+
+def test_unreadable_saved_fit_is_refitted(tmp_path) -> None:
+    ranker_for_day("hybrid", {}, community(), NOW, data_dir=tmp_path, refit_days=7)
+    path = model_path(tmp_path, "hybrid")
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as by a full disk
+    ranker, report = ranker_for_day("hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert report.refit and "could not be read" in report.reason
+    assert ranker.score(np.arange(3), np.arange(5)).shape == (3, 5)
+    assert pickle.loads(path.read_bytes())["fitted_at"] == NOW + timedelta(days=1)
+
+
+@pytest.mark.parametrize("name, refit_days", [("hybrid", 0), ("content", 7)])
+def test_no_saved_fit_when_refitting_every_run(tmp_path, name: str, refit_days: float) -> None:
+    _, report = ranker_for_day(name, {}, community(), NOW, data_dir=tmp_path, refit_days=refit_days)
+    assert report.refit and not (tmp_path / "models").exists()
