@@ -7,6 +7,7 @@ finished row is never sent again.  One source's or one subscriber's failure neve
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import time
 from collections import Counter
@@ -230,6 +231,7 @@ def rank_subscribers(
     *,
     diversity: float = 0.5,
     block: int = 1024,
+    processes: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> dict[int, list[Pick]]:
     """Each subscriber's best `max_papers` candidates with a reason each, scored in blocks of users.
@@ -237,27 +239,72 @@ def rank_subscribers(
     Papers the subscriber was already sent, liked, disliked or clicked, and papers matching their
     exclude_keywords, are never picked.  With `diversity` < 1 the picks are re-ranked by maximal
     marginal relevance over a short list, so the top is not ten near-copies of one topic.
+    With `processes` > 1 (and more than one block of readers) the blocks are shared among forked
+    processes, which see the fitted ranker without copying it; the picks are the same.
     """
-    picks: dict[int, list[Pick]] = {}
     if not candidates or not subscribers:
         return {s.id: [] for s in subscribers}
     rows = data.corpus.ids.indices(p.id for p in candidates)
-    position = {p.id: i for i, p in enumerate(candidates)}
-    masks: dict[tuple[str, ...], np.ndarray] = {}
     features = ranker.item_features(rows) if diversity < 1 else None
     sim = cosine_similarity_matrix(features) if features is not None else None
-    for start in range(0, len(subscribers), block):
-        chunk = subscribers[start : start + block]
+    job = _RankJob(ranker, data, subscribers, candidates, seen, rows, sim, diversity)
+    starts = list(range(0, len(subscribers), block))
+    blocks = [(s, min(s + block, len(subscribers))) for s in starts]
+    picks: dict[int, list[Pick]] = {}
+
+    def keep(span: tuple[int, int], chosen: list[tuple[np.ndarray, np.ndarray, list[str]]]) -> None:
+        for sub, (best, best_scores, reasons) in zip(subscribers[span[0] : span[1]], chosen):
+            picks[sub.id] = [Pick(candidates[c], float(sc), r) for c, sc, r in zip(best, best_scores, reasons)]
+        if progress:
+            progress(span[1] - span[0])
+
+    processes = min(processes, len(blocks))
+    if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+        global _RANK_JOB
+        _RANK_JOB = job  # the forked processes inherit it (copy-on-write), nothing is pickled
+        try:
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                for span, chosen in zip(blocks, pool.imap(_rank_block_forked, blocks)):
+                    keep(span, chosen)
+        finally:
+            _RANK_JOB = None
+    else:
+        for span in blocks:
+            keep(span, job.block(*span))
+    return picks
+
+
+@dataclass
+class _RankJob:
+    """One ranking of many readers, block by block (shared with forked processes)."""
+
+    ranker: Ranker
+    data: TrainData
+    subscribers: Sequence[Subscriber]
+    candidates: Sequence[Paper]
+    seen: dict[int, set[str]]
+    rows: np.ndarray
+    sim: np.ndarray | None
+    diversity: float
+    masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    position: dict[str, int] = field(default_factory=dict)
+
+    def block(self, start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """(candidate positions, scores, reasons) of the picks of subscribers[start:stop]."""
+        ranker, data, candidates, rows, sim, diversity = self.ranker, self.data, self.candidates, self.rows, self.sim, self.diversity
+        if not self.position:
+            self.position = {p.id: i for i, p in enumerate(candidates)}
+        chunk = self.subscribers[start:stop]
         users = np.array([data.users.index(s.email) for s in chunk])
         scores = np.array(ranker.score(users, rows), dtype=np.float32)  # a copy we may write into
         # what each reader may be sent: not seen, not excluded (as -inf in the block)
         for i, sub in enumerate(chunk):
             key = tuple(sub.exclude_keywords)
             if key:
-                if key not in masks:
-                    masks[key] = exclusion_mask(candidates, key)
-                scores[i, masks[key]] = -np.inf
-            done = [position[pid] for pid in seen.get(sub.id, ()) if pid in position]
+                if key not in self.masks:
+                    self.masks[key] = exclusion_mask(candidates, key)
+                scores[i, self.masks[key]] = -np.inf
+            done = [self.position[pid] for pid in self.seen.get(sub.id, ()) if pid in self.position]
             if done:
                 scores[i, done] = -np.inf
         allowed = np.isfinite(scores).sum(axis=1)
@@ -292,12 +339,15 @@ def rank_subscribers(
             said = ranker.explain_many(users[idx], rows[np.stack([chosen[i][0] for i in idx])])
             for i, r in zip(idx, said):
                 reasons[i] = r
-        for i, sub in enumerate(chunk):
-            best, best_scores = chosen[i]
-            picks[sub.id] = [Pick(candidates[c], float(sc), r) for c, sc, r in zip(best, best_scores, reasons[i])]
-        if progress:
-            progress(len(chunk))
-    return picks
+        return [(best, best_scores, reasons[i]) for i, (best, best_scores) in enumerate(chosen)]
+
+
+_RANK_JOB: _RankJob | None = None
+
+
+def _rank_block_forked(span: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+    assert _RANK_JOB is not None, "set before the pool forks"
+    return _RANK_JOB.block(*span)
 
 
 def _pick_one(row_scores: np.ndarray, size: int, sim: np.ndarray | None, diversity: float) -> tuple[np.ndarray, np.ndarray]:

@@ -179,6 +179,13 @@ class RankingSettings(_Section):
         description="Refit the ranker from scratch when its saved fit (in <data_dir>/models) is this many days old; "
         "between refits each run folds the day's new papers, readers and likes into it. 0 refits every run.",
     )
+    processes: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Processes that rank readers in parallel in the planner (digest worker --plan), for more than "
+        "1,024 readers; 0 means one per CPU core.",
+    )
     abstract_chars: int = Field(420, ge=80, le=5000, description="Abstracts are trimmed to about this many characters.")
     embeddings: bool = Field(
         False,

@@ -172,8 +172,8 @@ def plan_day(
     del papers  # the ranker keeps what it needs; 200k ORM rows are ~1 GB
     seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
     with _stage(progress, "Ranking", len(due)) as advance:
-        picks = rank_subscribers(ranker, data, due, candidates, seen,
-                                 diversity=settings.ranking.diversity, progress=advance)
+        picks = rank_subscribers(ranker, data, due, candidates, seen, diversity=settings.ranking.diversity,
+                                 processes=settings.ranking.processes or os.cpu_count() or 1, progress=advance)
     trend = trending_lists(data, candidates, picks)
     report.timings["rank"] = clock() - start
     start = clock()

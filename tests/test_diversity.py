@@ -71,3 +71,4 @@ def test_diversity_keeps_order_when_items_are_unrelated() -> None:
 
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     assert list(mmr_order(scores, np.eye(4, dtype=np.float32), 4, 0.5)) == [0, 1, 2, 3]
+

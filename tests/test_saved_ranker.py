@@ -1,4 +1,5 @@
-"""Fit weekly, fold each day in: `HybridRanker.update` and the saved fit (`digest.rank.saved`).
+"""The daily run for a large community: the saved fit folded in each day (`HybridRanker.update`,
+`digest.rank.saved`) and ranking shared among forked processes.
 
 A synthetic community in three topics, large enough for every hybrid component (ALS included).
 The fold-in must change nothing when nothing changed, rank a new reader's and a new paper's topic
@@ -149,3 +150,27 @@ def test_unreadable_saved_fit_is_refitted(tmp_path) -> None:
 def test_no_saved_fit_when_refitting_every_run(tmp_path, name: str, refit_days: float) -> None:
     _, report = ranker_for_day(name, {}, community(), NOW, data_dir=tmp_path, refit_days=refit_days)
     assert report.refit and not (tmp_path / "models").exists()
+
+
+def test_forked_ranking_picks_the_same() -> None:
+    """Blocks of readers shared among forked processes give exactly the picks of one process."""
+    from digest.pipeline import rank_subscribers
+    from digest.store import Paper, Subscriber
+
+    data = community(new_papers=10)
+    ranker = HybridRanker().fit(data)
+    candidates = [Paper(id=pid, title=t, title_key=t, abstract=a, first_seen=NOW, last_changed=NOW)
+                  for pid, t, a in zip(data.corpus.ids.ids, data.corpus.titles, data.corpus.abstracts) if pid.split("-")[1] >= "1000"]
+    subs = [Subscriber(id=i, email=e, max_papers=3 + i % 3, exclude_keywords=["galaxy"] if i % 4 == 0 else [], created=NOW)
+            for i, e in enumerate(data.users.ids)]
+    seen = {subs[1].id: {candidates[0].id}}
+    one = rank_subscribers(ranker, data, subs, candidates, seen, block=5, processes=1)
+    two = rank_subscribers(ranker, data, subs, candidates, seen, block=5, processes=2)
+
+    def plain(picks: dict) -> dict:
+        return {k: [(p.paper.id, round(p.score, 5), p.reason) for p in v] for k, v in picks.items()}
+
+    assert plain(one) == plain(two)
+    assert len(one) == len(subs) and all(len(one[s.id]) == s.max_papers for s in subs[1:])
+    assert candidates[0].id not in [p.paper.id for p in one[subs[1].id]]
+    assert not any("galaxy" in p.paper.title for p in one[subs[0].id])

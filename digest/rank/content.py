@@ -23,7 +23,9 @@ class ContentRanker(Ranker):
 
     name = "content"
 
-    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2, min_df: int = 1) -> None:
+    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2, min_df: int = 1,
+                 profile_terms: int | None = None) -> None:
+        self.profile_terms = profile_terms
         self.keyword_weight = keyword_weight
         self.dislike_weight = dislike_weight
         self.ngram_max = ngram_max
@@ -34,15 +36,26 @@ class ContentRanker(Ranker):
         self.vectorizer, self.items = fit_tfidf(data.corpus.texts(), ngram_max=self.ngram_max, min_df=self.min_df)
         # the terms min_df/max_features cut (often millions of bigrams): not needed to transform
         self.vectorizer.stop_words_ = None
+        self._kw_cache: dict[tuple[str, ...], sp.csr_matrix] = {}
         self.profiles = self.make_profiles(data.likes, data.dislikes, data.keywords)
         return self
 
-    def make_profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None, keywords: list[list[str]]) -> sp.csr_matrix:
-        """Profile rows for these users: mean liked row + keyword query - disliked rows, unit length."""
-        profile = normalize_rows(normalize_rows(likes) @ self.items) + self.keyword_weight * self._keyword_vectors(keywords)
-        if dislikes is not None and dislikes.nnz:
-            profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(normalize_rows(dislikes) @ self.items)
-        return sp.csr_matrix(normalize_rows(sp.csr_matrix(profile)), dtype=np.float32)
+    def make_profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None, keywords: list[list[str]],
+                      *, chunk: int = 4096) -> sp.csr_matrix:
+        """Profile rows for these users: mean liked row + keyword query - disliked rows, unit length;
+        with `profile_terms`, only each profile's heaviest terms are kept (built in chunks of users,
+        so the full profiles never sit in memory at once)."""
+        parts = []
+        for s in range(0, max(likes.shape[0], 1), chunk):
+            rows = slice(s, s + chunk)
+            profile = normalize_rows(normalize_rows(likes[rows]) @ self.items) + self.keyword_weight * self._keyword_vectors(keywords[rows])
+            if dislikes is not None and dislikes.nnz:
+                profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(normalize_rows(dislikes[rows]) @ self.items)
+            profile = sp.csr_matrix(profile, dtype=np.float32)
+            if self.profile_terms:
+                profile = _heaviest(profile, self.profile_terms)
+            parts.append(sp.csr_matrix(normalize_rows(profile), dtype=np.float32))
+        return sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
 
     def fold_in(self, data: TrainData, paper_rows_old: np.ndarray, user_rows_old: np.ndarray, changed: np.ndarray) -> sp.csr_matrix:
         """Carry the fit over to `data` without refitting the vocabulary: papers new since the fit
@@ -108,32 +121,63 @@ class ContentRanker(Ranker):
             ))
         return reasons
 
-    def explain_many(self, users: np.ndarray, papers: np.ndarray, *, block: int = 64) -> list[list[str]]:
-        """`explain` for a block of users (papers 2-D, one row per user), vectorised: one sparse product
-        per block of users gives every paper's similarity to every liked paper of its reader."""
+    def explain_many(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
+        """`explain` for a block of users (papers 2-D, one row per user), vectorised (`explain_pairs`)."""
         users = np.asarray(users, dtype=np.int64)
         papers = paper_rows(users, papers)
-        out: list[list[str]] = []
-        for s in range(0, len(users), block):
-            out.extend(self._explain_block(users[s : s + block], papers[s : s + block]))
+        n, m = papers.shape
+        flat = self.explain_pairs(np.repeat(users, m), papers.ravel())
+        return [flat[i * m : (i + 1) * m] for i in range(n)]
+
+    def explain_pairs(self, users: np.ndarray, papers: np.ndarray, *, block: int = 64, dense: np.ndarray | None = None) -> list[str]:
+        """The reason for each (users[i], papers[i]) pair, pairs grouped by user: one sparse product
+        per `block` users gives every paper's similarity to every liked paper of its reader.
+
+        With `dense` (unit vectors of every paper, e.g. the hybrid's LSA space) the closest liked
+        paper is found there instead (batched dense products, several times faster at scale), and
+        only its TF-IDF similarity is computed, for the keyword-or-liked-paper rule."""
+        users = np.asarray(users, dtype=np.int64)
+        papers = np.asarray(papers, dtype=np.int64)
+        if not len(users):
+            return []
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        out: list[str] = []
+        block = block if dense is None else 4 * block
+        for s in range(0, len(starts), block):
+            a, b = starts[s], (starts[s + block] if s + block < len(starts) else len(users))
+            out.extend(self._explain_pairs(users[a:b], papers[a:b], dense))
         return out
 
-    def _explain_block(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
-        n, m = papers.shape
-        if n == 0 or m == 0:
-            return [[] for _ in range(n)]
-        flat = papers.ravel()
-        owner = np.repeat(np.arange(n), m)  # user slot of each (user, paper) row
-        likes = self.data.likes[users]
+    def _keyword_matrix(self, keywords: tuple[str, ...]) -> sp.csr_matrix:
+        """Each keyword's unit TF-IDF row (cached: many readers share their keywords)."""
+        cache = self.__dict__.setdefault("_kw_cache", {})
+        if keywords not in cache:
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[keywords] = sp.csr_matrix(normalize_rows(self.vectorizer.transform(list(keywords))), dtype=np.float32)
+        return cache[keywords]
+
+    def _explain_pairs(self, users: np.ndarray, papers: np.ndarray, dense: np.ndarray | None = None) -> list[str]:
+        starts = np.r_[True, users[1:] != users[:-1]]
+        owner = np.cumsum(starts) - 1  # user slot of each pair
+        slots = users[starts]
+        likes = self.data.likes[slots]
         liked_all = likes.indices.astype(np.int64)
-        liked_owner = np.repeat(np.arange(n), np.diff(likes.indptr))
-        best_like = np.zeros(n * m)
-        best_liked = np.full(n * m, -1, dtype=np.int64)
-        if len(liked_all):
-            sim = (self.items[flat] @ self.items[liked_all].T).tocoo()
+        liked_owner = np.repeat(np.arange(len(slots)), np.diff(likes.indptr))
+        P = len(papers)
+        best_like = np.zeros(P)
+        best_liked = np.full(P, -1, dtype=np.int64)
+        if len(liked_all) and dense is not None:
+            best_liked = _nearest_liked(dense, papers, owner, likes)
+            has = best_liked >= 0
+            rows = np.flatnonzero(has)
+            dots = self.items[papers[rows]].multiply(self.items[best_liked[rows]]).sum(axis=1)
+            best_like[rows] = np.maximum(np.asarray(dots, dtype=np.float64).ravel(), 0.0)
+        elif len(liked_all):
+            sim = (self.items[papers] @ self.items[liked_all].T).tocoo()
             keep = (owner[sim.row] == liked_owner[sim.col]) & (sim.data > 0)
             r, c, v = sim.row[keep], sim.col[keep], sim.data[keep]
-            # per row, the first liked paper (in the user's order) with the highest similarity, as argmax does
+            # per pair, the first liked paper (in the user's order) with the highest similarity, as argmax does
             order = np.lexsort((c, -v, r))
             r, c, v = r[order], c[order], v[order]
             if len(r):
@@ -143,22 +187,26 @@ class ContentRanker(Ranker):
         corpus = self.data.corpus
         keywords = self.data.keywords
         out = []
-        for i, u in enumerate(users):
+        bounds = np.r_[np.flatnonzero(starts), P]
+        for k, u in enumerate(slots):
             kws = keywords[u]
-            row = slice(i * m, (i + 1) * m)
+            rows = range(bounds[k], bounds[k + 1])
             if kws:
-                kw_sim = (self.items[papers[i]] @ normalize_rows(self.vectorizer.transform(kws)).T).toarray()
-                texts = [f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold() for p in papers[i]]
-            reasons = []
-            for j, (bl, li) in enumerate(zip(best_like[row], best_liked[row])):
-                best_kw = kw_sim[j].max() if kws else 0.0
-                literal = [k for k in kws if k.casefold() in texts[j]] if kws else []
-                reasons.append(_reason(
-                    self.keyword_weight, literal, best_kw, bl,
-                    lambda: corpus.titles[li],
-                    lambda: kws[int(kw_sim[j].argmax())],
+                kw_sim = (self.items[papers[rows.start : rows.stop]] @ self._keyword_matrix(tuple(kws)).T).toarray()
+            for j, i in enumerate(rows):
+                p = papers[i]
+                if kws:
+                    text = f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold()
+                    literal = [kw for kw in kws if kw.casefold() in text]
+                    best_kw = kw_sim[j].max()
+                else:
+                    literal, best_kw = [], 0.0
+                li = best_liked[i]
+                out.append(_reason(
+                    self.keyword_weight, literal, best_kw, best_like[i],
+                    lambda li=li: corpus.titles[li],
+                    lambda j=j, kws=kws: kws[int(kw_sim[j].argmax())],
                 ))
-            out.append(reasons)
         return out
 
 
@@ -192,3 +240,40 @@ def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order
         order[rows < 0] = np.arange(int((rows < 0).sum()))
     pick = np.where(rows >= 0, rows, old.shape[0] + order)
     return sp.csr_matrix(sp.vstack([old, fresh], format="csr")[pick], dtype=np.float32)
+
+
+def _nearest_liked(dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, likes: sp.csr_matrix) -> np.ndarray:
+    """For each pair (papers[i], user slot owner[i]), the liked paper of that user (a row of `likes`)
+    whose dense vector is closest (the first of equals); -1 for a user with no likes."""
+    counts = np.diff(likes.indptr)
+    width = int(counts.max()) if len(counts) else 0
+    out = np.full(len(papers), -1, dtype=np.int64)
+    if width == 0:
+        return out
+    liked = np.zeros((len(counts), width), dtype=np.int64)
+    valid = np.arange(width)[None, :] < counts[:, None]
+    liked[valid] = likes.indices
+    starts = np.r_[0, np.flatnonzero(owner[1:] != owner[:-1]) + 1]
+    pos = np.arange(len(papers)) - starts[owner]  # a pair's place among its user's pairs
+    picked = np.zeros((len(counts), int(pos.max()) + 1), dtype=np.int64)
+    picked[owner, pos] = papers
+    sims = np.matmul(dense[picked], dense[liked].transpose(0, 2, 1))  # users x picks x liked
+    sims[~np.broadcast_to(valid[:, None, :], sims.shape)] = -np.inf
+    best = sims.argmax(axis=2)[owner, pos]
+    out = liked[owner, best]
+    out[counts[owner] == 0] = -1
+    return out
+
+
+def _heaviest(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Each row's k entries of largest magnitude (the rest dropped), columns in order."""
+    m.sum_duplicates()
+    counts = np.diff(m.indptr)
+    if not len(counts) or counts.max() <= k:
+        return m
+    rows = np.repeat(np.arange(m.shape[0]), counts)
+    order = np.lexsort((-np.abs(m.data), rows))  # by row, heaviest first
+    rank = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = np.sort(order[rank < k])  # back to row, column order
+    out = sp.csr_matrix((m.data[keep], m.indices[keep], np.r_[0, np.cumsum(np.minimum(counts, k))]), shape=m.shape)
+    return out

@@ -91,6 +91,7 @@ class HybridRanker(Ranker):
         emb_map_weight: float = 1.0,
         keyword_weight: float = 0.35,
         dislike_weight: float = 0.5,
+        profile_terms: int | None = 200,
         seed: int = 0,
         val_users: int = 1500,
         objective: str = "both",
@@ -106,6 +107,7 @@ class HybridRanker(Ranker):
         self.embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
         self.emb_map_weight = emb_map_weight
         self.keyword_weight = keyword_weight
+        self.profile_terms = profile_terms
         self.dislike_weight = dislike_weight
         self.seed = seed
         self.val_users = val_users
@@ -129,6 +131,7 @@ class HybridRanker(Ranker):
     def _remember(self, data: TrainData) -> None:
         """Per-fit facts the explanations use, and what the state was computed from (for `update`)."""
         self.data = data
+        self._memo = None  # scores of the previous state
         self._trend_counts = np.maximum(np.nan_to_num(np.asarray(data.counts, dtype=np.float64)), 0)
         self._like_counts = np.asarray(data.likes.getnnz(axis=0)).ravel()
         self._fitted = (list(data.corpus.ids.ids), list(data.users.ids), data.likes, data.dislikes, [list(k) for k in data.keywords])
@@ -137,7 +140,7 @@ class HybridRanker(Ranker):
         n_items = len(data.corpus)
         content = ContentRanker(
             keyword_weight=self.keyword_weight, dislike_weight=self.dislike_weight, ngram_max=2,
-            min_df=2 if n_items >= 1000 else 1,
+            min_df=2 if n_items >= 1000 else 1, profile_terms=self.profile_terms,
         ).fit(data)
         X = content.items
         # LSA space of the TF-IDF
@@ -330,10 +333,30 @@ class HybridRanker(Ranker):
         return out
 
     def score(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        parts = self.components(users, candidates)
         total = np.zeros((len(users), len(candidates)), dtype=np.float32)
-        for block in self.components(users, candidates).values():
+        for block in parts.values():
             total += block
+        # the last block's parts, so that explaining its picks (the daily run's next step) is a lookup
+        self._memo = (np.asarray(users, dtype=np.int64), np.asarray(candidates, dtype=np.int64), parts)
         return finite32(total)
+
+    def _memo_parts(self, users: np.ndarray, papers: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Each component's weighted z-score of the (users[i], papers[i, j]) pairs from the last
+        scored block, or None if the pairs are not all in it."""
+        memo = getattr(self, "_memo", None)
+        if memo is None:
+            return None
+        m_users, m_cands, parts = memo
+        u_order, c_order = np.argsort(m_users, kind="stable"), np.argsort(m_cands, kind="stable")
+        u_pos = np.searchsorted(m_users, users, sorter=u_order).clip(0, max(len(m_users) - 1, 0))
+        c_pos = np.searchsorted(m_cands, papers, sorter=c_order).clip(0, max(len(m_cands) - 1, 0))
+        if not len(m_users) or not len(m_cands):
+            return None
+        u_pos, c_pos = u_order[u_pos], c_order[c_pos]
+        if not (np.array_equal(m_users[u_pos], users) and np.array_equal(m_cands[c_pos], papers)):
+            return None
+        return {name: block[u_pos[:, None], c_pos] for name, block in parts.items()}
 
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
         return self.state.content.items[np.asarray(papers, dtype=np.int64)]
@@ -372,29 +395,35 @@ class HybridRanker(Ranker):
         n, m = papers.shape
         if n == 0 or m == 0:
             return [[] for _ in range(n)]
-        flat_u, flat_p = np.repeat(users, m), papers.ravel()
         names, parts = [], []
-        for name in COMPONENTS:
-            w = self.weights.get(name, 0.0)
-            if w == 0:
-                continue
-            z = self._pair_z(name, flat_u, flat_p)
-            if z is not None:
-                names.append(name)
-                parts.append(w * np.asarray(z, dtype=np.float32))
+        memo = self._memo_parts(users, papers)
+        if memo is not None:
+            names = [name for name in COMPONENTS if name in memo]
+            parts = [memo[name].ravel() for name in names]
+        else:
+            flat_u, flat_p = np.repeat(users, m), papers.ravel()
+            for name in COMPONENTS:
+                w = self.weights.get(name, 0.0)
+                if w == 0:
+                    continue
+                z = self._pair_z(name, flat_u, flat_p)
+                if z is not None:
+                    names.append(name)
+                    parts.append(w * np.asarray(z, dtype=np.float32))
         if not parts:
             return [["new in your window"] * m for _ in range(n)]
         best = np.argmax(np.stack(parts), axis=0).reshape(n, m)
         textual = np.isin(np.array(names)[best], ("content", "lsa", "emb"))
-        need = np.flatnonzero(textual.any(axis=1))
-        content = dict(zip(need.tolist(), self.state.content.explain_many(users[need], papers[need]))) if len(need) else {}
+        pi, pj = np.nonzero(textual)  # only the pairs a text reason is wanted for
+        said = self.state.content.explain_pairs(users[pi], papers[pi, pj], dense=self.state.lsa_items) if len(pi) else []
+        content = dict(zip(zip(pi.tolist(), pj.tolist()), said))
         out = []
         for i in range(n):
             reasons = []
             for j, p in enumerate(papers[i]):
                 name = names[best[i, j]]
                 if name in ("content", "lsa", "emb"):
-                    reasons.append(content[i][j])
+                    reasons.append(content[i, j])
                 elif name == "cf":
                     reasons.append(CF_REASON)
                 elif self._trend_counts[p] > 0:
