@@ -20,6 +20,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import scipy.sparse as sp
 
 from digest.deliver import (
     Envelope,
@@ -192,20 +193,44 @@ def sync_subscribers(store: Store, settings: Settings, now: datetime) -> dict[st
 # -- rank ---------------------------------------------------------------------------------------
 
 
-def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence[Paper]) -> TrainData:
-    """Everything the rankers learn from, as of now: the corpus, everyone's likes and dislikes."""
-    corpus = Corpus.from_records((p.id, p.title, p.abstract) for p in papers)
+def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence[Paper] | None = None) -> TrainData:
+    """Everything the rankers learn from, as of now: the corpus, everyone's likes and dislikes.
+
+    Without `papers`, the corpus is read as plain rows (`Store.corpus_rows`), the fast way at scale."""
+    if papers is None:
+        rows = store.corpus_rows()
+        corpus = Corpus.from_records((pid, title, abstract) for pid, title, abstract, _ in rows)
+        upvotes = [up for *_, up in rows]
+        del rows
+    else:
+        corpus = Corpus.from_records((p.id, p.title, p.abstract) for p in papers)
+        upvotes = [p.upvotes for p in papers]
     users = IdMap(s.email for s in subscribers)
-    rows = store.interactions([LIKE, DISLIKE])
-    likes = [(r.email, r.paper_id) for r in rows if r.kind == LIKE]
-    dislikes = [(r.email, r.paper_id) for r in rows if r.kind == DISLIKE]
-    counts = np.array([p.upvotes for p in papers], dtype=np.float32)
-    data = TrainData.from_pairs(
-        corpus, users, likes, dislikes=dislikes, keywords=[s.keywords for s in subscribers], counts=counts
-    )
+    ids = np.array([s.id for s in subscribers], dtype=np.int64)
+    user_row = np.full(int(ids.max(initial=0)) + 1, -1, dtype=np.int64)
+    user_row[ids] = [users.index(s.email) for s in subscribers]
+
+    def matrix(kind: str) -> sp.csr_matrix:
+        sids, pids = store.interaction_columns(kind)
+        sid = np.asarray(sids, dtype=np.int64)
+        u = np.where(sid < len(user_row), user_row[np.minimum(sid, len(user_row) - 1)], -1) if len(sid) else sid
+        p = corpus.ids.rows(pids)
+        keep = (u >= 0) & (p >= 0)
+        m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], p[keep])), shape=(len(users), len(corpus)))
+        m.data[:] = 1.0  # repeats summed: back to 0/1
+        return m
+
+    counts = np.array(upvotes, dtype=np.float32)
+    data = TrainData(corpus, users, matrix(LIKE), matrix(DISLIKE), [list(s.keywords) for s in subscribers], counts)
     if not counts.any():  # no community upvotes: likes across our subscribers are the trend
         data.counts = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
     return data
+
+
+def candidate_papers(store: Store, data: TrainData, since: datetime) -> list[Paper]:
+    """The papers published or first seen since `since`, in corpus order (full rows, for the digest)."""
+    recent = set(store.recent_paper_ids(since))
+    return store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
 
 
 def day_ranker(settings: Settings, data: TrainData, now: datetime) -> tuple[Ranker, ModelReport]:
@@ -530,15 +555,14 @@ def run_daily(
                               catch_up_hours=settings.schedule.catch_up_hours)
         if not due:
             return report
-        papers = store.papers()
-        data = train_data(store, subscribers, papers)
+        data = train_data(store, subscribers)
         ranker, report.model = day_ranker(settings, data, now)
         # A weekly digest picks from the whole week; the others from ranking.window_days.
         default_days = settings.ranking.window_days
         widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])
         recent_for = {days: set(store.recent_paper_ids(now - timedelta(days=days))) for days in {default_days, widest}}
         recent = recent_for[widest]
-        candidates = [p for p in papers if p.id in recent]
+        candidates = store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
         fresh = [d.subscriber for d in due if d.existing is None]
         seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
         if widest > default_days:

@@ -288,8 +288,15 @@ class Store:
         with self.session() as s:
             if ids is None:
                 return list(s.exec(select(Paper).order_by(Paper.first_seen, Paper.id)))
-            found = {p.id: p for p in s.exec(select(Paper).where(Paper.id.in_(list(ids))))}
+            found = {p.id: p for chunk in _chunks(list(ids), 500) for p in s.exec(select(Paper).where(Paper.id.in_(list(chunk))))}
         return [found[i] for i in ids if i in found]
+
+    def corpus_rows(self) -> list[tuple[str, str, str, float]]:
+        """(id, title, abstract, upvotes) of every paper, in `papers()` order: what ranking needs,
+        without building a full row object per paper (200,000 of them are slow and ~1 GB)."""
+        query = select(Paper.id, Paper.title, Paper.abstract, Paper.upvotes).order_by(Paper.first_seen, Paper.id)
+        with self.session() as s:
+            return [tuple(row) for row in s.connection().execute(query)]
 
     def paper_count(self) -> int:
         with self.session() as s:
@@ -427,6 +434,24 @@ class Store:
                 .where(Interaction.kind.in_(list(kinds)), Subscriber.active == True)  # noqa: E712
             )
             return [LikeRow(*row) for row in rows]
+
+    def interaction_columns(self, kind: str) -> tuple[list[int], list[str]]:
+        """(subscriber ids, paper ids) of every interaction of this kind, for active subscribers: two
+        plain columns straight from the driver (millions of rows at scale)."""
+        # the driver's own cursor: SQLAlchemy's row objects cost 3x the query itself at this size
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = ("SELECT i.subscriber_id, i.paper_id FROM interactions i JOIN subscribers s ON s.id = i.subscriber_id "
+               f"WHERE i.kind = {mark} AND s.active")
+        with self.session() as s:
+            cursor = s.connection().connection.cursor()
+            try:
+                cursor.execute(sql, (kind,))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        if not rows:
+            return [], []
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     def papers_seen(
         self, subscriber_ids: Sequence[int], paper_ids: Sequence[str], kinds: Sequence[str]

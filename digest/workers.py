@@ -27,6 +27,7 @@ from digest.pipeline import (
     Pick,
     Progress,
     _stage,
+    candidate_papers,
     compose,
     day_ranker,
     ingest,
@@ -162,14 +163,11 @@ def plan_day(
     subscribers = store.subscribers()
     due = [s for s in subscribers if force or is_due(s, now)]
     report.not_due = len(subscribers) - len(due)
-    papers = store.papers()
-    data = train_data(store, subscribers, papers)
+    data = train_data(store, subscribers)
     ranker, report.model = day_ranker(settings, data, now)
     report.timings["fit"] = clock() - start
     start = clock()
-    recent = set(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
-    candidates = [p for p in papers if p.id in recent]
-    del papers  # the ranker keeps what it needs; 200k ORM rows are ~1 GB
+    candidates = candidate_papers(store, data, now - timedelta(days=settings.ranking.window_days))
     seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
     with _stage(progress, "Ranking", len(due)) as advance:
         picks = rank_subscribers(ranker, data, due, candidates, seen, diversity=settings.ranking.diversity,

@@ -9,6 +9,7 @@ say in a few words why it scored a paper highly for a user (`explain`).
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class IdMap:
 
     def get(self, item: str) -> int | None:
         return self._index.get(item)
+
+    def rows(self, items: Sequence[str]) -> np.ndarray:
+        """Row of each item, -1 for unknown ones (one C-level pass: millions of ids at scale)."""
+        return np.fromiter(map(self._index.get, items, itertools.repeat(-1)), dtype=np.int64, count=len(items))
 
     def indices(self, items: Iterable[str]) -> np.ndarray:
         """Rows of the known items, in order; unknown items are left out."""
