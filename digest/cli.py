@@ -282,6 +282,29 @@ def worker(
         raise typer.Exit(1)
 
 
+@app.command()
+def fit(config: ConfigOption = None, now: NowOption = None) -> None:
+    """Refit the ranker from scratch on everything in the database and save it for the daily runs.
+
+    Daily runs fold each day into the saved fit and refit by themselves when it is `refit_days`
+    old; for a large community run this off-hours instead (e.g. weekly from cron), so no daily
+    run has to wait for a full fit.
+    """
+    from digest.pipeline import day_ranker, train_data
+    from digest.store import Store
+
+    settings = _settings(config)
+    store = Store(settings.database_url)
+    try:
+        data = train_data(store, store.subscribers())
+    finally:
+        store.close()
+    _, report = day_ranker(settings, data, _parse_now(now).astimezone(timezone.utc), refit=True)
+    console.print(f"{report} on {len(data.corpus)} papers, {len(data.users)} readers, {data.likes.nnz} likes; "
+                  + (f"; saved to {report.path}" if report.path else " (refit_days = 0 or a ranker without a saved fit: nothing saved)"),
+                  highlight=False, soft_wrap=True)
+
+
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate a config file and print what it sets up."""

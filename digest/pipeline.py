@@ -233,10 +233,10 @@ def candidate_papers(store: Store, data: TrainData, since: datetime) -> list[Pap
     return store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
 
 
-def day_ranker(settings: Settings, data: TrainData, now: datetime) -> tuple[Ranker, ModelReport]:
+def day_ranker(settings: Settings, data: TrainData, now: datetime, *, refit: bool = False) -> tuple[Ranker, ModelReport]:
     """The configured ranker for today: the saved fit with today folded in, or a refit (`rank.saved`)."""
     return ranker_for_day(settings.ranking.ranker, ranking_options(settings, data.corpus), data, now,
-                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days)
+                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days, force=refit)
 
 
 def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:

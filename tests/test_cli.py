@@ -68,6 +68,26 @@ def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
 
 def test_help_on_every_command() -> None:
     runner = CliRunner()
-    for command in ("demo", "send", "run", "check-config", "import-listing"):
+    for command in ("demo", "send", "run", "check-config", "import-listing", "fit"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "--help" in result.output, command
+
+
+def test_fit_saves_the_ranker_and_the_next_run_folds_in(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[delivery]\nmethod = "outbox"\n[[sources]]\nkind = "sample"\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["graph neural networks"]\nsend_at = "00:00"\n'
+    )
+    runner = CliRunner()
+    first = runner.invoke(app, ["send", "--config", str(config), "--now", "2026-11-23T09:00:00+00:00"])
+    assert first.exit_code == 0, first.output
+    assert "ranker fitted in" in first.output and "(no saved fit)" in first.output
+    refit = runner.invoke(app, ["fit", "--config", str(config), "--now", "2026-11-23T10:00:00+00:00"])
+    assert refit.exit_code == 0, refit.output
+    assert "(asked to refit) on 879 papers, 1 readers" in refit.output
+    assert (tmp_path / "d" / "models" / "hybrid.pkl").is_file() and "saved to" in refit.output
+    nxt = runner.invoke(app, ["send", "--config", str(config), "--now", "2026-11-24T09:00:00+00:00"])
+    assert nxt.exit_code == 0, nxt.output
+    assert "ranker of 2026-11-23 10:00 UTC updated in" in nxt.output, nxt.output
+    assert "a@example.org: sent (2026-11-24)" in nxt.output

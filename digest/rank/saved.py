@@ -41,6 +41,7 @@ class ModelReport:
     seconds: float
     new_papers: int = 0
     changed_readers: int = 0
+    path: Path | None = None  # where the fit was saved, if it was
 
     def __str__(self) -> str:
         if self.refit:
@@ -61,11 +62,12 @@ def ranker_for_day(
     *,
     data_dir: Path | None,
     refit_days: float,
+    force: bool = False,
 ) -> tuple[Ranker, ModelReport]:
     """The ranker for today's run: the saved fit with today folded in, or a new fit (then saved).
 
     `options` are `make_ranker` options (the hybrid's `embeddings` among them); `data_dir` None
-    or `refit_days` 0 means fit every time and save nothing.
+    or `refit_days` 0 means fit every time and save nothing; `force` refits (and saves) anyway.
     """
     start = time.perf_counter()
     ranker = make_ranker(name, **options)
@@ -74,7 +76,7 @@ def ranker_for_day(
         return ranker, ModelReport(True, "refit every run", now, time.perf_counter() - start)
     path = model_path(data_dir, name)
     fingerprint = _fingerprint(name, options)
-    saved, reason = _load(path, fingerprint, now, refit_days, data)
+    saved, reason = (None, "asked to refit") if force else _load(path, fingerprint, now, refit_days, data)
     if saved is not None:
         old = saved["ranker"]
         try:
@@ -90,7 +92,7 @@ def ranker_for_day(
     ranker.prepare_update()
     _save(path, {"format": FORMAT, "fingerprint": fingerprint, "fitted_at": now, "papers": len(data.corpus),
                  "users": len(data.users), "ranker": ranker})
-    return ranker, ModelReport(True, reason, now, time.perf_counter() - start)
+    return ranker, ModelReport(True, reason, now, time.perf_counter() - start, path=path)
 
 
 def _fingerprint(name: str, options: dict) -> dict:
