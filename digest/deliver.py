@@ -102,9 +102,21 @@ def build_message(
     return msg
 
 
-@lru_cache(maxsize=4096)
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9 ]*<[A-Za-z0-9.+_-]+@[A-Za-z0-9.-]+>|[A-Za-z0-9.+_-]+@[A-Za-z0-9.-]+")
+
+
 def _folded(name: str, value: str) -> bytes:
-    """One header line as the email package folds and encodes it (RFC 2047 for non-ASCII)."""
+    """One header line as the email package folds and encodes it (RFC 2047 for non-ASCII).
+
+    A short address of plain characters (most recipients) comes out of the email package as it
+    went in, so it skips the header parser (tests/test_render_deliver.py checks the two agree)."""
+    if name in ("To", "From") and len(name) + len(value) < 76 and _PLAIN_ADDRESS.fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return _folded_by_policy(name, value)
+
+
+@lru_cache(maxsize=4096)
+def _folded_by_policy(name: str, value: str) -> bytes:
     return _SMTP_POLICY.fold_binary(name, _SMTP_POLICY.header_factory(name, value))
 
 
@@ -193,15 +205,16 @@ class SmtpTransport:
         self._conn: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
+        # (_WireSMTP / _WireSMTP_SSL: smtplib with a faster DATA for our CRLF wire bytes)
         cfg = self.settings.smtp
         conn: smtplib.SMTP | None = None
         try:
             if cfg.ssl:
-                conn = smtplib.SMTP_SSL(
+                conn = _WireSMTP_SSL(
                     cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
                 )
             else:
-                conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+                conn = _WireSMTP(cfg.host, cfg.port, timeout=cfg.timeout)
                 if cfg.starttls:
                     conn.starttls(context=ssl.create_default_context())
             if self.settings.smtp_username is not None:
@@ -282,6 +295,33 @@ class SmtpTransport:
             except (smtplib.SMTPException, OSError):
                 pass
             self._drop()
+
+
+class _WireData:
+    """smtplib's DATA, with dot-stuffing by a byte replace instead of a regular expression over the
+    message (a quarter of a millisecond per digest): for bytes whose lines all end in CRLF, as
+    `message_bytes` makes them; anything else goes through smtplib's own."""
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+        if not isinstance(msg, bytes) or msg.count(b"\n") != msg.count(b"\r\n") or msg.count(b"\r") != msg.count(b"\r\n"):
+            return super().data(msg)  # type: ignore[misc]
+        self.putcmd("data")  # type: ignore[attr-defined]
+        code, reply = self.getreply()  # type: ignore[attr-defined]
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        q = (b"." if msg.startswith(b".") else b"") + msg.replace(b"\n.", b"\n..")
+        if not q.endswith(b"\r\n"):
+            q += b"\r\n"
+        self.send(q + b".\r\n")  # type: ignore[attr-defined]
+        return self.getreply()  # type: ignore[attr-defined]
+
+
+class _WireSMTP(_WireData, smtplib.SMTP):
+    pass
+
+
+class _WireSMTP_SSL(_WireData, smtplib.SMTP_SSL):
+    pass
 
 
 def _smtp_error(code: int, text: bytes | str) -> DeliveryError:

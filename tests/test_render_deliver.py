@@ -156,3 +156,33 @@ def test_html_from_inlined_pieces_equals_the_whole_template_render() -> None:
     ]
     for v in variants * 2:  # the second round comes from the caches
         assert render_digest(v) == render_digest_reference(v)
+
+
+@pytest.mark.parametrize("name", ["Ada Lovelace", "Reader 5", "", "Zoë Ñúñez", "O'Brien", "Lovelace, Ada", "Ada (the first)",
+                                  "A very long display name that goes on and on and on", "ada.lovelace+digest"])
+def test_plain_address_headers_skip_the_parser_with_the_same_result(name: str) -> None:
+    from digest.deliver import _folded, _folded_by_policy
+
+    for value in (str(recipient(name, "ada.lovelace+x@mail.example.org")), str(recipient(name, "d@example.org"))):
+        for header in ("To", "From"):
+            assert _folded(header, value) == _folded_by_policy(header, value), value
+
+
+def test_wire_bytes_with_leading_dots_arrive_intact(smtp_server) -> None:  # noqa: ANN001
+    """Our DATA (dot-stuffing by byte replace) through a real SMTP server: the body comes back as sent."""
+    from digest.deliver import _WireSMTP, message_bytes
+
+    inbox, port = smtp_server
+    text = ".leading dot\n..two dots\nmiddle . dot\n.\nlast line ."
+    raw = message_bytes(envelope(), text, "<p>.html</p>\n.<b>x</b>", unsubscribe_url="https://x/u?t=1",
+                        unsubscribe_mailto="mailto:d@example.org", eight_bit=True)
+    conn = _WireSMTP("127.0.0.1", port, timeout=10)
+    try:
+        assert conn.sendmail("digest@example.org", ["ada@example.org"], raw, mail_options=["BODY=8BITMIME"]) == {}
+        assert conn.sendmail("digest@example.org", ["ada@example.org"], raw.decode("ascii")) == {}  # smtplib's own path
+    finally:
+        conn.quit()
+    for i, got in enumerate(inbox.messages):
+        assert got.get_body(("plain",)).get_content().replace("\r\n", "\n") == text + "\n", i
+        assert got.get_body(("html",)).get_content().replace("\r\n", "\n") == "<p>.html</p>\n.<b>x</b>\n"
+    assert len(inbox.messages) == 2
