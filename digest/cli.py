@@ -258,7 +258,7 @@ def migrate(
 def worker(
     config: ConfigOption = None,
     now: NowOption = None,
-    batch: Annotated[int, typer.Option(min=1, help="Deliveries claimed at a time.")] = 200,
+    batch: Annotated[int, typer.Option(min=1, help="Deliveries claimed at a time.")] = 500,
     plan: Annotated[bool, typer.Option("--plan", help="First plan the day: ingest, rank everyone due, write their pending digests (run once, by one worker).")] = False,
 ) -> None:
     """Send planned digests until none is left (run several, on one machine or many, against one database)."""

@@ -187,7 +187,7 @@ def work(
     *,
     worker: str | None = None,
     transport: Transport | None = None,
-    batch: int = 200,
+    batch: int = 500,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     progress: Callable[[int], None] | None = None,
 ) -> WorkReport:
