@@ -211,12 +211,16 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
     user_row[ids] = [users.index(s.email) for s in subscribers]
 
     def matrix(kind: str) -> sp.csr_matrix:
-        sids, pids = store.interaction_columns(kind)
-        sid = np.asarray(sids, dtype=np.int64)
-        u = np.where(sid < len(user_row), user_row[np.minimum(sid, len(user_row) - 1)], -1) if len(sid) else sid
-        p = corpus.ids.rows(pids)
-        keep = (u >= 0) & (p >= 0)
-        m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], p[keep])), shape=(len(users), len(corpus)))
+        us, ps = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for sids, pids in store.interaction_chunks(kind):
+            sid = np.asarray(sids, dtype=np.int64)
+            u = np.where(sid < len(user_row), user_row[np.minimum(sid, len(user_row) - 1)], -1)
+            p = corpus.ids.rows(pids)
+            keep = (u >= 0) & (p >= 0)
+            us.append(u[keep])
+            ps.append(p[keep])
+        u, p = np.concatenate(us), np.concatenate(ps)
+        m = sp.csr_matrix((np.ones(len(u), np.float32), (u, p)), shape=(len(users), len(corpus)))
         m.data[:] = 1.0  # repeats summed: back to 0/1
         return m
 
@@ -277,9 +281,14 @@ def rank_subscribers(
     blocks = [(s, min(s + block, len(subscribers))) for s in starts]
     picks: dict[int, list[Pick]] = {}
 
-    def keep(span: tuple[int, int], chosen: list[tuple[np.ndarray, np.ndarray, list[str]]]) -> None:
-        for sub, (best, best_scores, reasons) in zip(subscribers[span[0] : span[1]], chosen):
-            picks[sub.id] = [Pick(candidates[c], float(sc), r) for c, sc, r in zip(best, best_scores, reasons)]
+    def keep(span: tuple[int, int], chosen: tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]) -> None:
+        counts, best, best_scores, reasons = chosen
+        ends = np.cumsum(counts).tolist()
+        best, best_scores = best.tolist(), best_scores.tolist()
+        start = 0
+        for sub, end in zip(subscribers[span[0] : span[1]], ends):
+            picks[sub.id] = [Pick(candidates[best[k]], best_scores[k], reasons[k]) for k in range(start, end)]
+            start = end
         if progress:
             progress(span[1] - span[0])
 
@@ -314,8 +323,9 @@ class _RankJob:
     masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
 
-    def block(self, start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
-        """(candidate positions, scores, reasons) of the picks of subscribers[start:stop]."""
+    def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """The picks of subscribers[start:stop], flat (cheap to send back from a forked process): each
+        subscriber's pick count, then every pick's candidate position, score and reason in order."""
         ranker, data, candidates, rows, sim, diversity = self.ranker, self.data, self.candidates, self.rows, self.sim, self.diversity
         if not self.position:
             self.position = {p.id: i for i, p in enumerate(candidates)}
@@ -364,13 +374,18 @@ class _RankJob:
             said = ranker.explain_many(users[idx], rows[np.stack([chosen[i][0] for i in idx])])
             for i, r in zip(idx, said):
                 reasons[i] = r
-        return [(best, best_scores, reasons[i]) for i, (best, best_scores) in enumerate(chosen)]
+        counts = np.array([len(best) for best, _ in chosen], dtype=np.int64)
+        flat = [r for rs in reasons for r in rs]
+        if not counts.sum():
+            return counts, np.zeros(0, np.int64), np.zeros(0, np.float32), flat
+        return (counts, np.concatenate([best for best, _ in chosen]).astype(np.int64),
+                np.concatenate([sc for _, sc in chosen]).astype(np.float32), flat)
 
 
 _RANK_JOB: _RankJob | None = None
 
 
-def _rank_block_forked(span: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
+def _rank_block_forked(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     assert _RANK_JOB is not None, "set before the pool forks"
     return _RANK_JOB.block(*span)
 

@@ -7,7 +7,7 @@ source checkpoints, plus the web front's used single-use link nonces and opt-out
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -449,10 +449,10 @@ class Store:
             )
             return [LikeRow(*row) for row in rows]
 
-    def interaction_columns(self, kind: str) -> tuple[list[int], list[str]]:
-        """(subscriber ids, paper ids) of every interaction of this kind, for active subscribers: two
-        plain columns straight from the driver (millions of rows at scale)."""
-        # the driver's own cursor: SQLAlchemy's row objects cost 3x the query itself at this size
+    def interaction_chunks(self, kind: str, size: int = 100_000) -> Iterator[tuple[list[int], list[str]]]:
+        """(subscriber ids, paper ids) of every interaction of this kind, for active subscribers, in
+        chunks of `size` rows straight from the driver (millions of rows at scale: SQLAlchemy's row
+        objects cost 3x the query, and all rows at once ~1 GB)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         sql = ("SELECT i.subscriber_id, i.paper_id FROM interactions i JOIN subscribers s ON s.id = i.subscriber_id "
                f"WHERE i.kind = {mark} AND s.active")
@@ -460,12 +460,10 @@ class Store:
             cursor = s.connection().connection.cursor()
             try:
                 cursor.execute(sql, (kind,))
-                rows = cursor.fetchall()
+                while rows := cursor.fetchmany(size):
+                    yield [r[0] for r in rows], [r[1] for r in rows]
             finally:
                 cursor.close()
-        if not rows:
-            return [], []
-        return [r[0] for r in rows], [r[1] for r in rows]
 
     def papers_seen(
         self, subscriber_ids: Sequence[int], paper_ids: Sequence[str], kinds: Sequence[str]
@@ -475,16 +473,18 @@ class Store:
         if not subscriber_ids or not paper_ids:
             return seen
         wanted = set(subscriber_ids)
+        kinds = set(kinds)
         with self.session() as s:
             for start in range(0, len(paper_ids), 500):
+                # by paper only (the kind is checked here): otherwise SQLite may pick the kind index,
+                # which matches every like and was a scan of millions of rows at 100k readers
                 rows = s.exec(
-                    select(Interaction.subscriber_id, Interaction.paper_id).where(
+                    select(Interaction.subscriber_id, Interaction.paper_id, Interaction.kind).where(
                         Interaction.paper_id.in_(list(paper_ids[start : start + 500])),
-                        Interaction.kind.in_(list(kinds)),
                     )
                 )
-                for sid, pid in rows:
-                    if sid in wanted:
+                for sid, pid, kind in rows:
+                    if kind in kinds and sid in wanted:
                         seen.setdefault(sid, set()).add(pid)
         return seen
 

@@ -235,6 +235,9 @@ def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order
     """Row i of the result is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`
     (or fresh[order[i]] when `order` is given)."""
     rows = np.asarray(rows, dtype=np.int64)
+    n_old = int((rows >= 0).sum())
+    if order is None and n_old == old.shape[0] and np.array_equal(rows[:n_old], np.arange(n_old)) and (rows[n_old:] < 0).all():
+        return sp.csr_matrix(sp.vstack([old, fresh], format="csr"), dtype=np.float32)  # the usual day: papers appended
     if order is None:
         order = np.full(len(rows), -1, dtype=np.int64)
         order[rows < 0] = np.arange(int((rows < 0).sum()))
@@ -242,26 +245,36 @@ def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order
     return sp.csr_matrix(sp.vstack([old, fresh], format="csr")[pick], dtype=np.float32)
 
 
-def _nearest_liked(dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, likes: sp.csr_matrix) -> np.ndarray:
-    """For each pair (papers[i], user slot owner[i]), the liked paper of that user (a row of `likes`)
-    whose dense vector is closest (the first of equals); -1 for a user with no likes."""
+def _nearest_liked(dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, likes: sp.csr_matrix, *, group: int = 32) -> np.ndarray:
+    """For each pair (papers[i], user slot owner[i]; pairs grouped by slot), the liked paper of that
+    user (a row of `likes`) whose dense vector is closest (the first of equals); -1 for a user with
+    no likes.  Users go in groups of similar library size, so padding to the largest library of a
+    group wastes little."""
     counts = np.diff(likes.indptr)
-    width = int(counts.max()) if len(counts) else 0
     out = np.full(len(papers), -1, dtype=np.int64)
-    if width == 0:
+    if not len(papers):
         return out
-    liked = np.zeros((len(counts), width), dtype=np.int64)
-    valid = np.arange(width)[None, :] < counts[:, None]
-    liked[valid] = likes.indices
     starts = np.r_[0, np.flatnonzero(owner[1:] != owner[:-1]) + 1]
-    pos = np.arange(len(papers)) - starts[owner]  # a pair's place among its user's pairs
-    picked = np.zeros((len(counts), int(pos.max()) + 1), dtype=np.int64)
-    picked[owner, pos] = papers
-    sims = np.matmul(dense[picked], dense[liked].transpose(0, 2, 1))  # users x picks x liked
-    sims[~np.broadcast_to(valid[:, None, :], sims.shape)] = -np.inf
-    best = sims.argmax(axis=2)[owner, pos]
-    out = liked[owner, best]
-    out[counts[owner] == 0] = -1
+    ends = np.r_[starts[1:], len(papers)]
+    slots = owner[starts]
+    order = np.argsort(counts[slots], kind="stable")
+    for g in range(0, len(order), group):
+        sel = order[g : g + group]
+        sel = sel[counts[slots[sel]] > 0]
+        if not len(sel):
+            continue
+        n_liked = counts[slots[sel]]
+        n_pairs = ends[sel] - starts[sel]
+        valid = np.arange(n_liked.max())[None, :] < n_liked[:, None]
+        liked = np.zeros(valid.shape, dtype=np.int64)
+        liked[valid] = np.concatenate([likes.indices[likes.indptr[u] : likes.indptr[u + 1]] for u in slots[sel]])
+        pvalid = np.arange(n_pairs.max())[None, :] < n_pairs[:, None]
+        pairs = np.concatenate([np.arange(starts[k], ends[k]) for k in sel])
+        picked = np.zeros(pvalid.shape, dtype=np.int64)
+        picked[pvalid] = papers[pairs]
+        sims = np.matmul(dense[picked], dense[liked].transpose(0, 2, 1))  # users x picks x liked
+        sims[~np.broadcast_to(valid[:, None, :], sims.shape)] = -np.inf
+        out[pairs] = np.take_along_axis(liked, sims.argmax(axis=2), axis=1)[pvalid]
     return out
 
 
