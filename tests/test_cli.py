@@ -17,6 +17,16 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "digest", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _one_reader_config(tmp_path: Path) -> Path:
+    """A config with the sample papers, an outbox and one reader who follows graph neural networks."""
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[delivery]\nmethod = "outbox"\n[[sources]]\nkind = "sample"\n'
+        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["graph neural networks"]\nsend_at = "00:00"\n'
+    )
+    return config
+
+
 def test_demo_runs_from_any_folder(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -51,11 +61,7 @@ def test_bad_now_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
-    config = tmp_path / "digest.toml"
-    config.write_text(
-        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[delivery]\nmethod = "outbox"\n[[sources]]\nkind = "sample"\n'
-        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["graph neural networks"]\nsend_at = "00:00"\n'
-    )
+    config = _one_reader_config(tmp_path)
     runner = CliRunner()
     checked = runner.invoke(app, ["check-config", "--config", str(config)])
     assert checked.exit_code == 0 and "subscribers: 1" in checked.output
@@ -74,11 +80,7 @@ def test_help_on_every_command() -> None:
 
 
 def test_fit_saves_the_ranker_and_the_next_run_folds_in(tmp_path: Path) -> None:
-    config = tmp_path / "digest.toml"
-    config.write_text(
-        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[delivery]\nmethod = "outbox"\n[[sources]]\nkind = "sample"\n'
-        '[[subscribers]]\nemail = "a@example.org"\nkeywords = ["graph neural networks"]\nsend_at = "00:00"\n'
-    )
+    config = _one_reader_config(tmp_path)
     runner = CliRunner()
     first = runner.invoke(app, ["send", "--config", str(config), "--now", "2026-11-23T09:00:00+00:00"])
     assert first.exit_code == 0, first.output
