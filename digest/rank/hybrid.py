@@ -407,13 +407,8 @@ class HybridRanker(Ranker):
         if memo is None:
             return None
         m_users, m_cands, parts = memo
-        u_order, c_order = np.argsort(m_users, kind="stable"), np.argsort(m_cands, kind="stable")
-        u_pos = np.searchsorted(m_users, users, sorter=u_order).clip(0, max(len(m_users) - 1, 0))
-        c_pos = np.searchsorted(m_cands, papers, sorter=c_order).clip(0, max(len(m_cands) - 1, 0))
-        if not len(m_users) or not len(m_cands):
-            return None
-        u_pos, c_pos = u_order[u_pos], c_order[c_pos]
-        if not (np.array_equal(m_users[u_pos], users) and np.array_equal(m_cands[c_pos], papers)):
+        u_pos, c_pos = _positions(m_users, users), _positions(m_cands, papers)
+        if u_pos is None or c_pos is None:
             return None
         return {name: block[u_pos[:, None], c_pos] for name, block in parts.items()}
 
@@ -593,6 +588,15 @@ class HybridRanker(Ranker):
         self.tuning.update({"val_users": int(len(users)), "blends_tried": len(seen), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
                             f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
                             "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
+
+
+def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
+    """Where each of `wanted` is in `keys` (same shape as `wanted`), or None if any is missing."""
+    if not len(keys):
+        return None
+    order = np.argsort(keys, kind="stable")
+    pos = order[np.searchsorted(keys, wanted, sorter=order).clip(0, len(keys) - 1)]
+    return pos if np.array_equal(keys[pos], wanted) else None
 
 
 def _trend(data: TrainData) -> np.ndarray:
