@@ -7,13 +7,14 @@ source checkpoints, plus the web front's used single-use link nonces and opt-out
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, delete, event, func, insert, or_, update
+from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -221,18 +222,39 @@ class Store:
 
         with self.engine.connect() as conn:
             at, tables = migrations.current(conn), migrations.has_tables(conn)
+            # Alembic makes its version table first: empty, another process is creating the schema now
+            creating = at is None and inspect(conn).has_table("alembic_version")
         if at == migrations.head():
             return
-        if at is None and tables:  # made by create_all before migrations existed: the first revision
-            migrations.stamp(self.engine, migrations.FIRST)
-            at = migrations.FIRST
-        allowed = self.engine.dialect.name == "sqlite" if migrate is None else migrate
-        if at is not None and at != migrations.head() and not allowed:
-            raise StoreError(
-                f"the database schema is at revision {at} but this digest needs {migrations.head()}: "
-                "run `digest migrate` (after a backup) to upgrade it"
-            )
-        migrations.upgrade(self.engine)
+        if creating:
+            self._wait_for_schema()
+            return
+        try:
+            if at is None and tables:  # made by create_all before migrations existed: the first revision
+                migrations.stamp(self.engine, migrations.FIRST)
+                at = migrations.FIRST
+            allowed = self.engine.dialect.name == "sqlite" if migrate is None else migrate
+            if at is not None and at != migrations.head() and not allowed:
+                raise StoreError(
+                    f"the database schema is at revision {at} but this digest needs {migrations.head()}: "
+                    "run `digest migrate` (after a backup) to upgrade it"
+                )
+            migrations.upgrade(self.engine)
+        except (OperationalError, IntegrityError) as e:
+            # another process (a second run or worker starting at the same moment) got there first
+            self._wait_for_schema(cause=e)
+
+    def _wait_for_schema(self, seconds: float = 30.0, cause: Exception | None = None) -> None:
+        """Wait for another process creating or upgrading the schema to reach the newest revision."""
+        from digest import migrations
+
+        for _ in range(int(seconds * 10)):
+            with self.engine.connect() as conn:
+                if migrations.current(conn) == migrations.head():
+                    return
+            time.sleep(0.1)
+        why = f" after {cause.__class__.__name__}: {getattr(cause, 'orig', cause)}" if cause is not None else ""
+        raise StoreError(f"the database schema did not reach revision {migrations.head()} within {seconds:g} s{why}")
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

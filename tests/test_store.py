@@ -88,3 +88,28 @@ def test_an_old_schema_on_a_server_is_refused(database_url: str) -> None:
         pytest.skip("only one revision so far")
     with pytest.raises(StoreError, match="digest migrate"):
         Store(database_url, migrate=False).close()
+
+
+def _open_store(url: str, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+    try:
+        Store(url).close()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None:  # noqa: ANN001
+    """A run and its workers starting together on a fresh SQLite file: one creates the schema,
+    the others wait for it instead of failing on tables or a version row that just appeared."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(12):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(url, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 3
