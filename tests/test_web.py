@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from html import unescape
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
