@@ -100,6 +100,7 @@ def environment(templates_dir: Path | None = None) -> Environment:
         auto_reload=False,  # no stat() of every template on every render
     )
     env.filters["wrap"] = _wrap
+    env.filters["fold"] = _fold
     return env
 
 
@@ -109,6 +110,15 @@ def _wrap(text: str, width: int = 76, indent: str = "") -> str:
     import textwrap
 
     return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
+
+
+@lru_cache(maxsize=65536)
+def _fold(text: str, width: int = 200) -> str:
+    """HTML text on lines of about `width` characters, broken only at spaces (so it reads the same):
+    the HTML part then keeps its lines under SMTP's 998-byte limit and goes as 8bit, not base64."""
+    import textwrap
+
+    return textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
 
 
 _INLINER = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)

@@ -186,3 +186,24 @@ def test_wire_bytes_with_leading_dots_arrive_intact(smtp_server) -> None:  # noq
         assert got.get_body(("plain",)).get_content().replace("\r\n", "\n") == text + "\n", i
         assert got.get_body(("html",)).get_content().replace("\r\n", "\n") == "<p>.html</p>\n.<b>x</b>\n"
     assert len(inbox.messages) == 2
+
+
+def test_a_full_digest_goes_as_8bit_not_base64() -> None:
+    """Long abstracts and feedback links keep every HTML line under 998 bytes, so the HTML part is sent
+    as 8bit (readable, a quarter smaller, a third of the lines) instead of falling back to base64;
+    folding the abstract only at spaces leaves the text as read (hyphens and long words intact)."""
+    from dataclasses import replace
+
+    from digest.deliver import message_bytes
+
+    words = ("state-of-the-art " + "https://example.org/" + "x" * 240 + " ") + "A sentence of an abstract, ü. " * 60
+    base = view()
+    paper = replace(base.picks[0], abstract=words.strip(), click_url="https://d.example.org/click?t=" + "c" * 80,
+                    more_url="https://d.example.org/feedback?t=" + "m" * 110, fewer_url="https://d.example.org/feedback?t=" + "f" * 110)
+    text, html = render_digest(replace(base, picks=[paper] * 10, manage_url="https://d.example.org/p?t=x.y"))
+    assert max(len(line.encode()) for line in html.splitlines()) <= 998
+    assert " ".join(html.split()).count(" ".join(words.split())) == 10  # the same words, only the line breaks moved
+    raw = message_bytes(envelope(), text, html, unsubscribe_url="https://x/u?t=1", unsubscribe_mailto="mailto:d@example.org",
+                        eight_bit=True)
+    assert b"Content-Transfer-Encoding: base64" not in raw
+    assert raw.count(b"Content-Transfer-Encoding: 8bit") == 2
