@@ -8,8 +8,9 @@ a synthetic but realistic population, built untimed, with a corpus of 2 papers p
 (200,000 for 100k) whose text recombines real titles (the bundled sample and the CiteULike titles
 in ../shared/bench) and real abstract sentences, grouped into a few hundred interest clusters;
 each subscriber likes 5 to 200 papers (log-uniform) from one to three clusters.  Then last
-week's full fit of the ranker (timed and measured on its own: it runs every `refit_days`), a day
-of feedback (2% of readers like 1-3 recent papers), and the daily run, timed stage by stage as
+week's full fit of the ranker in a process of its own, as `digest fit` runs it (timed and
+measured apart: it runs every `refit_days`), a day of feedback (2% of readers like 1-3 recent
+papers), and the daily run, the planner in a fresh process timed stage by stage as
 `digest worker --plan` runs it: ingest the day's 2,000 new papers, load the papers and likes,
 fold the day into the saved fit, rank (block-scored, with reasons, in forked processes), write
 the planned deliveries in bulk, render every digest (HTML + text, one process, measured on its
@@ -135,12 +136,12 @@ def _sink(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) 
 
 
 def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int = 7) -> dict:
-    import numpy as np
+    """One size: the population (untimed), last week's fit, a day of feedback, then the daily run.
 
-    from digest.pipeline import candidate_papers, compose, day_ranker, rank_subscribers, train_data
+    The weekly fit and the planner each run in a process of their own, as `digest fit` and
+    `digest worker --plan` do, so each peak is that step's own (not this set-up's leftovers)."""
     from digest.settings import load_settings
-    from digest.store import CLICKED, DISLIKE, LIKE, SENT, Store
-    from digest.workers import peak_rss_mb, run_workers, trending_lists
+    from digest.store import LIKE, Store
 
     rng = random.Random(seed)
     folder = Path(tempfile.mkdtemp(prefix="digest-scale-"))
@@ -159,31 +160,113 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     t = time.perf_counter()
     populate(store, users, 2 * users, rng)
     result: dict = {"users": users, "corpus": 2 * users, "new_papers": new, "setup_s": round(time.perf_counter() - t, 1)}
-    _reset_peak_rss()  # the peak of building the population is not the daily run's
+    ctx = multiprocessing.get_context("spawn")
+
+    # Last week's full fit (the ranker is refitted every `refit_days`, 7 by default, and saved),
+    # as `digest fit` runs it: timed and measured on its own; the daily run starts from the saved fit.
+    result.update(_in_own_process(ctx, _weekly_fit, config))
+    # a day of feedback: 2% of readers like 1-3 recent papers (their profiles change)
+    past = [row[0] for row in store.corpus_rows()[-3 * new :]]
+    liked = [(sid, p) for sid in rng.sample(range(1, users + 1), users // 50) for p in rng.sample(past, rng.randint(1, 3))]
+    store.add_interactions_many(liked, LIKE, NOW - timedelta(hours=12), origin="web")
+    del past, liked
+    store.close()
+
+    # The daily run: the planner (what `digest worker --plan` does, stage by stage), then the workers.
+    planned = _in_own_process(ctx, _plan, config, new, seed, svm_sample)
+    stages = planned.pop("stages")
+    result.update(planned)
+    ready, stop = ctx.Event(), ctx.Event()
+    sink = ctx.Process(target=_sink, args=(port, ready, stop), daemon=True)
+    sink.start()
+    ready.wait(30)
+    from digest.workers import run_workers
+
+    t = time.perf_counter()
+    reports = run_workers(settings, NOW, workers)
+    stages["deliver_s"] = round(time.perf_counter() - t, 2)
+    result["sink_alone_msgs_per_s"] = _sink_ceiling(settings, port, Store(url).subscribers()[:2000], NOW)
+    stop.set()
+    sink.join(10)
+    sent = sum(r.sent for r in reports)
+    result["sent"] = sent
+    result["deliver_msgs_per_s"] = round(sent / stages["deliver_s"], 1)
+    result["workers"] = workers
+    result["worker_peak_rss_mb"] = round(max(r.peak_rss_mb for r in reports))
+    result.update(stages)
+    result["total_s"] = round(sum(v for k, v in stages.items() if k != "render_s"), 1)
+    result["svm_ratio"] = round(result["svm_s_per_user"] / (stages["rank_s"] / users))
+    result["rank_ms_per_user"] = round(1000 * stages["rank_s"] / users, 3)
+    result["peak_rss_mb"] = max(result["planner_peak_rss_mb"], result["worker_peak_rss_mb"], result["rank_children_peak_rss_mb"])
+    return result
+
+
+def _in_own_process(ctx, fn, *args):  # noqa: ANN001, ANN002, ANN202
+    """fn(*args) in a fresh (spawned, non-daemonic: it may fork) process; its result or its error."""
+    here, there = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(there, fn, args))
+    child.start()
+    there.close()
+    ok, value = here.recv()
+    child.join()
+    if not ok:
+        raise RuntimeError(f"{fn.__name__} failed in its process:\n{value}")
+    return value
+
+
+def _child(conn, fn, args) -> None:  # noqa: ANN001
+    import traceback
+
+    try:
+        conn.send((True, fn(*args)))
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        conn.send((False, traceback.format_exc()))
+        raise
+
+
+def _weekly_fit(config: Path) -> dict:
+    """`digest fit`: a full fit of the ranker, saved; its time and its process's peak."""
+    from digest.pipeline import day_ranker, train_data
+    from digest.settings import load_settings
+    from digest.store import Store
+    from digest.workers import peak_rss_mb
+
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    t = time.perf_counter()
+    _, report = day_ranker(settings, train_data(store, store.subscribers()), NOW - timedelta(days=1))
+    assert report.refit
+    store.close()
+    return {"weekly_fit_s": round(time.perf_counter() - t, 1), "weekly_fit_peak_rss_mb": round(peak_rss_mb())}
+
+
+def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
+    """The planner's day in a fresh process, stage by stage: ingest the day's papers, load the papers
+    and likes, fold the day into the saved fit, rank (block-scored, with reasons, in forked
+    processes), write the planned deliveries; its peak memory; then (not part of the daily run)
+    every digest rendered in this process, and the per-user SVM baseline on a sample."""
+    import resource
+
+    import numpy as np
+
+    from digest.links import secret_key
+    from digest.pipeline import candidate_papers, compose, day_ranker, local_date, rank_subscribers, train_data
+    from digest.settings import load_settings
+    from digest.store import CLICKED, DISLIKE, LIKE, SENT, Store
+    from digest.workers import peak_rss_mb, trending_lists, write_plans
+
+    rng = random.Random(seed + 1)
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    result: dict = {}
     stages: dict[str, float] = {}
 
     def stage(name: str, started: float) -> None:
         stages[name] = round(time.perf_counter() - started, 2)
 
-    # Last week's full fit (the ranker is refitted every `refit_days`, 7 by default, and saved):
-    # timed and measured on its own, then the daily run starts from the saved fit.
-    t = time.perf_counter()
-    _, fit_report = day_ranker(settings, train_data(store, store.subscribers()), NOW - timedelta(days=1))
-    assert fit_report.refit
-    result["weekly_fit_s"] = round(time.perf_counter() - t, 1)
-    result["weekly_fit_peak_rss_mb"] = round(peak_rss_mb())
-    # a day of feedback: 2% of readers like 1-3 papers of yesterday's digest (their profiles change)
-    past = [row[0] for row in store.corpus_rows()[-3 * new :]]
-    liked = [(sid, p) for sid in rng.sample(range(1, users + 1), users // 50) for p in rng.sample(past, rng.randint(1, 3))]
-    store.add_interactions_many(liked, LIKE, NOW - timedelta(hours=12), origin="web")
-    del past
-    _reset_peak_rss()
-
     t = time.perf_counter()
     store.upsert_papers(make_papers(new, rng, start=10**7, day=NOW - timedelta(hours=6)), NOW)
     stage("ingest_s", t)
-
-    # The daily run: what `digest worker --plan` does (plan_day), stage by stage.
     t = time.perf_counter()
     subscribers = store.subscribers()
     data = train_data(store, subscribers)
@@ -193,7 +276,6 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     assert not day_report.refit, day_report.reason
     stage("update_s", t)
     result["changed_readers"] = day_report.changed_readers
-
     t = time.perf_counter()
     candidates = candidate_papers(store, data, NOW - timedelta(days=settings.ranking.window_days))
     seen = store.papers_seen([s.id for s in subscribers], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
@@ -201,54 +283,27 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
                              processes=settings.ranking.processes or os.cpu_count() or 1)
     trend = trending_lists(data, candidates, picks)
     stage("rank_s", t)
-    import resource
-
     result["rank_children_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     result["candidates"] = len(candidates)
-
     t = time.perf_counter()
-    from digest.pipeline import local_date
-    from digest.workers import write_plans
-
     write_plans(store, settings, subscribers, picks, trend, NOW)
     stage("plan_write_s", t)
-    # the planner's peak: everything `digest worker --plan` does (the render below is this benchmark's own)
     result["planner_peak_rss_mb"] = round(peak_rss_mb())
 
     # Render on its own: every digest, HTML and text, in this one process (not part of total_s;
     # the workers render again as they send).
     by_id = {p.id: p for p in candidates}
-    from digest.links import secret_key
-
     key = secret_key(settings)
     t = time.perf_counter()
     size = 0
     for sub in subscribers:
-        chosen = picks[sub.id]
         tr = [(by_id[pid], c) for pid, c in trend[sub.id]]
-        _, text, html, _ = compose(settings, key, sub, local_date(NOW, sub.timezone), chosen, tr, len(candidates), NOW)
+        _, text, html, _ = compose(settings, key, sub, local_date(NOW, sub.timezone), picks[sub.id], tr, len(candidates), NOW)
         size += len(text) + len(html)
-    stages["render_s"] = round(time.perf_counter() - t, 2)
+    stage("render_s", t)
     result["mean_digest_kb"] = round(size / max(1, len(subscribers)) / 1024, 1)
+    result["render_peak_rss_mb"] = round(peak_rss_mb())  # with every digest rendered in this process
     del picks, trend
-
-    ctx = multiprocessing.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    sink = ctx.Process(target=_sink, args=(port, ready, stop), daemon=True)
-    sink.start()
-    ready.wait(30)
-    t = time.perf_counter()
-    reports = run_workers(settings, NOW, workers)
-    stage("deliver_s", t)
-    result["render_peak_rss_mb"] = round(peak_rss_mb())  # with every digest rendered in this process, before the SVM
-    result["sink_alone_msgs_per_s"] = _sink_ceiling(settings, port, subscribers[:2000], NOW)
-    stop.set()
-    sink.join(10)
-    sent = sum(r.sent for r in reports)
-    result["sent"] = sent
-    result["deliver_msgs_per_s"] = round(sent / stages["deliver_s"], 1)
-    result["workers"] = workers
-    result["worker_peak_rss_mb"] = round(max(r.peak_rss_mb for r in reports))
 
     # The per-user SVM baseline, on a sample of the same users.
     from sklearn.svm import LinearSVC
@@ -263,28 +318,9 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
         clf = LinearSVC(C=0.01, class_weight="balanced", max_iter=1000, tol=1e-3)
         clf.fit(items, y)
         clf.decision_function(items[rows])
-    svm_per_user = (time.perf_counter() - t) / len(sample)
-    ours_per_user = stages["rank_s"] / users
-    result.update(stages)
-    result["total_s"] = round(sum(v for k, v in stages.items() if k != "render_s"), 1)
-    result["svm_s_per_user"] = round(svm_per_user, 3)
-    result["rank_ms_per_user"] = round(1000 * ours_per_user, 3)
-    result["svm_ratio"] = round(svm_per_user / ours_per_user)
+    result["svm_s_per_user"] = round((time.perf_counter() - t) / len(sample), 3)
     store.close()
-    result["svm_peak_rss_mb"] = round(peak_rss_mb())  # includes the SVM baseline's own peak
-    result["peak_rss_mb"] = max(result["planner_peak_rss_mb"], result["worker_peak_rss_mb"], result["rank_children_peak_rss_mb"])
-    return result
-
-
-def _reset_peak_rss() -> None:
-    """Give memory back and restart this process's VmHWM (Linux: clear_refs 5)."""
-    import gc
-
-    gc.collect()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    return {**result, "stages": stages}
 
 
 def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:  # noqa: ANN001
