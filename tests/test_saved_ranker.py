@@ -174,3 +174,17 @@ def test_forked_ranking_picks_the_same() -> None:
     assert len(one) == len(subs) and all(len(one[s.id]) == s.max_papers for s in subs[1:])
     assert candidates[0].id not in [p.paper.id for p in one[subs[1].id]]
     assert not any("galaxy" in p.paper.title for p in one[subs[0].id])
+
+
+def test_zscore_statistics_in_chunks_of_readers_are_the_same() -> None:
+    """The per-reader statistics are worked out a chunk of readers at a time (memory at scale): any
+    chunk size gives the same numbers (to the last bits BLAS may round differently for other block sizes)."""
+    r = HybridRanker().fit(community())
+    users = np.arange(len(r.data.users))
+    sample = np.arange(len(r.data.corpus))
+    whole, chunked = r._stats(r.state, users, sample), r._stats(r.state, users, sample, chunk=5)
+    assert set(whole) == set(r.state.stats) and {"content", "lsa", "cf"} <= set(whole)
+    for name, (mean, std) in whole.items():
+        assert np.allclose(mean, chunked[name][0], rtol=1e-5, atol=1e-7), name
+        assert np.allclose(std, chunked[name][1], rtol=1e-5, atol=1e-7), name
+        assert len(mean) == len(users)

@@ -29,21 +29,25 @@ def ridge_cg(X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray |
         out = np.asarray(X.T @ q, dtype=np.float32)
         return np.vstack([out, D.T @ q]) if D is not None else out
 
-    b = back(Y)
-    W = np.zeros_like(b)
-    r = b.copy()
+    # five (F + d) x k buffers and no other temporaries of that size (F is 200,000 terms at scale)
+    r = back(Y)
+    W = np.zeros_like(r)
     p = r.copy()
-    rs = (r * r).sum(0)
+    tmp = np.empty_like(r)
+    rs = np.multiply(r, r, out=tmp).sum(0)
     b2 = np.maximum(rs, 1e-30)
     for _ in range(iters):
-        Ap = back(fwd(p)) + lam * p
-        alpha = rs / np.maximum((p * Ap).sum(0), 1e-30)
-        W += alpha * p
-        r -= alpha * Ap
-        rs_new = (r * r).sum(0)
+        Ap = back(fwd(p))
+        Ap += np.multiply(p, lam, out=tmp)
+        alpha = rs / np.maximum(np.multiply(p, Ap, out=tmp).sum(0), 1e-30)
+        W += np.multiply(p, alpha, out=tmp)
+        r -= np.multiply(Ap, alpha, out=tmp)
+        del Ap
+        rs_new = np.multiply(r, r, out=tmp).sum(0)
         if np.all(rs_new / b2 < tol * tol):
             break
-        p = r + (rs_new / np.maximum(rs, 1e-30)) * p
+        p *= rs_new / np.maximum(rs, 1e-30)
+        p += r
         rs = rs_new
     return W
 

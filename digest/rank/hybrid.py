@@ -214,14 +214,18 @@ class HybridRanker(Ranker):
         state.stats = self._stats(state, np.arange(len(data.users)), sample)
         return state
 
-    def _stats(self, state: _State, users: np.ndarray, sample: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Each active component's per-user (mean, std) over the sample papers."""
-        stats = {}
-        for name in COMPONENTS:
-            raw = self._raw(state, name, users, sample)
-            if raw is not None:
-                stats[name] = zstats(raw) if raw.shape[1] else (np.zeros(len(users), np.float32), np.ones(len(users), np.float32))
-        return stats
+    def _stats(self, state: _State, users: np.ndarray, sample: np.ndarray, *, chunk: int = 8192) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each active component's per-user (mean, std) over the sample papers, `chunk` users at a time
+        (100k readers x 2,000 sample papers would be 0.8 GB per component block)."""
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for start in range(0, max(len(users), 1), chunk):
+            block = users[start : start + chunk]
+            for name in COMPONENTS:
+                raw = self._raw(state, name, block, sample)
+                if raw is not None:
+                    parts.setdefault(name, []).append(
+                        zstats(raw) if raw.shape[1] else (np.zeros(len(block), np.float32), np.ones(len(block), np.float32)))
+        return {name: (np.concatenate([m for m, _ in got]), np.concatenate([s for _, s in got])) for name, got in parts.items()}
 
     def _cf_map(self, X: sp.csr_matrix, V: np.ndarray, liked: np.ndarray) -> np.ndarray:
         """The ridge map from a paper's text (TF-IDF, and embeddings when given) to its ALS factors,
