@@ -183,7 +183,7 @@ def test_more_like_this_moves_the_next_digest_towards_that_paper(world: World) -
     picks_one = [b["title"] for b in blocks[:5]]
     # Lev's language papers trend (his likes); Vera's picks are vision.  She asks for more like one of them.
     target = next(b for b in blocks[5:] if LANGUAGE.search(b["title"]))
-    response = world.client.get(local(target["more"]))
+    response = press(world, target["more"])
     assert response.status_code == 200 and "Thanks, noted" in response.text
     vera = world.store.subscriber(email="vera@example.org")
     liked = {p.title: origin for p, origin in world.store.liked_papers(vera.id)}
@@ -198,15 +198,40 @@ def test_more_like_this_moves_the_next_digest_towards_that_paper(world: World) -
     assert not set(picks_one) & set(picks_two)  # sent papers are not sent again
 
 
+def press(world: World, link: str):  # noqa: ANN201 - httpx.Response
+    """Open a feedback link from the email (GET: a question) and press its button (POST)."""
+    page = world.client.get(local(link))
+    assert page.status_code == 200 and '<form method="post"' in page.text, page.text
+    return world.client.post(local(link), data={"csrf": csrf_of(page)})
+
+
+def test_a_link_scanner_opening_every_feedback_link_records_nothing(world: World) -> None:
+    """Mail security scanners GET every link of a message: the links only ask; the reader's button records."""
+    before = state(world)
+    blocks = paper_blocks(html_of(world.outbox("vera@example.org")))
+    for block in blocks:
+        for link in (block["more"], block["fewer"]):
+            page = world.client.get(local(link))
+            assert page.status_code == 200 and block["title"] in unescape(page.text)
+            assert "papers like" in page.text and "Yes, " in page.text
+    assert state(world) == before
+    assert "Thanks, noted" in press(world, blocks[0]["fewer"]).text  # the reader's own links still work afterwards
+    stranger = TestClient(world.client.app, base_url="https://digest.example.org")  # a POST without the page's form
+    assert stranger.post(local(blocks[1]["more"]), data={"csrf": "x"}).status_code == 403
+    vera = world.store.subscriber(email="vera@example.org")
+    assert [p.title for p, _ in world.store.liked_papers(vera.id, DISLIKE)] == [blocks[0]["title"]]
+    assert blocks[1]["title"] not in {p.title for p, _ in world.store.liked_papers(vera.id, LIKE)}
+
+
 def test_fewer_like_this_replaces_a_like_and_a_replay_changes_nothing(world: World) -> None:
     block = paper_blocks(html_of(world.outbox("vera@example.org")))[0]
-    first = world.client.get(local(block["more"]))
+    first = press(world, block["more"])
     assert first.status_code == 200 and "more papers like" in first.text
     before = state(world)
-    again = world.client.get(local(block["more"]))
+    again = press(world, block["more"])
     assert again.status_code == 200 and "Already noted" in again.text
     assert state(world) == before
-    fewer = world.client.get(local(block["fewer"]))
+    fewer = press(world, block["fewer"])
     assert "fewer papers like" in fewer.text
     vera = world.store.subscriber(email="vera@example.org")
     assert block["title"] in {p.title for p, _ in world.store.liked_papers(vera.id, DISLIKE)}
@@ -244,7 +269,7 @@ def test_forged_altered_truncated_and_foreign_tokens_change_nothing(world: World
     good = links.make_token(key, purpose, payload, clock=world.clock)
     before = state(world)
     for label, token in _bad_tokens(world, good, purpose).items():
-        for method in ("GET", "POST") if path in ("/unsubscribe", "/confirm", "/preferences") else ("GET",):
+        for method in ("GET", "POST") if path in ("/unsubscribe", "/confirm", "/preferences", "/feedback") else ("GET",):
             response = world.client.request(method, path, params={"t": token}, data={"List-Unsubscribe": "One-Click"},
                                             follow_redirects=False)
             assert response.status_code == 400, (label, method, response.status_code)
@@ -481,7 +506,7 @@ def test_config_subscriber_preferences_are_read_only_the_file_wins(world: World)
 
 def test_likes_are_listed_and_web_likes_can_be_removed(world: World) -> None:
     block = paper_blocks(html_of(world.outbox("vera@example.org")))[0]
-    world.client.get(local(block["more"]))
+    assert "Thanks, noted" in press(world, block["more"]).text
     url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
     page = world.client.get(url)
     assert "A ConvNet for the 2020s" in page.text and "from the preferences file" in page.text

@@ -228,10 +228,14 @@ class _Front:
         return sub, papers[0]
 
     async def feedback(self, request: Request) -> Response:
+        """"More / fewer like this": the link (GET) asks, the button (POST) records.  Mail security
+        scanners open every link of an incoming message; a GET that recorded would like and then
+        dislike every paper of the digest, and use up the reader's own single-use links."""
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
+        form = await self.form(request) if request.method == "POST" else None
         try:
-            payload = self.token(request, links.FEEDBACK)
+            payload = self.token(request, links.FEEDBACK, form=form)
         except links.InvalidToken as e:
             return self.bad_link(request, str(e).capitalize() + ".")
         found = self._sub_and_paper(payload)
@@ -239,12 +243,19 @@ class _Front:
         if found is None or kind not in (LIKE, DISLIKE) or not isinstance(nonce, str):
             return self.bad_link(request)
         sub, paper = found
+        more = kind == LIKE
+        if form is None:
+            return self.page(request, "action", title="More like this" if more else "Fewer like this",
+                             text=f"Show {'more' if more else 'fewer'} papers like “{paper.title}” in your digests?",
+                             action=str(request.url.path) + "?" + str(request.url.query),
+                             button="Yes, more like this" if more else "Yes, fewer like this")
+        if not self.csrf_valid(request, form):
+            return self.message(request, "Please try again", "The form had expired. Open the link from the email again.", status=403)
         manage = links.manage_url(self.settings, self.key, sub.email, clock=self.clock)
         if not self.store.use_token(nonce, links.FEEDBACK, self.now()):
             return self.message(request, "Already noted", "You used this link before; your digest already knows.",
                                 manage=manage)
         self.store.set_feedback(sub.id, paper.id, str(kind), self.now(), origin="web")
-        more = kind == LIKE
         return self.message(request, "Thanks, noted",
                             f"You will see {'more' if more else 'fewer'} papers like “{paper.title}” from your next digest on.",
                             manage=manage)
@@ -391,7 +402,7 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/subscribe", front.subscribe_form, methods=["GET"]),
         Route("/subscribe", front.subscribe, methods=["POST"]),
         Route("/confirm", front.confirm, methods=["GET", "POST"]),
-        Route("/feedback", front.feedback, methods=["GET"]),
+        Route("/feedback", front.feedback, methods=["GET", "POST"]),
         Route("/click", front.click, methods=["GET"]),
         Route("/unsubscribe", front.unsubscribe, methods=["GET", "POST"]),
         Route("/preferences", front.preferences, methods=["GET", "POST"]),
