@@ -164,3 +164,23 @@ def test_explain_many_with_keywords_and_dislikes(data: TrainData) -> None:
     content = make_ranker("content").fit(data)
     got = content.explain_many(np.array([5]), np.arange(8)[None, :])[0]
     assert got == content.explain(5, np.arange(8)) and any(r.startswith("matches keyword") for r in got)
+
+
+def test_profiles_keep_their_heaviest_terms_first_columns_among_equals() -> None:
+    """`profile_terms`: each profile row keeps its k entries of largest magnitude (negative ones count
+    by size); among equal magnitudes the first columns win, so the choice never depends on sort order."""
+    import scipy.sparse as sp
+
+    from digest.rank.content import _heaviest
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        dense = np.round(rng.uniform(-3, 3, size=(int(rng.integers(1, 12)), int(rng.integers(1, 40)))))  # many ties
+        dense[rng.random(dense.shape) < 0.3] = 0
+        k = int(rng.integers(1, 8))
+        got = _heaviest(sp.csr_matrix(dense, dtype=np.float32), k).toarray()
+        want = np.zeros_like(dense)
+        for i, row in enumerate(dense):
+            cols = [j for j in np.argsort(-np.abs(row), kind="stable") if row[j] != 0][:k]  # stable: first column first
+            want[i, cols] = row[cols]
+        assert np.array_equal(got, want), trial

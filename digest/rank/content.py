@@ -279,14 +279,21 @@ def _nearest_liked(dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, lik
 
 
 def _heaviest(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Each row's k entries of largest magnitude (the rest dropped), columns in order."""
+    """Each row's k entries of largest magnitude (the rest dropped; of equal ones, the first columns),
+    columns in order.  A partition per long row: sorting every entry of 4,096 profiles (10M) took
+    3.5 s of each chunk's 4 s at 100k readers."""
     m.sum_duplicates()
     counts = np.diff(m.indptr)
     if not len(counts) or counts.max() <= k:
         return m
-    rows = np.repeat(np.arange(m.shape[0]), counts)
-    order = np.lexsort((-np.abs(m.data), rows))  # by row, heaviest first
-    rank = np.arange(len(order)) - m.indptr[rows[order]]
-    keep = np.sort(order[rank < k])  # back to row, column order
-    out = sp.csr_matrix((m.data[keep], m.indices[keep], np.r_[0, np.cumsum(np.minimum(counts, k))]), shape=m.shape)
-    return out
+    magnitude = np.abs(m.data)
+    keep = np.ones(len(m.data), dtype=bool)
+    for row in np.flatnonzero(counts > k):
+        a, b = m.indptr[row], m.indptr[row + 1]
+        seg = magnitude[a:b]
+        threshold = np.partition(seg, len(seg) - k)[len(seg) - k]  # the k-th largest
+        above = seg > threshold
+        ties = np.flatnonzero(seg == threshold)[: k - int(above.sum())]
+        above[ties] = True
+        keep[a:b] = above
+    return sp.csr_matrix((m.data[keep], m.indices[keep], np.r_[0, np.cumsum(np.minimum(counts, k))]), shape=m.shape)
