@@ -184,3 +184,21 @@ def test_profiles_keep_their_heaviest_terms_first_columns_among_equals() -> None
             cols = [j for j in np.argsort(-np.abs(row), kind="stable") if row[j] != 0][:k]  # stable: first column first
             want[i, cols] = row[cols]
         assert np.array_equal(got, want), trial
+
+
+def test_sparse_products_shared_among_threads_are_bit_identical() -> None:
+    """The ridge map's large sparse x dense products split the columns among threads: the same bits."""
+    import scipy.sparse as sp
+
+    from digest.rank._linalg import sparse_times_dense
+
+    rng = np.random.default_rng(1)
+    n, per = 20_000, 30
+    A = sp.csr_matrix((rng.random(n * per, dtype=np.float32), rng.integers(0, 30_000, n * per), np.arange(0, n * per + 1, per)),
+                      shape=(n, 30_000))
+    B = rng.standard_normal((30_000, 101)).astype(np.float32)
+    C = rng.standard_normal((20_000, 101)).astype(np.float32)
+    assert A.nnz * B.shape[1] >= 50_000_000  # large enough to be split
+    for threads in (2, 3):
+        assert np.array_equal(sparse_times_dense(A, B, threads=threads), np.asarray(A @ B, dtype=np.float32))
+        assert np.array_equal(sparse_times_dense(A.T, C, threads=threads), np.asarray(A.T @ C, dtype=np.float32))
