@@ -65,7 +65,11 @@ class SmtpSettings(_Section):
         "Paper digest <digest@localhost>",
         description="From: header, 'Name <address>' or a bare address.",
     )
-    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS before sending.")
+    starttls: bool = Field(
+        False,
+        description="Upgrade the connection with STARTTLS before sending.  The server's certificate is always "
+        "checked against the system's CAs (a private CA: point SSL_CERT_FILE at its PEM file).",
+    )
     ssl: bool = Field(False, description="Connect with implicit TLS (SMTPS, usually port 465).")
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SMTP server before giving up.")
 

@@ -307,3 +307,59 @@ def test_two_runs_started_at_once_send_one_set(tmp_path: Path, server: Server) -
     # One did the work; the other found the lease taken (or, if it came later, nothing left to do).
     assert any("5 sent" in out for out in outputs)
     assert any("another daily run is in progress" in out or "5 skipped" in out for out in outputs), outputs
+
+
+@pytest.fixture
+def tls() -> Iterator[tuple[object, object]]:
+    """A throwaway certificate authority and a server certificate for 127.0.0.1 (trustme)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    yield ca, context
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_tls_to_a_real_tls_server_and_the_certificate_is_checked(
+    tmp_path: Path, server: Server, tls: tuple, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """STARTTLS (587) and implicit TLS (465) against aiosmtpd with a real certificate: the digests go
+    over TLS and the login only inside it; a certificate the system does not trust is "server
+    unavailable": nothing is sent (never a fallback to plain text), every digest waits for the next
+    try, and the first says why."""
+    from aiosmtpd.smtp import AuthResult
+
+    ca, context = tls
+    logins: list[tuple[str, bool]] = []
+
+    def check(server_, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+        logins.append((auth_data.login.decode(), server_.transport.get_extra_info("ssl_object") is not None))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    # aiosmtpd hides AUTH on implicit TLS unless told not to require TLS for it (aio-libs/aiosmtpd#281);
+    # the authenticator checks the connection is TLS either way
+    options = (dict(tls_context=context, require_starttls=True) if mode == "starttls"
+               else dict(ssl_context=context, auth_require_tls=False))
+    server.controller = Controller(server.inbox, hostname="127.0.0.1", port=server.port, authenticator=check, **options)
+    server.controller.start()
+    monkeypatch.setenv("DIGEST_SMTP_USERNAME", "digest")
+    monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "s3cret")
+    config = write_config(tmp_path, server.port)
+    config.write_text(config.read_text().replace("timeout = 20\n", f"timeout = 20\n{mode} = true\n"), encoding="utf-8")
+    settings = load_settings(config)
+    assert (settings.smtp.starttls, settings.smtp.ssl) == (mode == "starttls", mode == "ssl")
+
+    untrusted = run_daily(NOW, settings, sleep=no_sleep)  # the system's CAs do not know our test CA
+    assert "certificate verify failed" in untrusted.outcomes[0].detail, untrusted.outcomes[0].detail
+    assert untrusted.by_status() == {"pending": 5} and server.inbox.messages == [] and logins == []
+
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # how a private relay's CA is trusted (OpenSSL's variable)
+    report = run_daily(NOW + timedelta(minutes=20), settings, sleep=no_sleep)
+    assert report.fatal == "" and report.by_status() == {"sent": 5}, report.outcomes
+    assert server.inbox.count() == Counter({e: 1 for e in EMAILS})
+    assert logins and all(login == ("digest", True) for login in logins)  # the password only ever went inside TLS
