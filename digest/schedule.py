@@ -121,6 +121,12 @@ def window_days(sub: Timed, default: int) -> int:
     return max(default, 7) if sub.frequency == "weekly" else default
 
 
+def describe(sub: Timed) -> str:
+    """When the digests go out, in words: "07:30 Europe/Berlin, every day" (or "Monday to Friday", "Fridays")."""
+    days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day.capitalize()}s"}[sub.frequency]
+    return f"{sub.send_at} {sub.timezone}, {days}"
+
+
 @dataclass(frozen=True)
 class When:
     """A subscriber's timing, as stored in a trigger (plain strings, so it pickles anywhere)."""
@@ -149,9 +155,7 @@ class DigestTrigger(BaseTrigger):
         return next_send(self.when, now - timedelta(microseconds=1))
 
     def __str__(self) -> str:
-        w = self.when
-        days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{w.weekly_day}s"}[w.frequency]
-        return f"{w.send_at} {w.timezone}, {days}"
+        return describe(self.when)
 
     def __repr__(self) -> str:
         return f"<DigestTrigger ({self})>"

@@ -386,7 +386,7 @@ def test_double_opt_in_nothing_goes_out_before_confirmation(smtp_world: tuple[Wo
     assert page.status_code == 200 and "Confirm my subscription</button>" in page.text
     assert not world.store.subscriber(email="nia@example.org").active  # a GET (a link scanner) confirms nothing
     done = world.client.post(link, data={"csrf": csrf_of(page)})
-    assert done.status_code == 200 and "You are subscribed" in done.text and "08:15 (Asia/Tokyo)" in done.text
+    assert done.status_code == 200 and "You are subscribed" in done.text and "08:15 Asia/Tokyo, every day" in done.text
     assert world.store.subscriber(email="nia@example.org").active
     replay = world.client.post(link, data={"csrf": csrf_of(page)})
     assert "Already confirmed" in replay.text
@@ -493,6 +493,36 @@ def test_web_subscriber_edits_preferences_in_the_database(world: World) -> None:
     world.clock.advance(days=1)
     world.run()  # the file's sync leaves web subscribers alone
     assert world.store.subscriber(email="pia@example.org").timezone == "America/Chicago"
+
+
+def test_how_often_is_chosen_at_sign_up_and_changed_in_preferences(smtp_world: tuple[World, Inbox]) -> None:
+    """Web readers choose daily, Monday to Friday or weekly (and the day), as the file's readers can;
+    the daily job sends on those days only."""
+    from digest.pipeline import is_due
+
+    world, inbox = smtp_world
+    form = world.client.get("/subscribe")
+    assert 'name="frequency"' in form.text and 'name="weekly_day"' in form.text
+    bad = subscribe(world.client, email="odd@example.org", frequency="hourly")
+    assert bad.status_code == 400 and "daily" in bad.text and 'value="hourly"' not in bad.text
+    assert world.store.subscriber(email="odd@example.org") is None
+    assert "Check your inbox" in subscribe(world.client, email="wes@example.org", frequency="weekly", weekly_day="Friday").text
+    page = world.client.get(local(confirm_link(inbox.to("wes@example.org")[0])))
+    done = world.client.post(local(confirm_link(inbox.to("wes@example.org")[0])), data={"csrf": csrf_of(page)})
+    assert "07:30 UTC, Fridays" in done.text
+    wes = world.store.subscriber(email="wes@example.org")
+    assert (wes.frequency, wes.weekly_day) == ("weekly", "friday")
+    thursday, friday = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc), datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+    assert not is_due(wes, thursday) and is_due(wes, friday)
+
+    url = local(links.manage_url(world.settings, links.secret_key(world.settings), wes.email, clock=world.clock))
+    prefs = world.client.get(url)
+    assert '<option value="weekly" selected>' in prefs.text and '<option value="friday" selected>' in prefs.text
+    saved = world.client.post(url, data={"csrf": csrf_of(prefs), "timezone": "UTC", "send_at": "07:30", "max_papers": "5",
+                                         "frequency": "weekdays", "weekly_day": "friday"})
+    assert saved.status_code == 200 and "Saved" in saved.text
+    wes = world.store.subscriber(email="wes@example.org")
+    assert wes.frequency == "weekdays" and is_due(wes, thursday) and not is_due(wes, datetime(2026, 11, 28, 9, tzinfo=timezone.utc))
 
 
 def test_config_subscriber_preferences_are_read_only_the_file_wins(world: World) -> None:

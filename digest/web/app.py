@@ -34,6 +34,7 @@ from starlette.routing import Route
 from digest import links
 from digest.errors import DeliveryError, DigestError
 from digest.render import environment, paper_url
+from digest.schedule import describe
 from digest.settings import Settings
 from digest.store import CLICKED, DISLIKE, LIKE, Store, Subscriber
 from digest.web import forms, mail
@@ -164,7 +165,7 @@ class _Front:
             if pid is None:
                 checked.errors.setdefault("liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title")
             ids.append(pid)
-        values = {k: forms.first(form, k) for k in ("email", "name", "timezone", "send_at", "keywords", "liked")}
+        values = {k: forms.first(form, k) for k in ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked")}
         if checked.errors:
             return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
         email = checked.values["email"]
@@ -212,7 +213,7 @@ class _Front:
         if row is None:
             return self.bad_link(request)
         return self.message(request, "You are subscribed",
-                            f"Your first digest comes at {row.send_at} ({row.timezone}).",
+                            f"Your digests come at {describe(row)}.",
                             manage=links.manage_url(self.settings, self.key, email, clock=self.clock))
 
     # -- links in the digest --------------------------------------------------------------------
@@ -302,6 +303,7 @@ class _Front:
         t = request.query_params.get("t", "")
         current = {
             "timezone": sub.timezone, "send_at": sub.send_at, "max_papers": sub.max_papers,
+            "frequency": sub.frequency, "weekly_day": sub.weekly_day,
             "keywords": ", ".join(sub.keywords), "exclude_keywords": ", ".join(sub.exclude_keywords),
         }
         return self.page(
@@ -332,7 +334,8 @@ class _Front:
                                           errors={"form": "Your settings come from the preferences file; ask whoever runs this digest to change them."})
         checked = forms.check_preferences(form)
         if checked.errors:
-            values = {k: forms.first(form, k) for k in ("timezone", "send_at", "max_papers", "keywords", "exclude_keywords")}
+            values = {k: forms.first(form, k) for k in ("timezone", "send_at", "max_papers", "frequency", "weekly_day",
+                                                        "keywords", "exclude_keywords")}
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
         try:
             sub = self.store.update_preferences(sub.id, checked.values)
@@ -370,7 +373,7 @@ class _Front:
         now = self.now()
         row = self.store.latest_delivery(sub.id, local_date(now, sub.timezone))
         if row is None:
-            return self.message(request, "No digest yet", f"Your first digest comes at {sub.send_at} ({sub.timezone}).",
+            return self.message(request, "No digest yet", f"Your first digest comes at {describe(sub)}.",
                                 manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
         by_id = {p.id: p for p in self.store.papers(row.papers)}
         reasons = list(getattr(row, "reasons", []) or [])

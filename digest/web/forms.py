@@ -75,6 +75,8 @@ def _validate(checked: Checked, raw: dict[str, Any]) -> None:
         "max_papers": sub.max_papers,
         "keywords": sub.keywords,
         "exclude_keywords": sub.exclude_keywords,
+        "frequency": sub.frequency,
+        "weekly_day": sub.weekly_day,
     }
     if "email" in raw:
         checked.values["email"] = sub.email
@@ -90,8 +92,13 @@ def _keywords(checked: Checked, form: dict[str, list[str]], name: str) -> list[s
     return words[:MAX_KEYWORDS]
 
 
+def _how_often(form: dict[str, list[str]]) -> dict[str, str]:
+    """frequency (daily, weekdays, weekly) and weekly_day, daily on Monday when left out."""
+    return {"frequency": first(form, "frequency") or "daily", "weekly_day": first(form, "weekly_day") or "monday"}
+
+
 def check_subscribe(form: dict[str, list[str]]) -> Checked:
-    """A sign-up: email, name, time zone, send time, keywords, liked papers (typed or ticked)."""
+    """A sign-up: email, name, time zone, send time, how often, keywords, liked papers (typed or ticked)."""
     checked = Checked()
     _too_long(checked, form)
     email, name = first(form, "email"), first(form, "name")
@@ -110,6 +117,7 @@ def check_subscribe(form: dict[str, list[str]]) -> Checked:
         "timezone": first(form, "timezone") or "UTC",
         "send_at": first(form, "send_at") or "07:30",
         "keywords": _keywords(checked, form, "keywords"),
+        **_how_often(form),
     }
     if not checked.errors:
         _validate(checked, raw)
@@ -117,7 +125,7 @@ def check_subscribe(form: dict[str, list[str]]) -> Checked:
 
 
 def check_preferences(form: dict[str, list[str]]) -> Checked:
-    """A preferences edit: time zone, send time, keywords, exclude keywords, max papers."""
+    """A preferences edit: time zone, send time, how often, keywords, exclude keywords, max papers."""
     checked = Checked()
     _too_long(checked, form)
     max_papers = first(form, "max_papers") or "10"
@@ -130,6 +138,7 @@ def check_preferences(form: dict[str, list[str]]) -> Checked:
         "max_papers": int(max_papers) if max_papers.isdigit() else 10,
         "keywords": _keywords(checked, form, "keywords"),
         "exclude_keywords": _keywords(checked, form, "exclude_keywords"),
+        **_how_often(form),
     }
     if not checked.errors:
         _validate(checked, raw)
