@@ -773,7 +773,8 @@ def _one_subscriber(
         return
     msg = build_message(envelope, text, html, unsubscribe_url=unsub,
                         unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
-    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now)
+    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now,
+                                                reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
     retry_after = timedelta(minutes=settings.delivery.retry_after_minutes)
     if unreachable:  # recorded (so the same papers go later), not attempted
         retry_at = now + retry_after

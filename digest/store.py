@@ -529,9 +529,11 @@ class Store:
             ).first()
 
     def create_delivery(
-        self, subscriber_id: int, digest_date: date, papers: list[str], message_id: str, now: datetime
+        self, subscriber_id: int, digest_date: date, papers: list[str], message_id: str, now: datetime, *,
+        reasons: list[str] | None = None, trending: list[list[Any]] | None = None,
     ) -> Delivery:
-        """The pending delivery row, written before the message leaves; returns the existing one if any."""
+        """The pending delivery row, written before the message leaves; returns the existing one if any.
+        `reasons` (one per paper) and `trending` ([paper id, count]) let the web page show the digest as sent."""
         with self.session() as s:
             row = s.exec(
                 select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date)
@@ -542,6 +544,8 @@ class Store:
                 subscriber_id=subscriber_id,
                 digest_date=digest_date,
                 papers=papers,
+                reasons=list(reasons or []),
+                trending=list(trending or []),
                 message_id=message_id,
                 created=_utc(now),
             )

@@ -552,9 +552,12 @@ def test_digest_page_shows_the_latest_digest_with_the_email_templates(world: Wor
     url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org",
                                  clock=world.clock, path="/digest"))
     page = world.client.get(url)
-    assert page.status_code == 200 and "Picked for you" in page.text
-    sent = [b["title"] for b in paper_blocks(html_of(world.outbox("vera@example.org")))[:5]]
-    assert [b["title"] for b in paper_blocks(page.text)[:5]] == sent
+    assert page.status_code == 200 and "Picked for you" in page.text and "Trending today" in page.text
+    email = html_of(world.outbox("vera@example.org"))
+    sent = [b["title"] for b in paper_blocks(email)]  # the picks, then the trending papers
+    assert len(sent) > 5 and [b["title"] for b in paper_blocks(page.text)] == sent
+    reasons = re.compile(r'class="(?:reason|count)"[^>]*>([^<]+)<')
+    assert reasons.findall(page.text) == reasons.findall(email) and len(reasons.findall(email)) == len(sent)
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
 
 

@@ -375,12 +375,14 @@ class _Front:
         if row is None:
             return self.message(request, "No digest yet", f"Your first digest comes at {describe(sub)}.",
                                 manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
-        by_id = {p.id: p for p in self.store.papers(row.papers)}
-        reasons = list(getattr(row, "reasons", []) or [])
+        trending = [(str(t[0]), int(t[1])) for t in row.trending or [] if len(t) == 2]
+        by_id = {p.id: p for p in self.store.papers(list(dict.fromkeys([*row.papers, *(pid for pid, _ in trending)])))}
+        reasons = list(row.reasons or [])
         picks = [Pick(by_id[pid], 0.0, reasons[i] if i < len(reasons) else "")
                  for i, pid in enumerate(row.papers) if pid in by_id]
+        trend = [(by_id[pid], count) for pid, count in trending if pid in by_id]
         new_count = len(self.store.recent_paper_ids(now - timedelta(days=self.settings.ranking.window_days)))
-        _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, [], max(new_count, len(picks)), now)
+        _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now)
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
