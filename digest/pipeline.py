@@ -237,10 +237,12 @@ def candidate_papers(store: Store, data: TrainData, since: datetime) -> list[Pap
     return store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
 
 
-def day_ranker(settings: Settings, data: TrainData, now: datetime, *, refit: bool = False) -> tuple[Ranker, ModelReport]:
-    """The configured ranker for today: the saved fit with today folded in, or a refit (`rank.saved`)."""
+def day_ranker(settings: Settings, data: TrainData, now: datetime, *, refit: bool = False,
+               save: bool = True) -> tuple[Ranker, ModelReport]:
+    """The configured ranker for today: the saved fit with today folded in, or a refit (`rank.saved`;
+    `save` False: a refit is not written, for dry runs)."""
     return ranker_for_day(settings.ranking.ranker, ranking_options(settings, data.corpus), data, now,
-                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days, force=refit)
+                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days, force=refit, save=save)
 
 
 def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:
@@ -571,7 +573,7 @@ def run_daily(
         if not due:
             return report
         data = train_data(store, subscribers)
-        ranker, report.model = day_ranker(settings, data, now)
+        ranker, report.model = day_ranker(settings, data, now, save=not dry_run)
         # A weekly digest picks from the whole week; the others from ranking.window_days.
         default_days = settings.ranking.window_days
         widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])

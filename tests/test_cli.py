@@ -70,6 +70,7 @@ def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
     assert "a@example.org: dry-run (2026-11-23)" in result.output
     assert "summary: 1 dry-run" in result.output
     assert not (tmp_path / "d" / "outbox").exists()
+    assert "not saved: a dry run" in result.output and not (tmp_path / "d" / "models").exists()  # no fit written either
 
 
 def test_help_on_every_command() -> None:

@@ -63,11 +63,13 @@ def ranker_for_day(
     data_dir: Path | None,
     refit_days: float,
     force: bool = False,
+    save: bool = True,
 ) -> tuple[Ranker, ModelReport]:
     """The ranker for today's run: the saved fit with today folded in, or a new fit (then saved).
 
     `options` are `make_ranker` options (the hybrid's `embeddings` among them); `data_dir` None
-    or `refit_days` 0 means fit every time and save nothing; `force` refits (and saves) anyway.
+    or `refit_days` 0 means fit every time and save nothing; `force` refits (and saves) anyway;
+    `save` False uses a saved fit but never writes one (a dry run changes nothing).
     """
     start = time.perf_counter()
     ranker = make_ranker(name, **options)
@@ -89,6 +91,8 @@ def ranker_for_day(
             return old, ModelReport(False, "", saved["fitted_at"], time.perf_counter() - start,
                                     info.get("new_papers", 0), info.get("changed_users", 0))
     ranker.fit(data)
+    if not save:
+        return ranker, ModelReport(True, reason + " (not saved: a dry run)", now, time.perf_counter() - start)
     ranker.prepare_update()
     _save(path, {"format": FORMAT, "fingerprint": fingerprint, "fitted_at": now, "papers": len(data.corpus),
                  "users": len(data.users), "ranker": ranker})
