@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
@@ -146,6 +146,21 @@ class UsedToken(SQLModel, table=True):
     at: datetime
 
 
+class RateHit(SQLModel, table=True):
+    """One counted use of a rate-limited web action (by client IP or address), so every web process
+    on this database shares the limits; rows older than `RATE_HIT_KEEP` seconds are dropped."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200)
+    at: float  # seconds since the epoch, from the web front's clock
+
+
+RATE_HIT_KEEP = 3600.0  # the longest rate-limit window, in seconds
+
+
 class OptOut(SQLModel, table=True):
     """An address that unsubscribed.  It wins over the preferences file until the reader subscribes again."""
 
@@ -209,7 +224,11 @@ class Store:
         try:
             self._prepare(migrate)
         except (OperationalError, SQLAlchemyError) as e:
+            self.engine.dispose()
             raise StoreError(f"cannot open the database {make_url(url).render_as_string()}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
+        except BaseException:  # refused (an old schema on a server) or interrupted: no pooled connection left open
+            self.engine.dispose()
+            raise
 
     def _prepare(self, migrate: bool | None) -> None:
         """Bring the schema to the code's revision (Alembic, digest/migrations).
@@ -836,6 +855,23 @@ class Store:
             if id is not None:
                 return s.get(Subscriber, id)
             return s.exec(select(Subscriber).where(Subscriber.email == (email or "").lower())).first()
+
+    def rate_hit(self, key: str, limit: int, window: float, now: float) -> bool:
+        """Count one hit for `key`; False (and not counted) when `key` already had `limit` hits in the
+        last `window` seconds.  Kept in the database, so all web processes share one count."""
+        if window > RATE_HIT_KEEP:
+            raise ValueError(f"rate-limit windows are at most {RATE_HIT_KEEP:g} s")
+        key = key[:200]
+        with self.session() as s:
+            recent = s.exec(select(func.count()).select_from(RateHit).where(RateHit.key == key, RateHit.at > now - window)).one()
+            if recent >= limit:
+                return False
+            s.add(RateHit(key=key, at=now))
+            self._rate_hits = getattr(self, "_rate_hits", 0) + 1
+            if self._rate_hits % 500 == 1:  # now and then, forget old hits
+                s.exec(delete(RateHit).where(RateHit.at <= now - RATE_HIT_KEEP))
+            s.commit()
+        return True
 
     def use_token(self, jti: str, purpose: str, now: datetime) -> bool:
         """Record a single-use token's nonce; False if it was used before (a replay)."""

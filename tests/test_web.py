@@ -18,6 +18,7 @@ from html import unescape
 from urllib.parse import urlsplit
 
 import pytest
+from sqlmodel import select
 from starlette.testclient import TestClient
 
 from digest import links
@@ -465,6 +466,31 @@ def test_rate_limits_per_client_with_a_moving_clock(make_config: ConfigFactory) 
         assert world.client.get("/feedback?t=whatever").status_code == 429  # the same bucket for every link
         world.clock.advance(seconds=61)
         assert world.client.get(url).status_code == 200
+
+
+def test_web_processes_share_the_rate_limits_through_the_database(make_config: ConfigFactory) -> None:
+    """Two web fronts on one database (two `digest serve` processes: each its own Store and its own
+    connections) count against the same limit; an hour later the old hits are forgotten."""
+    for world in make_world(make_config, link_limit=3):
+        other_store = Store(world.settings.database_url)
+        try:
+            with TestClient(create_app(world.settings, store=other_store, clock=world.clock),
+                            base_url="https://digest.example.org") as other:
+                url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
+                codes = [client.get(url).status_code for client in (world.client, other, world.client, other)]
+                assert codes == [200, 200, 200, 429]
+                assert world.client.get(url).status_code == 429
+                world.clock.advance(seconds=61)
+                assert other.get(url).status_code == 200
+                world.clock.advance(seconds=3601)
+                for _ in range(500):  # enough hits (from other clients) for the store to forget the old ones
+                    assert other_store.rate_hit("test:x", 10**6, 60, world.clock()) is True
+                with other_store.session() as s:
+                    from digest.store import RateHit
+
+                    assert all(hit.at > world.clock() - 3600 for hit in s.exec(select(RateHit)))
+        finally:
+            other_store.close()
 
 
 # -- preferences and which one wins -------------------------------------------------------------

@@ -65,8 +65,8 @@ class _Front:
         self.clock = clock
         self.key = links.secret_key(settings)
         self.env = environment()
-        self.subscribe_limiter = RateLimiter(settings.web.subscribe_limit, SUBSCRIBE_WINDOW, clock)
-        self.link_limiter = RateLimiter(settings.web.link_limit, LINK_WINDOW, clock)
+        self.subscribe_limiter = RateLimiter(store, "subscribe", settings.web.subscribe_limit, SUBSCRIBE_WINDOW, clock)
+        self.link_limiter = RateLimiter(store, "link", settings.web.link_limit, LINK_WINDOW, clock)
         self.secure_cookie = settings.web.base_url.startswith("https://")
 
     def now(self) -> datetime:

@@ -1,44 +1,36 @@
 """Request-level safety for the web front: CSRF tokens for forms and per-client rate limits.
 
 CSRF is a signed double-submit: the page sets a random cookie and puts a signed, timed copy of it in
-the form; a POST must bring both and they must match.  Rate limits are an in-process sliding window
-per (bucket, client IP), with an injectable clock; enough for one `digest serve` process.
+the form; a POST must bring both and they must match.  Rate limits are a sliding window per
+(bucket, client IP) counted in the database (`Store.rate_hit`), so several `digest serve` processes,
+on one machine or behind a load balancer, share them; the clock is injectable.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import deque
 from collections.abc import Callable
 
 from digest import links
+from digest.store import Store
 
 CSRF_COOKIE = "digest_csrf"
 CSRF_FIELD = "csrf"
 
 
 class RateLimiter:
-    """At most `limit` hits per `window` seconds for each key."""
+    """At most `limit` hits per `window` seconds for each key of this bucket, counted in the store."""
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, bucket: str, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.bucket = bucket
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._hits: dict[str, deque[float]] = {}
 
     def hit(self, key: str) -> bool:
         """Count one hit for `key`; False when it is over the limit (the hit is not counted then)."""
-        now = self.clock()
-        hits = self._hits.setdefault(key, deque())
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.limit:
-            return False
-        hits.append(now)
-        if len(self._hits) > 10_000:  # forget idle clients so memory stays small
-            for k in [k for k, v in self._hits.items() if not v or v[-1] <= now - self.window]:
-                del self._hits[k]
-        return True
+        return self.store.rate_hit(f"{self.bucket}:{key}", self.limit, self.window, self.clock())
 
 
 def new_csrf_cookie() -> str:
