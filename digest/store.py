@@ -221,6 +221,7 @@ class Store:
     def __init__(self, url: str, *, migrate: bool | None = None) -> None:
         self.url = url
         self.engine = _engine(url)
+        self._rate_hits = 0  # hits counted by this process (old ones are forgotten every 500)
         try:
             self._prepare(migrate)
         except (OperationalError, SQLAlchemyError) as e:
@@ -867,7 +868,7 @@ class Store:
             if recent >= limit:
                 return False
             s.add(RateHit(key=key, at=now))
-            self._rate_hits = getattr(self, "_rate_hits", 0) + 1
+            self._rate_hits += 1
             if self._rate_hits % 500 == 1:  # now and then, forget old hits
                 s.exec(delete(RateHit).where(RateHit.at <= now - RATE_HIT_KEEP))
             s.commit()

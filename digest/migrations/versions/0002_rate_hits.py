@@ -29,7 +29,6 @@ def upgrade() -> None:
         batch_op.create_index('ix_rate_hits_key_at', ['key', 'at'], unique=False)
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table('rate_hits', schema=None) as batch_op:
         batch_op.drop_index('ix_rate_hits_key_at')
