@@ -231,9 +231,10 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
     return data
 
 
-def candidate_papers(store: Store, data: TrainData, since: datetime) -> list[Paper]:
-    """The papers published or first seen since `since`, in corpus order (full rows, for the digest)."""
-    recent = set(store.recent_paper_ids(since))
+def candidate_papers(store: Store, data: TrainData, since: datetime | set[str]) -> list[Paper]:
+    """The papers published or first seen since `since` (or these recent ids), in corpus order (full
+    rows, for the digest)."""
+    recent = since if isinstance(since, set) else set(store.recent_paper_ids(since))
     return store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
 
 
@@ -579,7 +580,7 @@ def run_daily(
         widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])
         recent_for = {days: set(store.recent_paper_ids(now - timedelta(days=days))) for days in {default_days, widest}}
         recent = recent_for[widest]
-        candidates = store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
+        candidates = candidate_papers(store, data, recent)
         fresh = [d.subscriber for d in due if d.existing is None]
         seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
         if widest > default_days:
