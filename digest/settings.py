@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import lru_cache
+from zoneinfo import ZoneInfo, available_timezones
 
 import platformdirs
 from pydantic import (
@@ -37,12 +38,50 @@ ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
 
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 _EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_ADDRESS_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 _SEND_AT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+MAX_EMAIL = 254  # RFC 5321's limit on a forward path
+MAX_ZONE = 64
 
 
 def _no_newlines(value: str) -> str:
     if _HEADER_UNSAFE.search(value):
         raise ValueError("must be a single line (no newline characters)")
+    return value
+
+
+def check_email(value: str, *, utf8: bool = False) -> str:
+    """`value` as delivery will use it (trimmed, lower case), or ValueError saying what is wrong.
+
+    No control or invisible characters; a non-ASCII address only when the mail server takes
+    SMTPUTF8 (`smtp.smtputf8`), since without it the message can never be handed over."""
+    value = value.strip()
+    if len(value) > MAX_EMAIL:
+        raise ValueError(f"an email address is at most {MAX_EMAIL} characters")
+    if _ADDRESS_CONTROL.search(value):
+        raise ValueError("an email address cannot contain control or invisible characters")
+    if not _EMAIL.match(value) or len(value.rsplit("@", 1)[0]) > 64:
+        raise ValueError(f"{value!r} is not an email address")
+    if not utf8 and not value.isascii():
+        raise ValueError(
+            f"{value!r} has non-ASCII characters, which this digest's mail server cannot deliver to "
+            "(set smtp.smtputf8 = true if it offers SMTPUTF8)"
+        )
+    return value.lower()
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def check_timezone(value: str) -> str:
+    """An IANA time-zone name this machine knows, or ValueError (a folder such as "Europe",
+    a path or an overlong name included, which ZoneInfo would answer with an OSError)."""
+    value = value.strip()
+    if len(value) > MAX_ZONE or (value not in _zones() and value != "UTC"):
+        shown = value if len(value) <= MAX_ZONE else value[:MAX_ZONE] + "…"
+        raise ValueError(f"unknown time zone {shown!r} (use an IANA name such as Europe/Berlin)")
     return value
 
 
@@ -71,6 +110,11 @@ class SmtpSettings(_Section):
         "checked against the system's CAs (a private CA: point SSL_CERT_FILE at its PEM file).",
     )
     ssl: bool = Field(False, description="Connect with implicit TLS (SMTPS, usually port 465).")
+    smtputf8: bool = Field(
+        False,
+        description="The server offers SMTPUTF8, so addresses may have non-ASCII characters (user@bücher.example); "
+        "without it such addresses are refused when read, since no message could reach them.",
+    )
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SMTP server before giving up.")
 
     _single_line = field_validator("host", "sender")(_no_newlines)
@@ -294,10 +338,7 @@ class SubscriberSettings(_Section):
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        value = value.strip()
-        if not _EMAIL.match(value):
-            raise ValueError(f"{value!r} is not an email address")
-        return value.lower()
+        return check_email(value, utf8=True)  # non-ASCII is checked against smtp.smtputf8 by Settings
 
     @field_validator("name")
     @classmethod
@@ -307,11 +348,7 @@ class SubscriberSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from e
-        return value
+        return check_timezone(value)
 
     @field_validator("send_at")
     @classmethod
@@ -373,6 +410,11 @@ class Settings(_Section):
             if sub.email in seen:
                 raise ValueError(f"subscribers[{i}]: {sub.email} is listed twice")
             seen.add(sub.email)
+            if not self.smtp.smtputf8:
+                try:
+                    check_email(sub.email)
+                except ValueError as e:
+                    raise ValueError(f"subscribers[{i}].email: {e}") from e
         return self
 
     @property
