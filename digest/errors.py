@@ -5,6 +5,7 @@
     ├── DataError               an input data file (sample, benchmark folder) is malformed
     ├── SourceError             a paper source failed (network, bad feed); other sources go on
     ├── StoreError              the database cannot be opened or used
+    ├── RenderError             one reader's digest could not be rendered: it waits for the next run
     └── DeliveryError           a message could not be delivered
         ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
         │   └── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
@@ -20,13 +21,27 @@ class DigestError(Exception):
 
 
 class ConfigError(DigestError):
-    """A config or preferences file is missing or invalid."""
+    """A config or preferences file is missing or invalid.
+
+    One problem is one line, "file: field: what is wrong"; `ConfigError.many` gathers every problem
+    of a file (one line each, `problems` lists them) so a user fixes them all in one go."""
 
     def __init__(self, message: str, *, path: str | None = None, field: str | None = None):
         self.path = path
         self.field = field
+        self.problems: list[ConfigError] = [self]
         where = ": ".join(p for p in (path, field) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+    @classmethod
+    def many(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error for several problems: the first one's path and field, every problem a line."""
+        unique = list({str(p): p for p in problems}.values())
+        if len(unique) == 1:
+            return unique[0]
+        error = cls("\n".join(str(p) for p in unique))
+        error.path, error.field, error.problems = unique[0].path, unique[0].field, unique
+        return error
 
 
 class DataError(DigestError):
@@ -39,6 +54,10 @@ class SourceError(DigestError):
 
 class StoreError(DigestError):
     """The database could not be opened or used."""
+
+
+class RenderError(DigestError):
+    """A digest could not be rendered (a template fault or text no renderer takes); only that reader waits."""
 
 
 class DeliveryError(DigestError):

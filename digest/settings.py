@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import tomllib
 from collections.abc import Mapping
 from datetime import time
@@ -47,6 +48,31 @@ MAX_ZONE = 64
 def _no_newlines(value: str) -> str:
     if _HEADER_UNSAFE.search(value):
         raise ValueError("must be a single line (no newline characters)")
+    return value
+
+
+SUBJECT_FIELDS = {"date": "Mon 23 Nov 2026", "count": 10}  # what a digest's subject may name, with examples
+
+
+def check_template(value: str, fields: Mapping[str, object]) -> str:
+    """A str.format template that names only `fields` (no attributes, indexes or conversions
+    beyond !s and !r) and formats; else ValueError saying which placeholder is wrong."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as e:  # a lone "{" or "}"
+        raise ValueError(f"{e} (write {{{{ and }}}} for literal braces)") from e
+    known = ", ".join("{" + name + "}" for name in fields)
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in fields:
+            raise ValueError(f"unknown placeholder {{{name}}}; use {known}")
+        if conversion not in (None, "s", "r"):
+            raise ValueError(f"placeholder {{{name}!{conversion}}}: unknown conversion !{conversion} (use !s or !r)")
+    try:
+        value.format(**fields)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"does not format: {e}") from e
     return value
 
 
@@ -96,6 +122,51 @@ class DatabaseSettings(_Section):
         "PostgreSQL: postgresql+psycopg://user@host/dbname (password via the URL's environment, not this file).",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        check_database_url(value.replace("{data_dir}", "/data"))
+        return value
+
+
+def check_database_url(url: str, *, folder: bool = False) -> str:
+    """A database URL the store can open: SQLite or PostgreSQL, its driver installed, a SQLite
+    file whose folder exists or can be made.  ValueError says what is wrong and what to write."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise ValueError(f"{url!r} is not a database URL (e.g. sqlite:///{{data_dir}}/digest.db or "
+                         "postgresql+psycopg://user@host/dbname)") from e
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"{url!r}: the database must be sqlite or postgresql, not {backend!r}")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError) as e:
+        hint = " (pip install 'digest[postgres]' and use postgresql+psycopg://)" if backend == "postgresql" else ""
+        raise ValueError(f"{url!r}: no database driver {parsed.drivername!r} is installed{hint}") from e
+    if folder and backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        check_folder(Path(parsed.database).expanduser().parent, "the SQLite file's folder")
+    return url
+
+
+def check_folder(path: Path, what: str) -> Path:
+    """A folder that exists, or that could be made: its nearest existing ancestor is a folder we may
+    write to.  ValueError otherwise (a path under a file, a read-only or missing place)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{what} {path} cannot exist: {probe} is a file, not a folder")
+    if probe != path and not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be made: {probe} is not writable")
+    return path
+
 
 class SmtpSettings(_Section):
     host: str = Field("localhost", description="SMTP server host name.")
@@ -118,6 +189,18 @@ class SmtpSettings(_Section):
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for the SMTP server before giving up.")
 
     _single_line = field_validator("host", "sender")(_no_newlines)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        from email.utils import parseaddr
+
+        _, address = parseaddr(value)
+        if "@" not in address or any(c.isspace() for c in address):
+            raise ValueError(f"{value!r} has no email address (write 'Name <address>' or a bare address)")
+        if _ADDRESS_CONTROL.search(value):
+            raise ValueError("cannot contain control or invisible characters")
+        return value
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> SmtpSettings:
@@ -162,6 +245,11 @@ class DeliverySettings(_Section):
 
     _single_line = field_validator("subject")(_no_newlines)
 
+    @field_validator("subject")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        return check_template(value, SUBJECT_FIELDS)
+
 
 class WebSettings(_Section):
     base_url: str = Field(
@@ -205,7 +293,7 @@ class ScheduleSettings(_Section):
 
 
 class RankingSettings(_Section):
-    ranker: str = Field(
+    ranker: Literal["hybrid", "content", "collaborative", "trending", "popularity", "random", "svm"] = Field(
         "hybrid",
         description="Ranker for the personal picks: hybrid (content + collaborative + trending), content, "
         "collaborative, trending or popularity.",
@@ -408,7 +496,7 @@ class Settings(_Section):
         seen: set[str] = set()
         for i, sub in enumerate(self.subscribers):
             if sub.email in seen:
-                raise ValueError(f"subscribers[{i}]: {sub.email} is listed twice")
+                raise ValueError(f"subscribers[{i}].email: {sub.email} is listed twice")
             seen.add(sub.email)
             if not self.smtp.smtputf8:
                 try:
@@ -467,6 +555,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not valid TOML: {e}", path=str(path)) from e
+    except RecursionError as e:
+        raise ConfigError("not valid TOML: arrays or tables nested too deep", path=str(path)) from e
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -479,18 +569,65 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _config_error(e: ValidationError, path: Path, prefix: tuple[Any, ...] = ()) -> ConfigError:
-    first = e.errors()[0]
-    loc = prefix + tuple(p for p in first["loc"] if p not in ("function-after",))
-    msg = first["msg"]
-    for noise in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(noise)
-    if first["type"] == "extra_forbidden":
-        msg = "unknown setting (check the spelling against config/digest.example.toml)"
-    elif first["type"] == "missing":
-        msg = "is required but missing"
-    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-    return ConfigError(msg + more, path=str(path), field=_field_name(loc) or None)
+# A problem found by a model-level check names its field at the start of the message.
+_FIELD_PREFIX = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.*)$", re.S)
+_SUBSCRIBER_FIELD = re.compile(r"^subscribers\[(\d+)\]\.?(.*)$")
+
+
+def _problems(e: ValidationError, path: Path, origins: list[tuple[Path, str]] | None = None) -> list[ConfigError]:
+    """Every problem pydantic found, each naming its file and field.  `origins[i]` says which file
+    subscriber i came from (the main file or a `subscribers_dir` file) and its name there."""
+    out = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        msg = err["msg"]
+        for noise in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(noise)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling against config/digest.example.toml)"
+        elif err["type"] == "missing":
+            msg = "is required but missing"
+        field = _field_name(loc)
+        if not field and (m := _FIELD_PREFIX.match(msg)):
+            field, msg = m.group(1), m.group(2)
+        where = path
+        if origins is not None and (m := _SUBSCRIBER_FIELD.match(field)) and int(m.group(1)) < len(origins):
+            where, name = origins[int(m.group(1))]
+            field = ".".join(p for p in (name, m.group(2)) if p).replace(".[", "[")
+        out.append(ConfigError(msg, path=str(where), field=field or None))
+    return out
+
+
+def _config_error(e: ValidationError, path: Path) -> ConfigError:
+    """One ConfigError listing every problem of `e` (kept for callers that validate one model)."""
+    return ConfigError.many(_problems(e, path))
+
+
+def _subscriber_files(path: Path, folder: Any, problems: list[ConfigError]) -> list[tuple[Path, dict[str, Any]]]:
+    """The tables of every `*.toml` in `subscribers_dir`, each checked against the subscriber schema."""
+    if not folder:
+        return []
+    if not isinstance(folder, str):
+        problems.append(ConfigError("must be a folder path as text", path=str(path), field="subscribers_dir"))
+        return []
+    directory = Path(folder).expanduser()
+    directory = directory if directory.is_absolute() else path.parent / directory
+    if not directory.is_dir():
+        problems.append(ConfigError(f"folder {directory} does not exist", path=str(path), field="subscribers_dir"))
+        return []
+    found = []
+    for sub_path in sorted(directory.glob("*.toml")):
+        try:
+            sub_raw = _read_toml(sub_path)
+            SubscriberSettings.model_validate(sub_raw)
+        except ConfigError as e:
+            problems.append(e)
+            continue
+        except ValidationError as e:
+            problems.extend(_problems(e, sub_path))
+            continue
+        found.append((sub_path, sub_raw))
+    return found
 
 
 def load_settings(
@@ -499,34 +636,39 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read, validate and complete a config file; `overrides` replace top-level keys (e.g. data_dir)."""
+    """Read, validate and complete a config file; `overrides` replace top-level keys (e.g. data_dir).
+
+    Everything is checked before anything runs (placeholders, ranker names, the database URL and
+    the folders the run will write to); a bad file raises one ConfigError listing every problem."""
     env = os.environ if env is None else env
     path = Path(path).expanduser()
     raw = _read_toml(path)
     raw.update(overrides or {})
-    subscribers = list(raw.get("subscribers", []) or [])
-    folder = raw.get("subscribers_dir") or ""
-    if folder:
-        directory = Path(folder).expanduser()
-        directory = directory if directory.is_absolute() else path.parent / directory
-        if not directory.is_dir():
-            raise ConfigError(f"folder {directory} does not exist", path=str(path), field="subscribers_dir")
-        for sub_path in sorted(directory.glob("*.toml")):
-            sub_raw = _read_toml(sub_path)
-            try:
-                SubscriberSettings.model_validate(sub_raw)
-            except ValidationError as e:
-                raise _config_error(e, sub_path) from e
-            subscribers.append(sub_raw)
-    raw["subscribers"] = subscribers
+    problems: list[ConfigError] = []
+    inline = raw.get("subscribers", [])
+    if not isinstance(inline, list):
+        problems.append(ConfigError("must be a list of [[subscribers]] tables", path=str(path), field="subscribers"))
+        inline = []
+    origins = [(path, f"subscribers[{i}]") for i in range(len(inline))]
+    from_files = _subscriber_files(path, raw.get("subscribers_dir") or "", problems)
+    if not isinstance(raw.get("subscribers_dir", ""), str):
+        raw["subscribers_dir"] = ""  # said once above
+    origins += [(sub_path, "") for sub_path, _ in from_files]
+    raw["subscribers"] = inline + [sub_raw for _, sub_raw in from_files]
     if not raw.get("data_dir"):
         raw["data_dir"] = env.get(ENV_DATA_DIR) or platformdirs.user_data_dir("digest")
-    elif not Path(str(raw["data_dir"])).expanduser().is_absolute():
-        raw["data_dir"] = str(path.parent / str(raw["data_dir"]))
+    elif isinstance(raw["data_dir"], str) and not Path(raw["data_dir"]).expanduser().is_absolute():
+        raw["data_dir"] = str(path.parent / raw["data_dir"])
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as e:
-        raise _config_error(e, path) from e
+        problems.extend(_problems(e, path, origins))
+    if settings is not None:
+        problems.extend(_places(settings, path))
+    if problems:
+        raise ConfigError.many(problems)
+    assert settings is not None
     secrets = {
         "config_path": path.resolve(),
         "smtp_username": env.get(ENV_SMTP_USERNAME) or None,
@@ -536,6 +678,24 @@ def load_settings(
     return settings.model_copy(
         update={k: SecretStr(v) if isinstance(v, str) else v for k, v in secrets.items()}
     )
+
+
+def _places(settings: Settings, path: Path) -> list[ConfigError]:
+    """The folders a run writes to must exist or be makeable, checked before the run changes anything."""
+    checks = [("data_dir", "", lambda: check_folder(settings.data_path, "the folder")),
+              ("database.url", settings.database.url, lambda: check_database_url(settings.database_url, folder=True))]
+    if settings.delivery.method == "outbox":
+        checks.append(("delivery.outbox_dir", settings.delivery.outbox_dir,
+                       lambda: check_folder(settings.outbox_path, "the outbox folder")))
+    out: list[ConfigError] = []
+    for field, template, check in checks:
+        if out and "{data_dir}" in template:
+            continue  # data_dir itself is wrong: said once
+        try:
+            check()
+        except ValueError as e:
+            out.append(ConfigError(str(e), path=str(path), field=field))
+    return out
 
 
 def settings_fields(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any]]:

@@ -94,3 +94,18 @@ def test_fit_saves_the_ranker_and_the_next_run_folds_in(tmp_path: Path) -> None:
     assert nxt.exit_code == 0, nxt.output
     assert "ranker of 2026-11-23 10:00 UTC updated in" in nxt.output, nxt.output
     assert "a@example.org: sent (2026-11-24)" in nxt.output
+
+
+def test_a_config_that_would_break_the_run_stops_before_anything_is_written(tmp_path: Path) -> None:
+    """A bad subject template or ranker used to pass check-config, ingest into the database, then crash."""
+    config = _one_reader_config(tmp_path)
+    config.write_text(config.read_text().replace('method = "outbox"\n', 'method = "outbox"\nsubject = "Hi {name}"\n')
+                      + '[ranking]\nranker = "nonsense"\n')
+    for command in ("check-config", "send", "ingest"):
+        result = run_cli(command, "--config", str(config), cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines == [f"error: {config}: delivery.subject: unknown placeholder {{name}}; use {{date}}, {{count}}",
+                         f"error: {config}: ranking.ranker: Input should be 'hybrid', 'content', 'collaborative', "
+                         "'trending', 'popularity', 'random' or 'svm'"], lines
+    assert not (tmp_path / "d").exists()  # no database, no folder: nothing was written

@@ -127,3 +127,79 @@ def test_every_setting_is_documented_in_the_example() -> None:
         key = dotted.split(".")[-1]
         index = next(i for i, line in enumerate(lines) if re.match(rf"^\s*{re.escape(key)}\s*=", line))
         assert lines[index - 1].lstrip().startswith("#"), f"{dotted} has no comment above it in the example config"
+
+
+# Files a careless or hostile user writes: each must fail at load (before a run changes anything),
+# naming the file and the field, on one line, never with a traceback.
+HOSTILE = [
+    ("[delivery]\nsubject = \"Digest for {name}\"\n", "delivery.subject", "unknown placeholder {name}"),
+    ("[delivery]\nsubject = \"Digest {\"\n", "delivery.subject", "literal braces"),
+    ("[delivery]\nsubject = \"{date!z}\"\n", "delivery.subject", "unknown conversion"),
+    ("[delivery]\nsubject = \"{date.year}\"\n", "delivery.subject", "unknown placeholder"),
+    ("[delivery]\nsubject = \"{count:zz}\"\n", "delivery.subject", "does not format"),
+    ("[delivery]\nsubject = \"{0}\"\n", "delivery.subject", "unknown placeholder"),
+    ("[ranking]\nranker = \"nonsense\"\n", "ranking.ranker", "'hybrid'"),
+    ("[database]\nurl = \"::::\"\n", "database.url", "not a database URL"),
+    ("[database]\nurl = \"mysql://db/x\"\n", "database.url", "sqlite or postgresql"),
+    ("[database]\nurl = \"sqlite:///CONFIG/x/digest.db\"\n", "database.url", "is a file"),
+    ("[[subscribers]]\nemail = \"a@example.org\"\ntimezone = \"Europe\"\n", "subscribers[0].timezone", "unknown time zone"),
+    ("[[subscribers]]\nemail = \"a@example.org\"\ntimezone = \"" + "Europe/" * 50 + "\"\n", "subscribers[0].timezone", "unknown time zone"),
+    ("[[subscribers]]\nemail = \"a@example.org\"\ntimezone = \"../../etc/passwd\"\n", "subscribers[0].timezone", "unknown time zone"),
+    ("subscribers = 5\n", "subscribers", "list of [[subscribers]]"),
+    ("subscribers = [1]\n", "subscribers[0]", "dictionary"),
+    ("subscribers_dir = 5\n", "subscribers_dir", "folder path"),
+    ("x = " + "[" * 50_000 + "]" * 50_000 + "\n", None, "nested too deep"),
+    ("[[subscribers]]\nemail = \"a\\u0000b@example.org\"\n", "subscribers[0].email", "control"),
+    ("[[subscribers]]\nemail = \"a\\u007fb@example.org\"\n", "subscribers[0].email", "control"),
+    ("[[subscribers]]\nemail = \"j\u00fcrgen@example.org\"\n", "subscribers[0].email", "smtputf8"),
+    ("[[subscribers]]\nemail = \"" + "a" * 300 + "@example.org\"\n", "subscribers[0].email", "at most 254"),
+    ("[smtp]\nsender = \"nobody\"\n", "smtp.sender", "no email address"),
+    ("data_dir = \"CONFIG/state\"\n", "data_dir", "is a file"),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), HOSTILE, ids=[f"{i}-{m[1] or m[2]}" for i, m in enumerate(HOSTILE)])
+def test_hostile_config_fails_at_load_naming_file_and_field(tmp_path: Path, body: str, field: str | None, words: str) -> None:
+    (tmp_path / "CONFIG").write_text("a file where a folder would have to be\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(body.replace("CONFIG", (tmp_path / "CONFIG").as_posix()), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, overrides={} if "data_dir" in body else {"data_dir": str(tmp_path / "data")})
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    if field:
+        assert info.value.field == field, message
+    assert words in message, message
+    assert "\n" not in message, message
+
+
+def test_non_ascii_addresses_load_when_the_server_takes_smtputf8(tmp_path: Path) -> None:
+    path = tmp_path / "digest.toml"
+    path.write_text("[smtp]\nsmtputf8 = true\n[[subscribers]]\nemail = \"J\u00fcrgen@example.org\"\n", encoding="utf-8")
+    assert load_settings(path).subscribers[0].email == "j\u00fcrgen@example.org"
+
+
+def test_every_problem_of_a_file_is_listed_one_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[smtp]\nport = "x"\n[delivery]\nsubject = "{nope}"\n[ranking]\nranker = "z"\n'
+                    '[[subscribers]]\nemail = "a@example.org"\ntimezone = "Europe"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    lines = str(info.value).splitlines()
+    assert [p.field for p in info.value.problems] == ["smtp.port", "delivery.subject", "ranking.ranker", "subscribers[0].timezone"]
+    assert len(lines) == 4 and all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_a_duplicate_in_the_subscriber_folder_names_that_file(tmp_path: Path) -> None:
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    (folder / "ada.toml").write_text('email = "ADA@example.org"\n')
+    (folder / "bob.toml").write_text('email = "bob@example.org"\ntimezone = "Nowhere"\n')
+    config = tmp_path / "digest.toml"
+    config.write_text('subscribers_dir = "subs"\n' + GOOD_SUBSCRIBER + '[[subscribers]]\nemail = "c@example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    lines = str(info.value).splitlines()
+    assert f"{folder / 'ada.toml'}: email: ada@example.org is listed twice" in lines
+    assert any(line.startswith(f"{folder / 'bob.toml'}: timezone: unknown time zone") for line in lines)
+    assert not any("subscribers[2]" in line or "subscribers[3]" in line for line in lines), lines
