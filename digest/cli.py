@@ -15,6 +15,7 @@ from typing import Annotated
 import platformdirs
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -76,24 +77,26 @@ def _progress() -> Progress:
 
 def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunReport, imported lazily
     for src in report.sources:
-        skipped = ", ".join(f"{n} {why}" for why, n in src.skipped.most_common()) or "none"
         if src.error:
-            console.print(f"[red]source {src.name}: failed: {src.error}[/red]")
+            console.print(f"[red]source {escape(src.name)}: failed: {escape(src.error)}[/red]", highlight=False)
         else:
             c = src.counts
-            console.print(f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; skipped: {skipped}")
+            console.print(f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; "
+                          f"skipped: {src.skipped_line()}", markup=False, highlight=False)
+        for note in src.notes:
+            console.print(f"  note: {note}", markup=False, highlight=False)
     if report.model is not None:
         console.print(str(report.model), highlight=False)
     for email, entries in report.unmatched_likes.items():
         for entry in entries:
-            console.print(f"[yellow]{email}: liked entry matches no known paper: {entry!r}[/yellow]")
+            console.print(f"[yellow]{escape(email)}: liked entry matches no known paper: {escape(repr(entry))}[/yellow]")
     for out in report.outcomes:
         line = f"{out.email}: {out.status}"
         if out.digest_date:
             line += f" ({out.digest_date})"
         if out.detail:
             line += f" - {out.detail}"
-        console.print(line)
+        console.print(line, markup=False, highlight=False)
         if show_picks and out.picks:
             table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
             table.add_column("#", justify="right")
@@ -101,16 +104,16 @@ def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunRep
             table.add_column("paper")
             table.add_column("why")
             for i, pick in enumerate(out.picks, 1):
-                table.add_row(str(i), f"{pick.score:.3f}", pick.paper.title, pick.reason)
+                table.add_row(str(i), f"{pick.score:.3f}", escape(pick.paper.title), escape(pick.reason))
             console.print(table)
         if out.html_path:
             console.print(f"  HTML digest: {out.html_path}")
     if report.busy:
-        console.print(f"[yellow]{report.busy}[/yellow]", highlight=False)
+        console.print(f"[yellow]{escape(report.busy)}[/yellow]", highlight=False)
     if report.unreachable:
-        err_console.print(f"[yellow]mail server unreachable, the rest wait for the next run: {report.unreachable}[/yellow]")
+        err_console.print(f"[yellow]mail server unreachable, the rest wait for the next run: {escape(report.unreachable)}[/yellow]")
     if report.fatal:
-        err_console.print(f"[red]error: {report.fatal}[/red]")
+        err_console.print(f"[red]error: {escape(report.fatal)}[/red]")
 
 
 @app.command()
@@ -180,7 +183,7 @@ def run(config: ConfigOption = None) -> None:
     settings = load_settings(path)
     console.print(f"scheduling {len(settings.subscribers)} subscriber(s); Ctrl-C to stop, "
                   f"kill -HUP to re-read {path} now (it is re-read every {settings.schedule.reload_minutes:g} min)")
-    run_forever(settings, path, log_line=lambda line: console.print(line, highlight=False))
+    run_forever(settings, path, log_line=lambda line: console.print(line, markup=False, highlight=False))
 
 
 @app.command()
@@ -206,7 +209,7 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
         for sub in subscribers:
             zone = ZoneInfo(sub.timezone)
             days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day}s"}[sub.frequency]
-            console.print(f"[bold]{sub.email}[/bold]  {sub.send_at} {sub.timezone}, {days}", highlight=False, soft_wrap=True)
+            console.print(f"[bold]{escape(sub.email)}[/bold]  {sub.send_at} {sub.timezone}, {days}", highlight=False, soft_wrap=True)
             row = store.subscriber(email=sub.email)
             last = store.last_delivery(row.id) if row is not None else None
             if last is None:
@@ -225,7 +228,7 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                 upcoming = next_send(sub, moment).astimezone(zone)
                 console.print(f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True)
             if last is not None and last.status in (PENDING, FAILED) and last.error:
-                console.print(f"  [red]problem:[/red] {last.error}", highlight=False, soft_wrap=True)
+                console.print(f"  [red]problem:[/red] {escape(last.error)}", highlight=False, soft_wrap=True)
     finally:
         store.close()
 
@@ -278,7 +281,7 @@ def worker(
         store.close()
     console.print(f"{report.worker}: {report.sent} sent, {report.pending} to retry, {report.failed} failed")
     if report.fatal:
-        err_console.print(f"error: {report.fatal}", highlight=False)
+        err_console.print(f"error: {report.fatal}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 
@@ -368,16 +371,16 @@ def ingest(
         store.close()
     for src in reports:
         c = src.counts
-        skipped = ", ".join(f"{n} {why}" for why, n in src.skipped.most_common()) or "none"
         style = "red" if src.error else "green"
         console.print(
-            f"[{style}]{src.name}[/{style}]: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; skipped: {skipped}",
+            f"[{style}]{escape(src.name)}[/{style}]: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; "
+            f"skipped: {escape(src.skipped_line())}",
             highlight=False,
         )
         for note in src.notes:
-            console.print(f"  note: {note}", highlight=False)
+            console.print(f"  note: {note}", markup=False, highlight=False)
         if src.error:
-            console.print(f"  [red]error:[/red] {src.error}", highlight=False)
+            console.print(f"  [red]error:[/red] {escape(src.error)}", highlight=False)
     if any(src.error for src in reports):
         raise typer.Exit(1)
 
@@ -464,5 +467,6 @@ def main() -> None:
     try:
         app()
     except DigestError as e:
-        err_console.print(f"error: {e}", highlight=False, soft_wrap=True)
+        for line in str(e).splitlines() or [e.__class__.__name__]:  # a config error: one line per problem
+            err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -7,6 +7,7 @@ finished row is never sent again.  One source's or one subscriber's failure neve
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import re
 import time
@@ -36,7 +37,9 @@ from digest.errors import (
     AuthenticationError,
     DigestError,
     PermanentDeliveryError,
+    RenderError,
     ServerUnavailable,
+    StoreError,
     TransientDeliveryError,
 )
 from digest import links
@@ -50,6 +53,7 @@ from digest.render import DigestView, PaperView, format_authors, format_date, pa
 from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
 from digest.settings import Settings, SubscriberSettings
 from digest.sources import FetchOptions, fetch
+from digest.sources.base import safe_unicode
 from digest.store import (
     CLICKED,
     DISLIKE,
@@ -66,6 +70,8 @@ from digest.store import (
     aware,
 )
 
+log = logging.getLogger(__name__)
+
 # A progress hook: called with (stage description, done, total); the CLI draws a bar with it.
 Progress = Callable[[str, int, int], None]
 
@@ -79,6 +85,15 @@ class SourceReport:
     skipped: Counter[str] = field(default_factory=Counter)
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # skip reason -> where (first few)
+
+    def skipped_line(self) -> str:
+        """ "2 invalid JSON (papers.jsonl line 3, line 9), 1 missing title (...)" or "none"."""
+        parts = []
+        for why, n in self.skipped.most_common():
+            where = self.examples.get(why)
+            parts.append(f"{n} {why}" + (f" ({', '.join(where)}{', ...' if n > len(where) else ''})" if where else ""))
+        return ", ".join(parts) or "none"
 
 
 @dataclass
@@ -163,13 +178,21 @@ def ingest(
                 options = FetchOptions(since=since, sleep=sleep, progress=step)
                 result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
-                report.skipped = result.skipped
+                for pid, why in report.counts.rejected.items():
+                    result.skip("could not be stored", f"{pid} ({why})")
+                report.skipped, report.examples = result.skipped, result.examples
                 report.notes = result.notes
                 report.error = result.error
                 store.save_source_state(src.label, cursor=result.cursor, now=now, error=result.error)
+            except StoreError:
+                raise  # the database itself failed: nothing else can be stored either
             except DigestError as e:
                 report.error = str(e)
                 store.save_source_state(src.label, cursor=None, now=now, error=str(e))
+            except Exception as e:  # noqa: BLE001 - a source's bug on hostile input must not stop the others
+                log.exception("source %s failed unexpectedly", src.label)
+                report.error = f"failed unexpectedly ({e.__class__.__name__}: {str(e)[:200]}); the other sources went on"
+                store.save_source_state(src.label, cursor=None, now=now, error=report.error)
             reports.append(report)
             advance()
     return reports
@@ -458,7 +481,7 @@ def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 
         settings.ranking.abstract_chars,
     )
     return PaperView(id=paper.id, title=title, url=url, authors=authors, abstract=abstract, date=day,
-                     reason=reason, score=score, count=count)
+                     reason=safe_unicode(reason), score=score, count=count)
 
 
 @lru_cache(maxsize=32768)
@@ -466,12 +489,16 @@ def _paper_fields(
     pid: str, title: str, url: str, authors: tuple[str, ...], abstract: str,
     published: datetime | None, first_seen: datetime | None, abstract_chars: int,
 ) -> tuple[str, str, str, str, str]:
-    """A paper's shown fields, worked out once per run (the same papers recur across digests)."""
+    """A paper's shown fields, worked out once per run (the same papers recur across digests).
+
+    Text is made safe again here (`safe_unicode`): rows stored before the sources cleaned as they do
+    now may hold lone surrogates or private-use characters, which no renderer or mail client takes."""
+    title = safe_unicode(title)
     return (
         title,
         paper_url(pid, url, title),
-        format_authors(list(authors)),
-        trim(abstract, abstract_chars),
+        format_authors([safe_unicode(a) for a in authors]),
+        trim(safe_unicode(abstract), abstract_chars),
         format_date(aware(published) or aware(first_seen)),
     )
 
@@ -523,6 +550,27 @@ def compose(
         digest_date=day,
     )
     return envelope, text, html, unsub
+
+
+def as_render_error(error: Exception, email: str) -> DigestError:
+    """A failure while making one reader's message, as the error recorded for that reader: our own
+    errors as they are, anything else (text a renderer or the email package refuses) as a RenderError."""
+    if isinstance(error, DigestError):
+        return error
+    return RenderError(f"could not build the digest for {email}: {error.__class__.__name__}: {str(error)[:200]}")
+
+
+def _record_failure(store: Store, settings: Settings, row: Delivery, now: datetime, error: DigestError,
+                    outcome: Outcome) -> None:
+    """A digest that did not go out this time (a transient delivery error, or it could not be
+    rendered): pending with a doubling wait, or failed after `delivery.max_attempts`."""
+    attempts = row.attempts + 1
+    status = PENDING if attempts < settings.delivery.max_attempts else FAILED
+    retry_at = now + timedelta(minutes=settings.delivery.retry_after_minutes) * 2 ** (attempts - 1)
+    store.finish_delivery(row.id, status=status, now=now, error=str(error), next_attempt_at=retry_at)
+    outcome.status = status
+    outcome.detail = (f"{error}; next try after {retry_at:%H:%M} UTC" if status == PENDING
+                      else f"{error} (gave up after {attempts} attempts)")
 
 
 def _save_html(settings: Settings, day: date, email: str, html: str) -> Path:
@@ -765,20 +813,31 @@ def _one_subscriber(
         outcome.status, outcome.detail = "no-papers", f"no new papers since {since} (nothing sent; on_empty = \"skip\")"
         return
     trend = trending(data, candidates, {p.paper.id for p in picks})
-    envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
-    if due.existing is not None and due.existing.message_id:  # a retry is the same message
-        envelope = replace(envelope, message_id=due.existing.message_id)
+    retry_after = timedelta(minutes=settings.delivery.retry_after_minutes)
+    try:
+        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+        if due.existing is not None and due.existing.message_id:  # a retry is the same message
+            envelope = replace(envelope, message_id=due.existing.message_id)
+        msg = build_message(envelope, text, html, unsubscribe_url=unsub,
+                            unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
+    except Exception as e:  # noqa: BLE001 - this reader's digest is recorded and waits; the others go on
+        error = as_render_error(e, sub.email)
+        if dry_run:
+            outcome.status, outcome.detail = "failed", str(error)
+            return
+        row = due.existing or store.create_delivery(
+            sub.id, day, [p.paper.id for p in picks], message_id(parse_sender(settings.smtp.sender), sub.email, day), now,
+            reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
+        _record_failure(store, settings, row, now, error, outcome)
+        return
     outcome.message_id = envelope.message_id
     if dry_run or keep_html:
         outcome.html_path = _save_html(settings, day, sub.email, html)
     if dry_run:
         outcome.status = "dry-run"
         return
-    msg = build_message(envelope, text, html, unsubscribe_url=unsub,
-                        unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
     row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now,
                                                 reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
-    retry_after = timedelta(minutes=settings.delivery.retry_after_minutes)
     if unreachable:  # recorded (so the same papers go later), not attempted
         retry_at = now + retry_after
         store.finish_delivery(row.id, status=PENDING, now=now, error=unreachable, count_attempt=False, next_attempt_at=retry_at)
@@ -787,12 +846,7 @@ def _one_subscriber(
     try:
         transport.send(msg)
     except TransientDeliveryError as e:
-        attempts = row.attempts + 1
-        status = PENDING if attempts < settings.delivery.max_attempts else FAILED
-        retry_at = now + retry_after * 2 ** (attempts - 1)
-        store.finish_delivery(row.id, status=status, now=now, error=str(e), next_attempt_at=retry_at)
-        outcome.status = status
-        outcome.detail = f"{e}; next try after {retry_at:%H:%M} UTC" if status == PENDING else f"{e} (gave up after {attempts} attempts)"
+        _record_failure(store, settings, row, now, e, outcome)
         if isinstance(e, ServerUnavailable):
             raise
         return

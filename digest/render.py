@@ -7,7 +7,9 @@ drop <style> blocks still show the layout.
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
@@ -17,8 +19,11 @@ from urllib.parse import quote_plus
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from digest.errors import RenderError
 from digest.resources import resource_path
 from digest.sources.base import arxiv_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,25 +137,37 @@ def render_digest(view: DigestView, *, templates_dir: Path | None = None) -> tup
     string as rendering the whole template and inlining it (`render_digest_reference`), which the
     pieces check on first use, falling back to the reference for templates they cannot split.
     """
-    env = environment(templates_dir)
-    text = env.get_template("email/digest.txt").render(d=view)
     pieces = _pieces(templates_dir)
-    html = pieces.html(view) if pieces.ok(view) else _INLINER.inline(env.get_template("email/digest.html").render(d=view))
-    return text, html
+    try:
+        if pieces.ok(view):
+            env = environment(templates_dir)
+            return env.get_template("email/digest.txt").render(d=view), pieces.html(view)
+    except Exception:  # noqa: BLE001 - never a reader's digest lost to the fast path: the whole template instead
+        log.exception("the pre-inlined pieces failed for %s; rendering the whole template", view.email)
+    return render_digest_reference(view, templates_dir=templates_dir)
 
 
 def render_digest_reference(view: DigestView, *, templates_dir: Path | None = None) -> tuple[str, str]:
-    """(plain text, HTML): the whole templates rendered and the CSS inlined, per digest (slow, simple)."""
+    """(plain text, HTML): the whole templates rendered and the CSS inlined, per digest (slow, simple).
+
+    Raises RenderError (naming the reader) when even this fails, so only that reader's digest waits."""
     env = environment(templates_dir)
-    text = env.get_template("email/digest.txt").render(d=view)
-    html = env.get_template("email/digest.html").render(d=view)
-    return text, _INLINER.inline(html)
+    try:
+        text = env.get_template("email/digest.txt").render(d=view)
+        html = env.get_template("email/digest.html").render(d=view)
+        return text, _INLINER.inline(html)
+    except Exception as e:  # noqa: BLE001 - a template fault or text the inliner refuses: this reader only
+        raise RenderError(f"could not render the digest for {view.email}: {e.__class__.__name__}: {str(e)[:200]}") from e
 
 
 # -- the HTML from pre-inlined pieces -----------------------------------------------------------
 
-_MARK = "\ue000{}\ue001"  # private-use characters: never escaped, never in our templates
-_SLOT = re.compile("\ue000([a-z_]+)\ue001")
+# A slot is private-use characters around a random nonce and its name: never escaped, never in our
+# templates, and never in paper text (the sources drop private-use characters, and no text can
+# guess the nonce, so a title such as "\ue000zzz\ue001" stays text instead of becoming a slot).
+_NONCE = secrets.token_hex(6)
+_MARK = "\ue000" + _NONCE + "{}\ue001"
+_SLOT = re.compile("\ue000" + _NONCE + "([a-z_]+)\ue001")
 _PAGE_SLOTS = ("name", "email", "subject", "unsubscribe_url", "manage_url", "browser_url")
 _ROW_SLOTS = ("href", "reason", "more_url", "fewer_url")
 

@@ -431,7 +431,9 @@ class SubscriberSettings(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _no_newlines(value).strip()
+        if _ADDRESS_CONTROL.search(_no_newlines(value)):
+            raise ValueError("cannot contain control or invisible characters")
+        return value.strip()
 
     @field_validator("timezone")
     @classmethod

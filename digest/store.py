@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from digest.errors import StoreError
@@ -175,6 +175,19 @@ class UpsertCounts:
     new: int = 0
     updated: int = 0
     unchanged: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # paper id -> why the database refused it
+
+    def add(self, other: UpsertCounts) -> None:
+        self.new += other.new
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected.update(other.rejected)
+
+
+# What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
+# large, an unencodable string): that record is refused, the rest are stored.  Never the errors of
+# the database itself (OperationalError: disk full, read-only, gone), which stop the run.
+_BAD_RECORD = (DataError, IntegrityError, UnicodeError, OverflowError, ValueError, TypeError)
 
 
 @dataclass
@@ -285,10 +298,28 @@ class Store:
     # -- papers -------------------------------------------------------------------------------
 
     def upsert_papers(self, records: Iterable[PaperRecord], now: datetime) -> UpsertCounts:
-        """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper)."""
+        """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper).
+
+        A record the database cannot hold is left out and named in `rejected`; the others are
+        stored.  The batch goes in one transaction; when it fails on a bad record it is halved until
+        the bad records stand alone (a few extra transactions per bad record, not one per record).
+        """
+        records = list(records)
+        try:
+            return self._upsert_batch(records, now)
+        except _BAD_RECORD as e:
+            if len(records) == 1:
+                reason = str(getattr(e, "orig", None) or e).splitlines()[0][:200]
+                return UpsertCounts(rejected={records[0].id[:80]: f"{e.__class__.__name__}: {reason}"})
+        counts = UpsertCounts()
+        half = len(records) // 2
+        for part in (records[:half], records[half:]):
+            counts.add(self.upsert_papers(part, now))
+        return counts
+
+    def _upsert_batch(self, records: list[PaperRecord], now: datetime) -> UpsertCounts:
         counts = UpsertCounts()
         stamp = _utc(now)
-        records = list(records)
         with self.session() as s:
             known: dict[str, Paper] = {}  # one query per 500 records, not one per record
             for chunk in _chunks(list(dict.fromkeys(r.id for r in records)), 500):

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from digest.deliver import Transport, build_message, make_transport, message_bytes, message_id, parse_sender
-from digest.errors import AuthenticationError, DigestError, PermanentDeliveryError, TransientDeliveryError
+from digest.errors import AuthenticationError, DigestError, PermanentDeliveryError, RenderError, TransientDeliveryError
 from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
     TRENDING_SIZE,
     Pick,
     Progress,
     _stage,
+    as_render_error,
     candidate_papers,
     compose,
     day_ranker,
@@ -254,18 +255,24 @@ def _send_one(
     picks = [Pick(papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in papers]
     trend = [(papers[pid], int(count)) for pid, count in row.trending if pid in papers]
     try:
-        envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
-        mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
         send_bytes = getattr(transport, "send_bytes", None)
-        if send_bytes is not None:  # SMTP: straight to wire bytes, no EmailMessage to build and flatten
-            if report.eight_bit is None:
-                report.eight_bit = transport.takes_8bit()
-            data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
-                                 eight_bit=report.eight_bit)
-            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, eight_bit=report.eight_bit)
+        if send_bytes is not None and report.eight_bit is None:
+            report.eight_bit = transport.takes_8bit()
+        try:
+            envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
+            mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
+            if send_bytes is not None:  # SMTP: straight to wire bytes, no EmailMessage to build and flatten
+                data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
+                                     eight_bit=bool(report.eight_bit))
+            else:
+                msg = build_message(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto)
+        except Exception as e:  # noqa: BLE001 - this reader's digest waits for the next run; the others go on
+            raise as_render_error(e, sub.email) from e
+        if send_bytes is not None:
+            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, eight_bit=bool(report.eight_bit))
         else:
-            transport.send(build_message(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto))
-    except TransientDeliveryError as e:
+            transport.send(msg)
+    except (TransientDeliveryError, RenderError) as e:  # a digest that could not be rendered waits too
         if row.attempts + 1 < settings.delivery.max_attempts:
             report.pending += 1
             return PENDING, str(e)

@@ -75,3 +75,46 @@ def test_import_listing_command(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "2 papers from 1 page(s)" in result.output
     assert [json.loads(line)["title"] for line in out.read_text().splitlines()] == ["First Paper", "Second Paper"]
+
+
+def test_a_file_that_is_not_a_listing_page_is_refused_not_ingested(tmp_path: Path) -> None:
+    import os
+
+    from digest.errors import DataError
+
+    junk = tmp_path / "random.txt"
+    junk.write_bytes(os.urandom(100_000))
+    with pytest.raises(DataError, match="random.txt: binary data, not a saved listing page; nothing was read"):
+        read_listings([junk])
+    prose = tmp_path / "notes.txt"  # text, but no title line followed by an abstract line
+    prose.write_text("shopping list\n" + "\n".join(f"item{i}={'x' * 200}" for i in range(50)) + "\n")
+    with pytest.raises(DataError, match="notes.txt: no paper on it"):
+        read_listings([prose])
+    good = tmp_path / "page.txt"
+    good.write_text("Subscribe\nFirst Paper\n" + "words of an abstract " * 20 + "\n")
+    result = read_listings([junk, good, prose])  # a folder with one good page: that page is read
+    assert [r.title for r in result.records] == ["First Paper"]
+    assert result.skipped["not a listing page"] == 2 and result.examples["not a listing page"] == ["random.txt", "notes.txt"]
+    assert any("random.txt: binary data" in n for n in result.notes)
+
+
+def test_a_junk_listing_source_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None:
+    import os
+    from datetime import datetime, timezone
+
+    from digest.pipeline import ingest
+    from digest.settings import load_settings
+    from digest.store import Store
+
+    (tmp_path / "junk.txt").write_bytes(os.urandom(100_000))
+    config = tmp_path / "digest.toml"
+    config.write_text(f'data_dir = "{(tmp_path / "d").as_posix()}"\n[[sources]]\nkind = "listing"\npath = "junk.txt"\n'
+                      '[[sources]]\nkind = "sample"\n')
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    try:
+        reports = ingest(store, settings, datetime(2026, 11, 23, tzinfo=timezone.utc))
+        assert "not a saved listing page" in reports[0].error and reports[0].counts.new == 0
+        assert reports[1].counts.new == 879 and store.paper_count() == 879
+    finally:
+        store.close()

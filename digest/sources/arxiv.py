@@ -116,7 +116,7 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
                 try:
                     rec = parse_entry(entry, source=src.label, now=now)
                 except ValueError as e:
-                    result.skipped[str(e)] += 1
+                    result.skip(str(e), str(entry.get("id") or f"page {page + 1}")[:80])
                     continue
                 if rec.published is not None and rec.published < floor:
                     done = True  # sorted newest first: the rest was fetched before

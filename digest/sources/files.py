@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from digest.errors import DataError
-from digest.sources.base import FetchResult, PaperRecord
+from digest.sources.base import FetchResult, PaperRecord, load_json
 
 
 def _date(value: Any) -> datetime | None:
-    if not value:
+    if not value or not isinstance(value, str) or len(value) > 64:
         return None
     try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
     if parsed.tzinfo is None:
@@ -36,21 +36,26 @@ def record_from_mapping(item: Mapping[str, Any], *, source: str) -> PaperRecord:
     title = item.get("title")
     if not isinstance(title, str) or not title.strip():
         raise ValueError("missing title")
+    pid = item.get("id")
     authors = item.get("authors") or []
     if isinstance(authors, str):
         authors = [a.strip() for a in authors.split(",")]
-    return PaperRecord.make(
-        id=str(item.get("id") or ""),
+    elif not isinstance(authors, list):
+        authors = []
+    categories = item.get("categories") or []
+    return PaperRecord.make(  # cleans and bounds every field (ids, URLs, counts included)
+        id=pid if isinstance(pid, (str, int)) and not isinstance(pid, bool) else "",
         title=title,
-        abstract=str(item.get("abstract") or item.get("summary") or ""),
-        authors=[str(a) for a in authors if a],
-        url=str(item.get("url") or ""),
-        pdf_url=str(item.get("pdf_url") or ""),
+        abstract=item.get("abstract") or item.get("summary") or "",
+        authors=[a.get("name") if isinstance(a, dict) else a for a in authors],
+        url=item.get("url") or "",
+        pdf_url=item.get("pdf_url") or "",
         published=_date(item.get("published")),
         updated=_date(item.get("updated")),
-        categories=[str(c) for c in item.get("categories") or []],
+        categories=categories if isinstance(categories, list) else [],
         source=source,
-        upvotes=int(item.get("upvotes") or 0),
+        upvotes=item.get("upvotes") or 0,
+        comments=item.get("comments") or 0,
     )
 
 
@@ -63,19 +68,20 @@ def read_jsonl(path: Path, *, source: str = "jsonl") -> FetchResult:
         raise DataError(f"{path}: cannot read ({e})") from e
     seen: set[str] = set()
     with handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
+            where = f"{path.name} line {number}"
             try:
-                rec = record_from_mapping(json.loads(line), source=source)
+                rec = record_from_mapping(load_json(line), source=source)
             except json.JSONDecodeError:
-                result.skipped["invalid JSON"] += 1
+                result.skip("invalid JSON", where)
                 continue
             except (ValueError, TypeError) as e:
-                result.skipped[str(e)] += 1
+                result.skip(str(e)[:100], where)
                 continue
             if rec.id in seen:
-                result.skipped["duplicate id"] += 1
+                result.skip("duplicate id", where)
                 continue
             seen.add(rec.id)
             result.records.append(rec)

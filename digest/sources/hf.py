@@ -10,29 +10,20 @@ or answers garbage stops the checkpoint there, so the next run fetches it again.
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from digest.errors import SourceError
 from digest.settings import SourceSettings
-from digest.sources.base import FetchOptions, FetchResult, PaperRecord, arxiv_id, sane_date
+from digest.sources.base import FetchOptions, FetchResult, PaperRecord, arxiv_id, load_json, sane_date
 from digest.sources.http import Http, policy_for
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 PAPER_PAGE = "https://huggingface.co/papers/{id}"
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, (int, float)) and 0 <= value < 10**9:
-        return int(value)
-    return 0
-
-
 def _when(value: Any, now: datetime) -> datetime | None:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > 64:
         return None
     try:
         return sane_date(datetime.fromisoformat(value.strip().replace("Z", "+00:00")), now)
@@ -47,7 +38,8 @@ def parse_item(item: Any, *, source: str, now: datetime) -> PaperRecord:
     paper = item.get("paper")
     if not isinstance(paper, dict):
         raise ValueError("no paper object")
-    pid = arxiv_id(str(paper.get("id") or ""))
+    raw_id = paper.get("id")
+    pid = arxiv_id(raw_id) if isinstance(raw_id, str) else None
     if not pid:
         raise ValueError("missing or unknown arXiv id")
     title = paper.get("title") or item.get("title")
@@ -57,19 +49,19 @@ def parse_item(item: Any, *, source: str, now: datetime) -> PaperRecord:
     published = _when(raw_date, now)
     if raw_date and published is None:
         raise ValueError("missing or absurd date")
-    authors = [a.get("name") for a in paper.get("authors") or [] if isinstance(a, dict)]
+    authors = paper.get("authors")
     comments = item.get("numComments", paper.get("numComments"))
-    return PaperRecord.make(
+    return PaperRecord.make(  # cleans and bounds every field (counts clamped, text made safe)
         id=pid,
         title=title,
-        abstract=str(paper.get("summary") or ""),
-        authors=[str(a) for a in authors if a],
+        abstract=paper.get("summary") or "",
+        authors=[a.get("name") for a in authors if isinstance(a, dict)] if isinstance(authors, list) else [],
         url=PAPER_PAGE.format(id=pid),
         pdf_url=f"https://arxiv.org/pdf/{pid}",
         published=published,
         source=source,
-        upvotes=_count(paper.get("upvotes")),
-        comments=_count(comments),
+        upvotes=paper.get("upvotes"),
+        comments=comments,
     )
 
 
@@ -141,18 +133,20 @@ def _read_day(
 ) -> bool:
     """Add one day's papers to `found` (skips to `result`); False when the answer was not a JSON list."""
     try:
-        items = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        items = load_json(body)
+    except (ValueError, UnicodeDecodeError):  # bad syntax, bad bytes or nested absurdly deep
         result.skipped["invalid JSON"] += 1
         return False
     if not isinstance(items, list):
         result.skipped["unexpected JSON (not a list)"] += 1
         return False
-    for item in items:
+    for n, item in enumerate(items):
         try:
             rec = parse_item(item, source=src.label, now=now)
         except ValueError as e:
-            result.skipped[str(e)] += 1
+            paper = item.get("paper") if isinstance(item, dict) else None
+            pid = paper.get("id") if isinstance(paper, dict) else None
+            result.skip(str(e), f"{pid!r}"[:40] if isinstance(pid, str) else f"item {n + 1}")
             continue
         found.pop(rec.id, None)
         found[rec.id] = rec

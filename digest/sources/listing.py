@@ -2,6 +2,8 @@
 
 Readers save pages like Hugging Face's daily-papers list; this importer turns them into records.
 It also built the bundled sample corpus (`digest import-listing ../shared/seeds/*.txt`).
+A file that is not such a page (binary data, or text with no title-and-abstract pair) is refused
+with one line naming it, never read as junk "papers"; a line that is not text is skipped.
 """
 
 from __future__ import annotations
@@ -21,10 +23,25 @@ _FURNITURE = re.compile(
 )
 _GLUED_SUBSCRIBE = re.compile(r"^Subscribe(?=[A-Z0-9\"'(])")
 MAX_TITLE_LEN = 300
+_PUNCTUATION = set(" -–—:;,.'’‘\"“”()[]!?&/+*=%$#@~^_<>|{}`…")
+MAX_BAD_BYTES = 0.01  # share of bytes that may fail to decode before a file counts as binary
+
+
+def _is_text(line: str, share: float = 0.9) -> bool:
+    """Does the line read as text: nearly all letters, digits, spaces and common punctuation?"""
+    good = sum(1 for c in line if c.isalnum() or c in _PUNCTUATION)
+    return good >= share * len(line) and any(c.isalpha() for c in line)
 
 
 def _is_abstract(line: str, title: str) -> bool:
-    return len(line) >= 120 and len(line) >= 2 * len(title)
+    return len(line) >= 120 and len(line) >= 2 * len(title) and _is_text(line) and len(line.split()) >= 10
+
+
+def page_problem(data: bytes, text: str) -> str:
+    """Why a file is not a saved listing page ("" when it may be one)."""
+    if b"\x00" in data or text.count("\ufffd") > MAX_BAD_BYTES * max(len(data), 1):
+        return "binary data, not a saved listing page"
+    return ""
 
 
 def parse_listing(text: str, *, source: str = "listing") -> FetchResult:
@@ -42,7 +59,7 @@ def parse_listing(text: str, *, source: str = "listing") -> FetchResult:
     i = 0
     while i < len(content):
         title = content[i]
-        if len(title) > MAX_TITLE_LEN:
+        if len(title) > MAX_TITLE_LEN or not _is_text(title, 0.8):
             result.skipped["text without a title"] += 1
             i += 1
             continue
@@ -86,14 +103,28 @@ def read_listings(paths: Iterable[Path], *, source: str = "listing") -> FetchRes
     """Every paper on the given pages, duplicates across pages merged."""
     result = FetchResult(source)
     records: list[PaperRecord] = []
+    paths = list(paths)
+    refused: list[str] = []
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            data = path.read_bytes()
         except OSError as e:
             raise DataError(f"{path}: cannot read ({e})") from e
+        text = data.decode("utf-8", errors="replace")
         page = parse_listing(text, source=source)
+        problem = page_problem(data, text)
+        if not problem and not any(r.abstract for r in page.records):
+            problem = "no paper on it (a title line followed by an abstract line); not a saved listing page"
+        if problem:
+            refused.append(f"{path}: {problem}")
+            result.skip("not a listing page", path.name)
+            continue
         records.extend(page.records)
         result.skipped.update(page.skipped)
+    if refused and len(refused) == len(paths):
+        raise DataError(refused[0] + (f" (and {len(refused) - 1} more file(s) like it)" if len(refused) > 1 else "")
+                        + "; nothing was read")
+    result.notes.extend(f"refused {line}" for line in refused)
     result.records, merged = merge_duplicates(records)
     if merged:
         result.skipped["duplicate merged"] += merged
