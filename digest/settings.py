@@ -43,6 +43,7 @@ _ADDRESS_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2
 _SEND_AT = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_EMAIL = 254  # RFC 5321's limit on a forward path
 MAX_ZONE = 64
+MAX_ENTRY = 1000  # characters in one liked entry or keyword
 
 
 def _no_newlines(value: str) -> str:
@@ -458,6 +459,10 @@ class SubscriberSettings(_Section):
         cleaned = [v.strip() for v in value]
         if any(not v for v in cleaned):
             raise ValueError("entries must not be empty")
+        if any(_ADDRESS_CONTROL.search(v) for v in cleaned):
+            raise ValueError("entries cannot contain control or invisible characters")
+        if any(len(v) > MAX_ENTRY for v in cleaned):
+            raise ValueError(f"entries are at most {MAX_ENTRY} characters each")
         return cleaned
 
     @property

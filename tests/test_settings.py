@@ -203,3 +203,12 @@ def test_a_duplicate_in_the_subscriber_folder_names_that_file(tmp_path: Path) ->
     assert f"{folder / 'ada.toml'}: email: ada@example.org is listed twice" in lines
     assert any(line.startswith(f"{folder / 'bob.toml'}: timezone: unknown time zone") for line in lines)
     assert not any("subscribers[2]" in line or "subscribers[3]" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("field", ["liked", "keywords", "exclude_keywords"])
+def test_list_entries_with_control_characters_are_refused(tmp_path: Path, field: str) -> None:
+    """A NUL in a liked entry reached a PostgreSQL query (DataError, the run stopped)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[[subscribers]]\nemail = "a@example.org"\n{field} = ["fine", "bad\\u0000one"]\n')
+    with pytest.raises(ConfigError, match=rf"subscribers\[0\]\.{field}: entries cannot contain control"):
+        load_settings(path)
