@@ -182,3 +182,40 @@ def test_a_day_that_fails_keeps_earlier_days_and_resumes_there(
     asked = serve_days(httpserver, {"2026-11-22": hf_json(hf_item("2611.00002", "Saturday Paper"))})
     [resumed] = ingest(store, settings, NOW, sleep=lambda s: None)
     assert asked == ["2026-11-22", "2026-11-23"] and resumed.error == "" and resumed.counts.new == 1
+
+
+def test_hostile_answers_are_cleaned_or_refused_and_the_run_goes_on(
+        httpserver: HTTPServer, make_config: ConfigFactory, store: Store) -> None:
+    """Numbers past what the store holds, lone surrogates, private-use text and nesting 100,000 deep
+    on one day; an answer too big to hold on another: each day is cleaned or refused on its own."""
+    import gzip
+
+    from digest.sources import http
+
+    hostile = hf_json(hf_item("2611.00011", "Big \ud800 Counts \ue000zzz\ue001", upvotes=1e308)
+                      | {"numComments": 10**30}).replace("1e+308", "1e999")
+    deep = "[" * 100_000 + "]" * 100_000
+    bomb = gzip.compress(b"[" + b" " * (http.MAX_RESPONSE_BYTES + 10) + b"]")
+    serve_days(httpserver, {
+        "2026-11-21": Response(bomb, content_type="application/json", headers={"Content-Encoding": "gzip"}),
+        "2026-11-22": deep,
+        "2026-11-23": hostile,
+    })
+    settings = make_config(hf_source(httpserver.url_for(""), max_days=3))
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert "larger than 64 MB" in report.error  # the first day: refused, named
+    assert report.counts.new == 0 and store.paper_count() == 0  # a failed first day stops the source (resumes there)
+    serve_days(httpserver, {})
+    httpserver.clear()
+    serve_days(httpserver, {"2026-11-22": deep, "2026-11-23": hostile})
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None, since=TODAY - timedelta(days=1))
+    assert report.error == "" and report.skipped == {"invalid JSON": 1} and report.counts.new == 1
+    [paper] = store.papers(["2611.00011"])
+    assert paper.title == "Big Counts zzz" and paper.upvotes == 0 and paper.comments == 2**31 - 1
+
+
+def test_retry_after_takes_only_ascii_seconds_or_a_date() -> None:
+    from digest.sources.http import retry_after
+
+    assert retry_after("²") is None and retry_after("٣") is None  # isdigit() but not float()
+    assert retry_after("120") == 120.0 and retry_after("9" * 400) == 999_999_999_999.0

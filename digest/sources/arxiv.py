@@ -98,13 +98,13 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
                 "max_results": src.page_size,
             }
             try:
-                response = http.get(url, params)
+                content = http.get(url, params)
             except SourceError as e:
                 if not result.records:
                     raise  # the source is down: nothing to save
                 result.error = str(e)
                 return result  # the cursor stays: the next run reads this span again
-            feed = feedparser.parse(response.content)
+            feed = feedparser.parse(content)
             entries = feed.get("entries") or []
             if any("/api/errors" in str(e.get("id") or "") for e in entries):
                 result.error = f"{url}: arXiv rejected the query: {entries[0].get('summary', '').strip()[:300]}"

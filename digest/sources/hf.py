@@ -97,11 +97,11 @@ def fetch_hf_daily(src: SourceSettings, cursor: str | None, now: datetime, optio
         for i, day in enumerate(days):
             options.advance(i, len(days))
             try:
-                response = http.get(url, {"date": day.isoformat()})
+                content = http.get(url, {"date": day.isoformat()})
             except SourceError as e:
                 failure = e
                 break
-            good = _read_day(response.content, result, found, src=src, now=now)
+            good = _read_day(content, result, found, src=src, now=now)
             if good and not broken:
                 complete_through = day
             broken = broken or not good

@@ -21,6 +21,7 @@ from digest.errors import SourceError
 from digest.settings import SourceSettings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # decoded; a bigger answer (or a compression bomb) is refused
 
 Sleep = Callable[[float], None]
 
@@ -57,8 +58,8 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return float(value[:12])
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -106,8 +107,9 @@ class Http:
                 self.sleep(wait)
         self._last_start = self.clock()
 
-    def get(self, url: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
-        """A successful (2xx) response, or SourceError after at most `max_attempts` tries."""
+    def get(self, url: str, params: Mapping[str, Any] | None = None) -> bytes:
+        """The body of a successful (2xx) answer (decoded, at most MAX_RESPONSE_BYTES), or
+        SourceError after at most `max_attempts` tries."""
         policy = self.policy
         problem = ""
         cause: Exception | None = None
@@ -115,14 +117,16 @@ class Http:
             self._pace()
             wait = min(policy.backoff * 2 ** (attempt - 1), policy.max_wait)
             try:
-                response = self.client.get(url, params=params)
+                response, body = self._fetch(url, params)
+            except _TooLarge as e:
+                raise SourceError(f"{url}: the answer is larger than {MAX_RESPONSE_BYTES // 2**20} MB; refused") from e
             except httpx.TimeoutException as e:
                 problem, cause = f"no answer within {policy.timeout:g} s", e
             except httpx.TransportError as e:
                 problem, cause = f"cannot connect ({e.__class__.__name__}: {e})", e
             else:
                 if response.is_success:
-                    return response
+                    return body
                 problem, cause = f"HTTP {response.status_code} {response.reason_phrase}".rstrip(), None
                 if response.status_code not in RETRY_STATUSES:
                     break
@@ -133,6 +137,24 @@ class Http:
                 self.sleep(wait)
         tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
         raise SourceError(f"{url}: {problem} (gave up after {tries}; is the service up and the base_url right?)") from cause
+
+
+    def _fetch(self, url: str, params: Mapping[str, Any] | None) -> tuple[httpx.Response, bytes]:
+        """GET with the body read up to MAX_RESPONSE_BYTES (decoded), so no answer can exhaust memory."""
+        with self.client.stream("GET", url, params=params) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isascii() and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise _TooLarge()
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise _TooLarge()
+        return response, bytes(body)
+
+
+class _TooLarge(Exception):
+    """An answer over MAX_RESPONSE_BYTES."""
 
 
 def policy_for(src: SourceSettings) -> HttpPolicy:
