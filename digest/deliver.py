@@ -273,6 +273,11 @@ class SmtpTransport:
                 if e.smtp_code in (421,):
                     self._drop()
                 raise _smtp_error(e.smtp_code, e.smtp_error) from e
+            except smtplib.SMTPNotSupportedError as e:  # the address needs SMTPUTF8, which this server lacks
+                raise PermanentDeliveryError(f"the SMTP server cannot take this address: {e}") from e
+            except ValueError as e:  # UnicodeEncodeError included: an address smtplib cannot put on the wire
+                self._drop()  # possibly mid-transaction (MAIL sent, RCPT not): start clean
+                raise PermanentDeliveryError(f"this address cannot be sent to: {e.__class__.__name__}: {e}") from e
             except (smtplib.SMTPException, OSError) as e:
                 self._drop()
                 raise TransientDeliveryError(f"SMTP error: {e}") from e
