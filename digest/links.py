@@ -32,7 +32,7 @@ UNSUBSCRIBE = "unsubscribe"
 FEEDBACK = "feedback"  # more / fewer like this: {"s": subscriber id, "p": paper id, "k": like|dislike, "n": nonce}
 CLICK = "click"  # the paper link: {"s": subscriber id, "p": paper id}
 MANAGE = "manage"  # preferences and the digest in the browser: {"e": email}
-CONFIRM = "confirm"  # double opt-in: {"e": email, "n": nonce}
+CONFIRM = "confirm"  # double opt-in: {"e": email, "n": nonce}; the nonce names the sign-up the store keeps
 CSRF = "csrf"  # forms: {"c": the value of the CSRF cookie}
 TOKEN_MAX_AGE = 60 * 60 * 24 * 60  # links in a digest stay valid for 60 days
 CONFIRM_MAX_AGE = 60 * 60 * 48  # a sign-up must be confirmed within two days
@@ -178,8 +178,9 @@ def manage_url(settings: Settings, key: str, email: str, *, clock: Clock | None 
     return _link(settings, path, make_token(key, MANAGE, {"e": email}, clock=clock))
 
 
-def confirm_url(settings: Settings, key: str, email: str, *, clock: Clock | None = None) -> str:
-    return _link(settings, "/confirm", make_token(key, CONFIRM, {"e": email, "n": nonce()}, clock=clock))
+def confirm_url(settings: Settings, key: str, email: str, *, nonce: str, clock: Clock | None = None) -> str:
+    """The double opt-in link; `nonce` (from `nonce()`) names the sign-up the store keeps for it."""
+    return _link(settings, "/confirm", make_token(key, CONFIRM, {"e": email, "n": nonce}, clock=clock))
 
 
 class DigestLinks:

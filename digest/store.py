@@ -2,7 +2,8 @@
 
 Tables: papers, subscribers, interactions (like, dislike, sent, clicked), deliveries (one row per
 subscriber and local digest date, written before sending so nothing is lost or sent twice), and
-source checkpoints, plus the web front's used single-use link nonces and opt-outs.  Times go in and come out as aware UTC datetimes (SQLModel's UTCDateTime).
+source checkpoints, plus the web front's used single-use link nonces, opt-outs and sign-ups waiting
+for confirmation.  Times go in and come out as aware UTC datetimes (SQLModel's UTCDateTime).
 """
 
 from __future__ import annotations
@@ -168,6 +169,23 @@ class OptOut(SQLModel, table=True):
 
     email: str = Field(primary_key=True, max_length=320)
     at: datetime
+
+
+class PendingSignup(SQLModel, table=True):
+    """A web sign-up waiting for its confirmation link, found by the link's nonce.  Nothing about
+    the address's reader changes until that link is used; then exactly these settings apply."""
+
+    __tablename__ = "pending_signups"
+
+    nonce: str = Field(primary_key=True, max_length=64)
+    email: str = Field(index=True, max_length=320)
+    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # Subscriber columns
+    liked: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # paper ids
+    new_reader: bool = False  # this request made the address's (inactive) row, which holds its settings until confirmed
+    created: datetime = Field(index=True)
+
+
+PENDING_SIGNUP_KEEP = timedelta(days=7)  # longer than a confirmation link lives (links.CONFIRM_MAX_AGE)
 
 
 @dataclass
@@ -981,47 +999,79 @@ class Store:
             return list(s.exec(stmt.order_by(Paper.first_seen.desc(), Paper.id).limit(limit)))
 
     def request_subscription(
-        self, email: str, fields: dict[str, Any], liked: Sequence[str], now: datetime
+        self, email: str, fields: dict[str, Any], liked: Sequence[str], now: datetime, *, nonce: str = ""
     ) -> Subscriber:
-        """A web sign-up waiting for confirmation (inactive until `confirm_subscription`).
+        """A web sign-up, kept under `nonce` (its confirmation link's) for `confirm_subscription`.
 
-        An active subscriber is left exactly as is (anyone can type an address into the form); an
-        inactive web one takes the new preferences and likes; a config one keeps the file's.
+        Nothing about a reader who exists changes here: anyone can type an address into the form.
+        An active reader is returned as is and nothing is kept (the caller sends a "you already get
+        it" notice instead of a link); a new address gets an inactive web row with these settings
+        and likes, which sends nothing until confirmed.
+        """
+        stamp = _utc(now)
+        email = email.lower()
+        liked = list(dict.fromkeys(liked))
+        with self.session() as s:
+            s.exec(delete(PendingSignup).where(PendingSignup.created < stamp - PENDING_SIGNUP_KEEP))
+            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            if row is not None and row.active:
+                s.commit()
+                return row
+            new_reader = row is None
+            try:
+                if row is None:
+                    row = Subscriber(email=email, created=stamp, origin="web", active=False, **fields)
+                    s.add(row)
+                    s.flush()
+                    for pid in liked:
+                        s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=LIKE, origin="web", at=stamp))
+                if nonce:
+                    s.add(PendingSignup(nonce=nonce, email=email, fields=fields, liked=liked, new_reader=new_reader,
+                                        created=stamp))
+                s.commit()
+            except IntegrityError:
+                if not new_reader:
+                    raise
+                s.rollback()  # the same new address signed up twice at once: the other request made the row
+                return self.request_subscription(email, fields, liked, now, nonce=nonce)
+            return row
+
+    def confirm_subscription(self, email: str, now: datetime, *, nonce: str = "") -> Subscriber | None:
+        """Activate a confirmed address (and forget an earlier unsubscribe), applying the sign-up its
+        link's `nonce` names; None when the address has no row.
+
+        A web reader takes exactly that sign-up's settings and adds its likes to their own (a row an
+        earlier, unconfirmed sign-up made holds that stranger's likes: they go); a reader from the
+        preferences file keeps the file's.  The address's other pending sign-ups are dropped, so an
+        older link only activates and never brings back stale settings.
         """
         stamp = _utc(now)
         email = email.lower()
         with self.session() as s:
             row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
             if row is None:
-                row = Subscriber(email=email, created=stamp, origin="web", active=False, **fields)
-                s.add(row)
-                s.flush()
-            elif row.active or row.origin != "web":
-                return row
-            else:
-                for key, value in fields.items():
-                    setattr(row, key, value)
-            for r in s.exec(
-                select(Interaction).where(
-                    Interaction.subscriber_id == row.id, Interaction.kind == LIKE, Interaction.origin == "web"
-                )
-            ):
-                s.delete(r)
-            for pid in dict.fromkeys(liked):
-                s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=LIKE, origin="web", at=stamp))
-            s.commit()
-            return row
-
-    def confirm_subscription(self, email: str, now: datetime) -> Subscriber | None:
-        """Activate a confirmed address (and forget an earlier unsubscribe)."""
-        with self.session() as s:
-            row = s.exec(select(Subscriber).where(Subscriber.email == email.lower())).first()
-            if row is None:
                 return None
+            pending = list(s.exec(select(PendingSignup).where(PendingSignup.email == email)))
+            chosen = next((p for p in pending if nonce and p.nonce == nonce), None)
+            if chosen is not None and row.origin == "web":
+                for key, value in chosen.fields.items():
+                    setattr(row, key, value)
+                mine = list(s.exec(select(Interaction).where(
+                    Interaction.subscriber_id == row.id, Interaction.kind.in_([LIKE, DISLIKE]))))
+                placeholder = any(p.new_reader and p is not chosen for p in pending)
+                for r in mine:
+                    if (r.kind == DISLIKE and r.paper_id in chosen.liked) or (placeholder and r.kind == LIKE and r.origin == "web"):
+                        s.delete(r)
+                kept = {r.paper_id for r in mine if r.kind == LIKE and not (placeholder and r.origin == "web")}
+                for pid in chosen.liked:
+                    if pid not in kept:
+                        s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=LIKE, origin="web", at=stamp))
             row.active = True
             opt_out = s.get(OptOut, row.email)
             if opt_out is not None:
                 s.delete(opt_out)
+            for p in pending:
+                s.delete(p)
             s.commit()
             return row
 

@@ -13,6 +13,11 @@ POST, where the signed URL alone is the proof.  Replies never say whether an add
     GET  /unsubscribe?t=     a button; POST /unsubscribe?t= unsubscribes at once (one-click)
     GET  /preferences?t=     preferences and likes; POST saves (web subscribers), /preferences/likes removes
     GET  /digest?t=          the latest digest, rendered with the email templates
+
+Bad input never reaches the store: a post that is not one of our forms (over forms.MAX_BODY,
+over forms.MAX_FIELDS fields, another content type) gets 413 or 415, a field the settings schema
+refuses gets 400 with the reason beside it, a bad link 400.  A sign-up for an address that exists
+changes nothing about its reader until the confirmation link is used (`Store.request_subscription`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from digest import links
-from digest.errors import DeliveryError, DigestError
+from digest.errors import DeliveryError, DigestError, PermanentDeliveryError
 from digest.render import environment, paper_url
 from digest.schedule import describe
 from digest.settings import Settings
@@ -54,6 +59,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+UNEXPECTED = ('<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>Something went wrong · Paper digest</title>'
+              "<h1>Something went wrong</h1><p>That was our fault, not yours. Please try again later.</p></html>")
 
 
 class _Front:
@@ -115,17 +122,25 @@ class _Front:
             raise links.InvalidToken("this link is not valid")
         return links.read_token(self.key, purpose, raw, max_age=max_age, clock=self.clock)
 
-    async def form(self, request: Request) -> dict[str, list[str]]:
-        """The posted form, refusing bodies over forms.MAX_BODY without reading them all."""
+    async def form(self, request: Request, *, any_type: bool = False) -> dict[str, list[str]]:
+        """The posted form, refusing bodies over forms.MAX_BODY without reading them all
+        (forms.FormRefused, answered by `refused`).  With `any_type` a body that is not a urlencoded
+        form counts as no fields (RFC 8058 one-click unsubscribes may come as multipart/form-data)."""
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > forms.MAX_BODY:
-            raise HTTPException(413, "form too large")
+        if declared.isascii() and declared.isdigit() and int(declared) > forms.MAX_BODY:
+            raise forms.too_large()
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > forms.MAX_BODY:
-                raise HTTPException(413, "form too large")
-        return forms.parse_form(body)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > forms.MAX_BODY:
+                    raise forms.too_large()
+        except ClientDisconnect as e:
+            raise forms.FormRefused(400, "The form did not arrive whole. Nothing was changed.") from e
+        content_type = request.headers.get("content-type")
+        if any_type and not forms.is_form(content_type):
+            return {}
+        return forms.parse_form(body, content_type)
 
     def csrf_valid(self, request: Request, form: dict[str, list[str]]) -> bool:
         return csrf_ok(self.key, request.cookies.get(CSRF_COOKIE), forms.first(form, CSRF_FIELD), self.clock)
@@ -138,7 +153,7 @@ class _Front:
 
     def _subscribe_page(self, request: Request, *, values: dict[str, Any], errors: dict[str, str],
                         status: int = 200) -> HTMLResponse:
-        query = request.query_params.get("q", "")[:200]
+        query = forms.cleaned(request.query_params.get("q", ""), 200)
         found = self.store.search_papers(query) if query.strip() else []
         return self.page(request, "subscribe", status=status, title="Subscribe", values=values, errors=errors,
                          query=query, found=found)
@@ -158,21 +173,22 @@ class _Front:
             return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
         if not self.subscribe_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        checked = forms.check_subscribe(form)
+        checked = forms.check_subscribe(form, smtputf8=self.settings.smtp.smtputf8)
         ids = []
         for entry in checked.liked:
             pid = self.store.resolve_paper(entry)
             if pid is None:
                 checked.errors.setdefault("liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title")
             ids.append(pid)
-        values = {k: forms.first(form, k) for k in ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked")}
+        values = forms.shown(form, ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked"))
         if checked.errors:
             return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
         email = checked.values["email"]
         if not self.subscribe_limiter.hit("email:" + email):
             return self.too_many(request)
         fields = {k: v for k, v in checked.values.items() if k != "email"}
-        row = self.store.request_subscription(email, fields, [i for i in ids if i], self.now())
+        nonce = links.nonce()
+        row = self.store.request_subscription(email, fields, [i for i in ids if i], self.now(), nonce=nonce)
         if row.active:
             msg = mail.notice(self.settings, email=email, name=row.name, subject="You already get the paper digest",
                               template="confirm", when=self.now(), link="",
@@ -180,9 +196,13 @@ class _Front:
         else:
             msg = mail.notice(self.settings, email=email, name=fields.get("name", ""), subject="Confirm your paper digest",
                               template="confirm", when=self.now(), manage="",
-                              link=links.confirm_url(self.settings, self.key, email, clock=self.clock))
+                              link=links.confirm_url(self.settings, self.key, email, nonce=nonce, clock=self.clock))
         try:
             await run_in_threadpool(mail.send, self.settings, msg)
+        except PermanentDeliveryError as e:  # the mail server refuses this address: retrying will not help
+            log.warning("the mail server refused a confirmation email: %s", e)
+            return self._subscribe_page(request, values=values, status=400, errors={
+                "email": "our mail server cannot deliver to this address; please check it or use another one"})
         except DeliveryError as e:
             log.warning("could not send a confirmation email: %s", e)
             return self.message(request, "We could not send the email", "Please try again in a few minutes.", status=503)
@@ -209,7 +229,7 @@ class _Front:
             return self.message(request, "Please try again", "The form had expired. Open the link from the email again.", status=403)
         if not self.store.use_token(nonce, links.CONFIRM, self.now()):
             return self.message(request, "Already confirmed", "This link has been used already; nothing changed.")
-        row = self.store.confirm_subscription(email, self.now())
+        row = self.store.confirm_subscription(email, self.now(), nonce=nonce)
         if row is None:
             return self.bad_link(request)
         return self.message(request, "You are subscribed",
@@ -279,7 +299,7 @@ class _Front:
     async def unsubscribe(self, request: Request) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request) if request.method == "POST" else None
+        form = await self.form(request, any_type=True) if request.method == "POST" else None
         try:
             payload = self.token(request, links.UNSUBSCRIBE, form=form)
         except links.InvalidToken as e:
@@ -334,8 +354,8 @@ class _Front:
                                           errors={"form": "Your settings come from the preferences file; ask whoever runs this digest to change them."})
         checked = forms.check_preferences(form)
         if checked.errors:
-            values = {k: forms.first(form, k) for k in ("timezone", "send_at", "max_papers", "frequency", "weekly_day",
-                                                        "keywords", "exclude_keywords")}
+            values = forms.shown(form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day",
+                                        "keywords", "exclude_keywords"))
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
         try:
             sub = self.store.update_preferences(sub.id, checked.values)
@@ -355,8 +375,10 @@ class _Front:
             return self.bad_link(request)
         if not self.csrf_valid(request, form):
             return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
-        kind = forms.first(form, "kind")
-        removed = self.store.remove_interaction(sub.id, forms.first(form, "paper")[:200], kind if kind == DISLIKE else LIKE, origin="web")
+        kind, paper = forms.first(form, "kind"), forms.first(form, "paper")
+        if not paper or len(paper) > 200 or not forms.usable(paper):
+            return self._preferences_page(request, sub, status=400, errors={"form": "That is not one of your papers; nothing was removed."})
+        removed = self.store.remove_interaction(sub.id, paper, kind if kind == DISLIKE else LIKE, origin="web")
         return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
 
     async def digest(self, request: Request) -> Response:
@@ -402,6 +424,17 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         titles = {404: "Page not found", 405: "Not allowed", 413: "Too large"}
         return front.message(request, titles.get(status, "Something went wrong"), "Nothing was changed.", status=status)
 
+    async def refused(request: Request, exc: Exception) -> Response:
+        """A post that is not one of our forms (forms.FormRefused): 413, 415 or 400, with why."""
+        status = getattr(exc, "status", 400)
+        titles = {413: "Too large", 415: "Not one of our forms"}
+        return front.message(request, titles.get(status, "Something is wrong with the form"), str(exc), status=status)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        """The last resort for a bug: a plain page (no template, which may be what failed); the
+        server logs the traceback, since Starlette raises the exception on after answering."""
+        return HTMLResponse(UNEXPECTED, status_code=500, headers=SECURITY_HEADERS)
+
     routes = [
         Route("/", front.subscribe_form, methods=["GET"]),
         Route("/subscribe", front.subscribe_form, methods=["GET"]),
@@ -414,6 +447,7 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/preferences/likes", front.remove_like, methods=["POST"]),
         Route("/digest", front.digest, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        HTTPException: http_error, forms.FormRefused: refused, Exception: unexpected})
     app.state.front = front
     return app
