@@ -155,6 +155,7 @@ HOSTILE = [
     ("[[subscribers]]\nemail = \"" + "a" * 300 + "@example.org\"\n", "subscribers[0].email", "at most 254"),
     ("[smtp]\nsender = \"nobody\"\n", "smtp.sender", "no email address"),
     ("data_dir = \"CONFIG/state\"\n", "data_dir", "is a file"),
+    ("[[subscribers]]\nemail = \"a@example.org\"\nsend_at = \"0\u0667:30\"\n", "subscribers[0].send_at", "HH:MM"),
 ]
 
 
