@@ -129,10 +129,12 @@ def demo(
     and prints the example subscriber's picks with their scores and reasons.
     """
     from digest.pipeline import run_daily
+    from digest.store import discard_database
 
     folder = (data_dir or Path(platformdirs.user_data_dir("digest")) / "demo").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    for leftover in ("digest.db", "outbox", "digests", "models"):
+    discard_database(folder / "digest.db")  # on purpose, so the store does not refuse it as missing
+    for leftover in ("outbox", "digests", "models"):
         target = folder / leftover
         if target.is_dir():
             shutil.rmtree(target)

@@ -783,6 +783,8 @@ def _deliver_all(
                     outcome.status, outcome.detail = "pending", str(e)
                 except ServerUnavailable as e:  # recorded as pending by _one_subscriber
                     report.unreachable = str(e)
+                except StoreError:
+                    raise  # the database failed: nothing more can be recorded, so nothing more is sent
                 except DigestError as e:
                     outcome.status, outcome.detail = "failed", str(e)
                 finally:

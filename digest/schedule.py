@@ -40,7 +40,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from digest.errors import DigestError
+from digest.errors import DigestError, StoreError
 from digest.settings import Settings, load_settings
 from digest.store import Store
 
@@ -238,12 +238,17 @@ class RunLease:
         return True
 
     def stop(self) -> None:
-        """Stop renewing and give the lease back (if we hold it)."""
+        """Stop renewing and give the lease back (if we hold it).  If the database failed, the lease
+        is left to lapse (or to be taken over from this dead process): the run's own error is the
+        one to see, not a second one from here."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            self.store.release_lease(self.name, self.owner)
+            try:
+                self.store.release_lease(self.name, self.owner)
+            except StoreError as e:
+                log.info("the run lease was not given back, it lapses by itself: %s", e)
 
     def __enter__(self) -> RunLease:
         if not self.start():
@@ -256,6 +261,8 @@ class RunLease:
                 if not self.store.renew_lease(self.name, self.owner, now=self.clock(), ttl=self.ttl):
                     self.lost.set()
                     return
+            except StoreError as e:  # the run itself meets the same failure and stops
+                log.warning("could not renew the run lease: %s", e)
             except Exception:  # noqa: BLE001 - a failed renewal is retried; expiry is the backstop
                 log.exception("could not renew the run lease")
 

@@ -8,8 +8,12 @@ for confirmation.  Times go in and come out as aware UTC datetimes (SQLModel's U
 
 from __future__ import annotations
 
+import functools
+import os
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -230,6 +234,8 @@ def _engine(url: str) -> Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if (path := _sqlite_file(url)) is not None:
+            event.listen(engine, "do_connect", functools.partial(_open_existing, path))
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -246,6 +252,93 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+# -- when the database itself fails -----------------------------------------------------------
+#
+# A SQLite file keeps its marker beside it ("digest.db.created"), written once the database exists.
+# A database that is missing (or empty) where the marker says one was is refused, never silently
+# created anew: an empty database knows no deliveries and no unsubscribes, so it would mail every
+# reader again, unsubscribed ones included.  Deleting the marker is how to start afresh on purpose.
+# A running Store also remembers its file's inode: SQLite goes on writing to a deleted file unseen,
+# so every use first checks that the path still names the file it opened (`Store.check`).
+
+MARKER_SUFFIX = ".created"
+
+_SQLITE_FIXES = {  # by SQLite's primary result code
+    sqlite3.SQLITE_FULL: "its disk is full (or a file-size limit was reached): free some space, then run again",
+    sqlite3.SQLITE_IOERR: "the disk could not read or write it (full, failing or removed, or a file-size limit): "
+                          "check the disk and free some space, then run again",
+    sqlite3.SQLITE_READONLY: "it is read-only: let this user write the file and its folder (SQLite writes NAME-wal "
+                             "and NAME-shm beside it), then run again",
+    sqlite3.SQLITE_PERM: "this user may not write it: let this user write the file and its folder, then run again",
+    sqlite3.SQLITE_CANTOPEN: "it cannot be opened: check that its folder exists and that this user may read and "
+                             "write the folder and the file, then run again",
+    sqlite3.SQLITE_BUSY: "another process kept it locked for over 30 s: look for a stuck digest process, then run again",
+    sqlite3.SQLITE_LOCKED: "another process kept it locked: look for a stuck digest process, then run again",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database: restore the database from a backup",
+    sqlite3.SQLITE_NOMEM: "this machine ran out of memory: free some, then run again",
+}
+_POSTGRES_FIXES = (  # by SQLSTATE prefix, the first that matches
+    ("08", "the connection to the server failed: check that it is running and reachable, then run again"),
+    ("53100", "the server's disk is full: free space on it, then run again"),
+    ("53", "the server ran out of resources (memory, connections): check the server, then run again"),
+    ("25006", ("the database is read-only (a standby, or default_transaction_read_only): point the database "
+               "URL at the primary server, then run again")),
+    ("57P", "the server is shutting down or restarting: run again once it is back"),
+    ("58", "the server had an I/O error: check its disk and its log"),
+)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL opens (absolute); None for a server, an in-memory database or a URI filename."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or "uri" in parsed.query:
+        return None
+    return Path(os.path.abspath(parsed.database))
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + MARKER_SUFFIX)
+
+
+def _open_existing(path: Path, _dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+    """Once the marker says a database was made here, a new connection never creates the file
+    (SQLite would make an empty one where the database was deleted): it opens it read-write or fails."""
+    if _marker(path).exists():
+        cargs[:] = [f"{path.as_uri()}?mode=rw"]
+        cparams["uri"] = True
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def discard_database(path: Path) -> None:
+    """Delete a SQLite database on purpose, with its -wal, -shm and marker, so the next Store there
+    starts afresh instead of refusing a missing database (`digest demo` starts over like this)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + MARKER_SUFFIX):
+        path.with_name(name).unlink(missing_ok=True)
+
+
+def database_trouble(error: BaseException, dbapi: Any) -> str | None:
+    """What to do about a failure of the database itself (full, read-only, deleted, unreachable);
+    None for an error in our statements or data (a bug, or a constraint a caller handles)."""
+    orig = getattr(error, "orig", None) or error
+    if not isinstance(orig, dbapi.Error) or isinstance(
+        orig, (dbapi.IntegrityError, dbapi.ProgrammingError, dbapi.DataError, dbapi.NotSupportedError)
+    ):
+        return None
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:  # SQLITE_ERROR and the like are about the statement, not the file
+        return _SQLITE_FIXES.get(code & 0xFF)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or ""
+    if not state or getattr(error, "connection_invalidated", False):
+        return _POSTGRES_FIXES[0][1]
+    return next((fix for prefix, fix in _POSTGRES_FIXES if state.startswith(prefix)),
+                "check the database server and its log, then run again")
+
+
 class Store:
     """All reads and writes of digest's data; one per process, shared by the stages."""
 
@@ -253,11 +346,19 @@ class Store:
         self.url = url
         self.engine = _engine(url)
         self._rate_hits = 0  # hits counted by this process (old ones are forgotten every 500)
+        self.path = _sqlite_file(url)  # None: a server, or a database in memory
+        self.name = str(self.path) if self.path else make_url(url).render_as_string(hide_password=True)
+        self._opened: tuple[int, int] | None = None  # (device, inode) of the SQLite file, once open
         try:
             self._prepare(migrate)
-        except (OperationalError, SQLAlchemyError) as e:
+            if self.path is not None:
+                self._opened = _file_id(self.path)
+                self._mark()
+        except (OperationalError, SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as e:
             self.engine.dispose()
-            raise StoreError(f"cannot open the database {make_url(url).render_as_string()}: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from e
+            if self.path is not None and _marker(self.path).exists() and not self.path.exists():
+                raise StoreError(self._missing()) from e  # deleted while this Store opened it
+            raise self._failed(e, "cannot open the database {}") from e
         except BaseException:  # refused (an old schema on a server) or interrupted: no pooled connection left open
             self.engine.dispose()
             raise
@@ -271,12 +372,18 @@ class Store:
         """
         from digest import migrations
 
+        # the marker as it was before looking: one written meanwhile is another process's new database
+        marked = self.path is not None and _marker(self.path).exists()
+        if marked and self.path is not None and not self.path.exists():
+            raise StoreError(self._missing())  # before connecting, which would create an empty file
         with self.engine.connect() as conn:
             at, tables = migrations.current(conn), migrations.has_tables(conn)
             # Alembic makes its version table first: empty, another process is creating the schema now
             creating = at is None and inspect(conn).has_table("alembic_version")
         if at == migrations.head():
             return
+        if at is None and not tables and not creating and marked:
+            raise StoreError(self._missing(empty=True))
         if creating:
             self._wait_for_schema()
             return
@@ -292,6 +399,9 @@ class Store:
                 )
             migrations.upgrade(self.engine)
         except (OperationalError, IntegrityError) as e:
+            conflict = str(getattr(e.orig, "sqlstate", "") or "").startswith("40")  # a PostgreSQL deadlock
+            if database_trouble(e, self.engine.dialect.loaded_dbapi) and not conflict:
+                raise  # the database itself failed (full, read-only, gone): waiting would not help
             # another process (a second run or worker starting at the same moment) got there first
             self._wait_for_schema(cause=e)
 
@@ -307,8 +417,98 @@ class Store:
         why = f" after {cause.__class__.__name__}: {getattr(cause, 'orig', cause)}" if cause is not None else ""
         raise StoreError(f"the database schema did not reach revision {migrations.head()} within {seconds:g} s{why}")
 
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for one unit of work, inside `_guarded`."""
+        with self._guarded(), Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A connection in a transaction (committed at the end), inside `_guarded`."""
+        with self._guarded(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """Every use of the database goes through here: the SQLite file is checked before and after
+        (so a write that went to a deleted file is noticed before the caller acts on it, e.g. sends
+        the message it recorded), and a failure of the database itself becomes one StoreError that
+        says what to do.  Errors of our own statements (a constraint a caller expects) pass as they are."""
+        self.check()
+        try:
+            yield
+        except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error) as e:
+            if database_trouble(e, self.engine.dialect.loaded_dbapi) is None:
+                raise
+            try:
+                self.check()  # a file deleted or replaced meanwhile says so, not as the I/O error it caused
+            except StoreError as gone:
+                raise gone from e
+            raise self._failed(e, "the database {} failed") from e
+        self.check()
+
+    def check(self) -> None:
+        """Raise StoreError if the SQLite file this Store opened was deleted or replaced since: SQLite
+        would go on writing to the deleted file, seen by no one, and the next run would find no
+        record of what this one sent."""
+        if self._opened is None or self.path is None:
+            return
+        try:
+            now = _file_id(self.path)
+        except OSError:
+            now = None
+        if now == self._opened:
+            return
+        what, fix = ("deleted", "restore it from a backup, then run again") if now is None else (
+            "replaced", "run digest again to use the file now there")
+        raise StoreError(f"the database {self.path} was {what} while this digest process was using it, "
+                         f"so it stopped before writing more: {fix}")
+
+    def _failed(self, error: BaseException, what: str) -> StoreError:
+        """The StoreError for a database failure: `what` happened to which database ({}), the
+        driver's words, and what to do."""
+        orig = getattr(error, "orig", None) or error
+        said = getattr(getattr(orig, "diag", None), "message_primary", None) or str(orig)  # psycopg: without the SQL
+        detail = " ".join(said.split())[:300] or orig.__class__.__name__
+        if name := getattr(orig, "sqlite_errorname", None):
+            detail += f" ({name})"
+        fix = database_trouble(error, self.engine.dialect.loaded_dbapi)
+        if fix and self.path is not None:
+            fix = fix.replace("NAME", self.path.name)
+        return StoreError(f"{what.format(self.name)}: {detail}" + (f"; {fix}" if fix else ""))
+
+    def _missing(self, *, empty: bool = False) -> str:
+        assert self.path is not None
+        marker = _marker(self.path)
+        since = datetime.fromtimestamp(marker.stat().st_mtime, timezone.utc)
+        # A deleted database's write-ahead log stays beside it, and SQLite would replay it into a restored copy
+        left = [p.name for p in (self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm"))
+                if p.exists()]
+        away = f", move away {' and '.join(left)} (left by the deleted file)" if left and not empty else ""
+        return (
+            f"the database {self.path} is {'empty' if empty else 'missing'}, but digest kept its data there "
+            f"(since {since:%Y-%m-%d %H:%M} UTC, says {marker.name}); a new empty database would mail every reader "
+            f"again, unsubscribed ones too.  Stop every digest process using it{away}, then restore the database "
+            f"from a backup to that path; or, to start afresh on purpose{' (those moved away too)' if away else ''}, delete {marker}"
+        )
+
+    def _mark(self) -> None:
+        """Leave the marker beside a SQLite database (see MARKER_SUFFIX): from now on a missing
+        database here is refused instead of being created anew."""
+        assert self.path is not None
+        marker = _marker(self.path)
+        if marker.exists():
+            return
+        try:
+            marker.write_text(
+                f"digest keeps its database in {self.path.name} here.  While this file exists, digest refuses to\n"
+                "run if that database is missing or empty (restore it from a backup); delete this file to start\n"
+                "afresh with an empty database on purpose (every reader is then new).\n",
+                encoding="utf-8",
+            )
+        except OSError:  # a read-only folder: written by the first run that can write here
+            pass
 
     def close(self) -> None:
         self.engine.dispose()
@@ -676,7 +876,7 @@ class Store:
         """Take (or extend) the lease `name` for `owner` until now + ttl; False if someone else holds it."""
         stamp = _utc(now)
         expires = stamp + timedelta(seconds=ttl)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             taken = conn.execute(
                 update(Lease)
                 .where(Lease.name == name, or_(Lease.expires <= stamp, Lease.owner == owner))
@@ -685,7 +885,7 @@ class Store:
         if taken:
             return True
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 conn.execute(insert(Lease).values(name=name, owner=owner, acquired=stamp, expires=expires))
         except IntegrityError:  # the row exists and is held by someone else
             return False
@@ -693,7 +893,7 @@ class Store:
 
     def renew_lease(self, name: str, owner: str, *, now: datetime, ttl: float) -> bool:
         """Push the expiry of a lease we hold; False if it is no longer ours (it lapsed and was taken)."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return bool(
                 conn.execute(
                     update(Lease)
@@ -705,7 +905,7 @@ class Store:
     def take_over_lease(self, name: str, owner: str, *, previous: str, now: datetime, ttl: float) -> bool:
         """Take a lease from `previous` (known to be dead) before it expires; False if it changed hands."""
         stamp = _utc(now)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return bool(
                 conn.execute(
                     update(Lease)
@@ -716,7 +916,7 @@ class Store:
 
     def release_lease(self, name: str, owner: str) -> None:
         """Give a lease back (only if we still hold it)."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
 
     def lease(self, name: str) -> Lease | None:
