@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -340,8 +341,13 @@ def reconcile(scheduler: BaseScheduler, settings: Settings, config_path: str) ->
     return changes
 
 
-def reload(scheduler: BaseScheduler, config_path: str, clock: Clock = wall_clock) -> None:
-    """The periodic tick: re-read the config, reconcile the jobs, and run if a retry is due."""
+def reload(scheduler: BaseScheduler, config_path: str, clock: Clock = wall_clock, *, store: Store | None = None) -> None:
+    """The periodic tick: re-read the config, reconcile the jobs, and run if a retry is due.
+
+    First `store` (the scheduler's own, open all along) is checked: a database deleted or replaced
+    under this process stops it here (StoreError), before the jobs are touched."""
+    if store is not None:
+        store.check()
     try:
         settings = load_settings(config_path)
     except DigestError as e:
@@ -380,7 +386,7 @@ def build_scheduler(
     )
     scheduler.add_job(
         reload, "interval", minutes=settings.schedule.reload_minutes, args=(scheduler, str(config_path)),
-        id=RELOAD_JOB, name="re-read the config", jobstore="memory", next_run_time=wall_clock(),
+        kwargs={"store": store}, id=RELOAD_JOB, name="re-read the config", jobstore="memory", next_run_time=wall_clock(),
         coalesce=True, max_instances=1,
     )
     return scheduler
@@ -392,12 +398,26 @@ def reload_now(scheduler: BaseScheduler) -> None:
 
 
 def run_forever(settings: Settings, config_path: str | Path, log_line: Callable[[str], None] = print) -> None:
-    """`digest run`: schedule every subscriber and keep going until interrupted; SIGHUP reloads."""
+    """`digest run`: schedule every subscriber and keep going until interrupted; SIGHUP reloads.
+
+    A job that meets a StoreError (the database full, read-only, deleted, unreachable) stops the
+    scheduler and the error is raised from here, once, instead of the same failure at every tick.
+    """
     store = Store(settings.database_url)
     handler = _LineHandler(log_line)
     logging.getLogger("digest").addHandler(handler)
     logging.getLogger("digest").setLevel(logging.INFO)
     scheduler = build_scheduler(settings, Path(config_path).resolve(), store=store)
+    failed: list[StoreError] = []
+
+    def stop_on_store_error(event: JobExecutionEvent) -> None:
+        if isinstance(event.exception, StoreError) and not failed:
+            failed.append(event.exception)
+            scheduler.shutdown(wait=False)
+
+    scheduler.add_listener(stop_on_store_error, EVENT_JOB_ERROR)
+    executor_log = logging.getLogger("apscheduler.executors.default")
+    executor_log.addFilter(_not_a_store_error)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: reload_now(scheduler))
     try:
@@ -405,8 +425,16 @@ def run_forever(settings: Settings, config_path: str | Path, log_line: Callable[
     except (KeyboardInterrupt, SystemExit):
         log_line("stopped")
     finally:
+        executor_log.removeFilter(_not_a_store_error)
         logging.getLogger("digest").removeHandler(handler)
         store.close()
+    if failed:
+        raise failed[0]
+
+
+def _not_a_store_error(record: logging.LogRecord) -> bool:
+    """APScheduler logs a failed job with its traceback; a StoreError is said once, by `run_forever`'s caller."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StoreError))
 
 
 class _LineHandler(logging.Handler):
