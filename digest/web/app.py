@@ -18,6 +18,11 @@ Bad input never reaches the store: a post that is not one of our forms (over for
 over forms.MAX_FIELDS fields, another content type) gets 413 or 415, a field the settings schema
 refuses gets 400 with the reason beside it, a bad link 400.  A sign-up for an address that exists
 changes nothing about its reader until the confirmation link is used (`Store.request_subscription`).
+
+The store is synchronous (SQLite waits up to 30 s for a lock), so no handler runs on the event loop:
+each route reads the posted form there (the body arrives there), then runs its handler, a plain
+function of (request, form), in the thread pool (`_Front.route`).  A locked database or a big page
+stalls only its own request, never the others.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -59,6 +64,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+Form = dict[str, list[str]]
+Handler = Callable[[Request, Form | None], Response]  # a route's work, run in the thread pool
+
 UNEXPECTED = ('<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>Something went wrong · Paper digest</title>'
               "<h1>Something went wrong</h1><p>That was our fault, not yours. Please try again later.</p></html>")
 
@@ -78,6 +86,18 @@ class _Front:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def route(self, handler: Handler, *, any_type: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for `handler`: a POST's form is read on the event loop (`form`; None for
+        other methods), then `handler(request, form)` runs in the thread pool, where it may wait for
+        the database, render a page or send mail without holding up any other request."""
+
+        async def endpoint(request: Request) -> Response:
+            form = await self.form(request, any_type=any_type) if request.method == "POST" else None
+            return await run_in_threadpool(handler, request, form)
+
+        endpoint.__name__ = endpoint.__qualname__ = handler.__name__
+        return endpoint
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -115,14 +135,14 @@ class _Front:
         return request.client.host if request.client else "unknown"
 
     def token(self, request: Request, purpose: str, *, max_age: int = links.TOKEN_MAX_AGE,
-              form: dict[str, list[str]] | None = None) -> dict[str, str | int]:
+              form: Form | None = None) -> dict[str, str | int]:
         """The payload of the link's `t` (query, or form field); raises InvalidToken."""
         raw = request.query_params.get("t") or (forms.first(form, "t") if form else "")
         if not raw or len(raw) > MAX_TOKEN:
             raise links.InvalidToken("this link is not valid")
         return links.read_token(self.key, purpose, raw, max_age=max_age, clock=self.clock)
 
-    async def form(self, request: Request, *, any_type: bool = False) -> dict[str, list[str]]:
+    async def form(self, request: Request, *, any_type: bool = False) -> Form:
         """The posted form, refusing bodies over forms.MAX_BODY without reading them all
         (forms.FormRefused, answered by `refused`).  With `any_type` a body that is not a urlencoded
         form counts as no fields (RFC 8058 one-click unsubscribes may come as multipart/form-data)."""
@@ -142,7 +162,7 @@ class _Front:
             return {}
         return forms.parse_form(body, content_type)
 
-    def csrf_valid(self, request: Request, form: dict[str, list[str]]) -> bool:
+    def csrf_valid(self, request: Request, form: Form) -> bool:
         return csrf_ok(self.key, request.cookies.get(CSRF_COOKIE), forms.first(form, CSRF_FIELD), self.clock)
 
     def subscriber_from(self, payload: dict[str, str | int]) -> Subscriber | None:
@@ -158,17 +178,17 @@ class _Front:
         return self.page(request, "subscribe", status=status, title="Subscribe", values=values, errors=errors,
                          query=query, found=found)
 
-    async def subscribe_form(self, request: Request) -> Response:
+    def subscribe_form(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
             return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
         if request.query_params.get("q") and not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
         return self._subscribe_page(request, values={}, errors={})
 
-    async def subscribe(self, request: Request) -> Response:
+    def subscribe(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
             return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
-        form = await self.form(request)
+        form = form or {}
         if not self.csrf_valid(request, form):
             return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
         if not self.subscribe_limiter.hit(self.ip(request)):
@@ -198,7 +218,7 @@ class _Front:
                               template="confirm", when=self.now(), manage="",
                               link=links.confirm_url(self.settings, self.key, email, nonce=nonce, clock=self.clock))
         try:
-            await run_in_threadpool(mail.send, self.settings, msg)
+            mail.send(self.settings, msg)
         except PermanentDeliveryError as e:  # the mail server refuses this address: retrying will not help
             log.warning("the mail server refused a confirmation email: %s", e)
             return self._subscribe_page(request, values=values, status=400, errors={
@@ -210,10 +230,9 @@ class _Front:
                             f"If {email} can receive our emails, a message is on its way with a link to confirm. "
                             "Nothing is sent to an address that has not confirmed.")
 
-    async def confirm(self, request: Request) -> Response:
+    def confirm(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request) if request.method == "POST" else None
         try:
             payload = self.token(request, links.CONFIRM, max_age=links.CONFIRM_MAX_AGE, form=form)
         except links.InvalidToken as e:
@@ -248,13 +267,12 @@ class _Front:
             return None
         return sub, papers[0]
 
-    async def feedback(self, request: Request) -> Response:
+    def feedback(self, request: Request, form: Form | None) -> Response:
         """"More / fewer like this": the link (GET) asks, the button (POST) records.  Mail security
         scanners open every link of an incoming message; a GET that recorded would like and then
         dislike every paper of the digest, and use up the reader's own single-use links."""
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request) if request.method == "POST" else None
         try:
             payload = self.token(request, links.FEEDBACK, form=form)
         except links.InvalidToken as e:
@@ -281,7 +299,7 @@ class _Front:
                             f"You will see {'more' if more else 'fewer'} papers like “{paper.title}” from your next digest on.",
                             manage=manage)
 
-    async def click(self, request: Request) -> Response:
+    def click(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
         try:
@@ -296,10 +314,10 @@ class _Front:
         # Only ever the stored paper's own address (http/https or its arXiv page), never one from the request.
         return RedirectResponse(paper_url(paper.id, paper.url, paper.title), status_code=303, headers=SECURITY_HEADERS)
 
-    async def unsubscribe(self, request: Request) -> Response:
+    def unsubscribe(self, request: Request, form: Form | None) -> Response:
+        """GET asks; POST unsubscribes, whatever its body (its route reads the form with `any_type`)."""
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request, any_type=True) if request.method == "POST" else None
         try:
             payload = self.token(request, links.UNSUBSCRIBE, form=form)
         except links.InvalidToken as e:
@@ -335,10 +353,9 @@ class _Front:
             unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
         )
 
-    async def preferences(self, request: Request) -> Response:
+    def preferences(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request) if request.method == "POST" else None
         try:
             sub = self.subscriber_from(self.token(request, links.MANAGE))
         except links.InvalidToken as e:
@@ -363,10 +380,10 @@ class _Front:
             return self._preferences_page(request, sub, errors={"form": str(e)}, status=409)
         return self._preferences_page(request, sub, notice="Saved. Your next digest uses these settings.")
 
-    async def remove_like(self, request: Request) -> Response:
+    def remove_like(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        form = await self.form(request)
+        form = form or {}
         try:
             sub = self.subscriber_from(self.token(request, links.MANAGE))
         except links.InvalidToken as e:
@@ -381,7 +398,7 @@ class _Front:
         removed = self.store.remove_interaction(sub.id, paper, kind if kind == DISLIKE else LIKE, origin="web")
         return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
 
-    async def digest(self, request: Request) -> Response:
+    def digest(self, request: Request, form: Form | None) -> Response:
         from digest.pipeline import Pick, compose, local_date
 
         if not self.link_limiter.hit(self.ip(request)):
@@ -422,30 +439,33 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         titles = {404: "Page not found", 405: "Not allowed", 413: "Too large"}
-        return front.message(request, titles.get(status, "Something went wrong"), "Nothing was changed.", status=status)
+        return await run_in_threadpool(front.message, request, titles.get(status, "Something went wrong"),
+                                       "Nothing was changed.", status=status)
 
     async def refused(request: Request, exc: Exception) -> Response:
         """A post that is not one of our forms (forms.FormRefused): 413, 415 or 400, with why."""
         status = getattr(exc, "status", 400)
         titles = {413: "Too large", 415: "Not one of our forms"}
-        return front.message(request, titles.get(status, "Something is wrong with the form"), str(exc), status=status)
+        return await run_in_threadpool(front.message, request, titles.get(status, "Something is wrong with the form"),
+                                       str(exc), status=status)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         """The last resort for a bug: a plain page (no template, which may be what failed); the
         server logs the traceback, since Starlette raises the exception on after answering."""
         return HTMLResponse(UNEXPECTED, status_code=500, headers=SECURITY_HEADERS)
 
+    route = front.route  # every handler in the thread pool, its form read first on the loop
     routes = [
-        Route("/", front.subscribe_form, methods=["GET"]),
-        Route("/subscribe", front.subscribe_form, methods=["GET"]),
-        Route("/subscribe", front.subscribe, methods=["POST"]),
-        Route("/confirm", front.confirm, methods=["GET", "POST"]),
-        Route("/feedback", front.feedback, methods=["GET", "POST"]),
-        Route("/click", front.click, methods=["GET"]),
-        Route("/unsubscribe", front.unsubscribe, methods=["GET", "POST"]),
-        Route("/preferences", front.preferences, methods=["GET", "POST"]),
-        Route("/preferences/likes", front.remove_like, methods=["POST"]),
-        Route("/digest", front.digest, methods=["GET"]),
+        Route("/", route(front.subscribe_form), methods=["GET"]),
+        Route("/subscribe", route(front.subscribe_form), methods=["GET"]),
+        Route("/subscribe", route(front.subscribe), methods=["POST"]),
+        Route("/confirm", route(front.confirm), methods=["GET", "POST"]),
+        Route("/feedback", route(front.feedback), methods=["GET", "POST"]),
+        Route("/click", route(front.click), methods=["GET"]),
+        Route("/unsubscribe", route(front.unsubscribe, any_type=True), methods=["GET", "POST"]),
+        Route("/preferences", route(front.preferences), methods=["GET", "POST"]),
+        Route("/preferences/likes", route(front.remove_like), methods=["POST"]),
+        Route("/digest", route(front.digest), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         HTTPException: http_error, forms.FormRefused: refused, Exception: unexpected})
