@@ -587,6 +587,24 @@ def test_digest_page_shows_the_latest_digest_with_the_email_templates(world: Wor
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
 
 
+def test_a_digest_that_cannot_be_rendered_gets_a_message_page_not_a_500(world: World,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose raising one of our errors (a RenderError: text no renderer takes) is a page that says
+    so; the renderer is the only fake here, everything before it (the store, compose) is real."""
+    import digest.pipeline
+    from digest.errors import RenderError
+
+    def refuse(view):  # noqa: ANN001, ANN202 - digest.render.DigestView
+        raise RenderError(f"could not render the digest for {view.email}: ValueError: no")
+
+    monkeypatch.setattr(digest.pipeline, "render_digest", refuse)
+    url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org",
+                                 clock=world.clock, path="/digest"))
+    page = world.client.get(url)
+    assert page.status_code == 200 and "This digest cannot be shown" in page.text
+    assert "/preferences?t=" in page.text and "Something went wrong" not in page.text
+
+
 def test_unknown_paths_and_methods_get_plain_pages(world: World) -> None:
     assert world.client.get("/nope").status_code == 404
     response = world.client.delete("/subscribe")

@@ -421,7 +421,14 @@ class _Front:
                  for i, pid in enumerate(row.papers) if pid in by_id]
         trend = [(by_id[pid], count) for pid, count in trending if pid in by_id]
         new_count = len(self.store.recent_paper_ids(now - timedelta(days=self.settings.ranking.window_days)))
-        _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now)
+        try:
+            _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now)
+        except DigestError as e:  # e.g. RenderError: text no renderer takes; the daily job has the same trouble
+            log.warning("the digest page of subscriber %s cannot be shown: %s", sub.id, e)
+            return self.message(request, "This digest cannot be shown",
+                                "Something in this digest could not be put on a page. Your settings and likes are "
+                                "unchanged; tomorrow's digest will show here as usual.",
+                                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
