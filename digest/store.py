@@ -231,7 +231,11 @@ def _engine(url: str) -> Engine:
         raise StoreError(f"database url {url!r} is not a valid SQLAlchemy URL") from e
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot make the database folder {folder}: {e.strerror or e}") from e
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         if (path := _sqlite_file(url)) is not None:
@@ -289,6 +293,18 @@ _POSTGRES_FIXES = (  # by SQLSTATE prefix, the first that matches
 )
 
 
+def _home_expanded(url: str) -> str:
+    """A SQLite URL whose file starts with ~ names the home folder (SQLite itself would open a
+    folder literally named "~")."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # _engine says what is wrong with it
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database.startswith("~"):
+        return parsed.set(database=str(Path(parsed.database).expanduser())).render_as_string(hide_password=False)
+    return url
+
+
 def _sqlite_file(url: str) -> Path | None:
     """The file a SQLite URL opens (absolute); None for a server, an in-memory database or a URI filename."""
     parsed = make_url(url)
@@ -343,6 +359,7 @@ class Store:
     """All reads and writes of digest's data; one per process, shared by the stages."""
 
     def __init__(self, url: str, *, migrate: bool | None = None) -> None:
+        url = _home_expanded(url)
         self.url = url
         self.engine = _engine(url)
         self._rate_hits = 0  # hits counted by this process (old ones are forgotten every 500)

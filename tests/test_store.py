@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,13 @@ def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None: 
         for p in procs:
             p.join(60)
         assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 3
+
+
+def test_a_sqlite_url_under_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sqlite:///~/...` is the home folder (SQLite alone opened a folder literally named "~")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "..")
+    store = Store("sqlite:///~/digest-data/digest.db")
+    store.close()
+    assert (tmp_path / "digest-data" / "digest.db").is_file()
+    assert not (tmp_path / ".." / "~").exists()
