@@ -21,7 +21,7 @@ changes nothing about its reader until the confirmation link is used (`Store.req
 
 The store is synchronous (SQLite waits up to 30 s for a lock), so no handler runs on the event loop:
 each route reads the posted form there (the body arrives there), then runs its handler, a plain
-function of (request, form), in the thread pool (`_Front.route`).  A locked database or a big page
+function of (request, form), in the thread pool (`_Front.route`; THREADS threads).  A locked database or a big page
 stalls only its own request, never the others.
 """
 
@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -48,13 +49,24 @@ from digest.schedule import describe
 from digest.settings import Settings
 from digest.store import CLICKED, DISLIKE, LIKE, Store, Subscriber
 from digest.web import forms, mail
-from digest.web.security import CSRF_COOKIE, CSRF_FIELD, RateLimiter, csrf_ok, csrf_token, new_csrf_cookie
+from digest.web.security import (
+    CSRF_COOKIE,
+    CSRF_FIELD,
+    RateLimiter,
+    csrf_ok,
+    csrf_token,
+    new_csrf_cookie,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_TOKEN = 1000  # characters in a link token; longer is not ours
 SUBSCRIBE_WINDOW = 600.0  # seconds over which web.subscribe_limit counts
 LINK_WINDOW = 60.0  # seconds over which web.link_limit counts
+# Threads the handlers run in.  The store's work is mostly Python holding the GIL, so anyio's default
+# of 40 only made requests queue behind each other unfairly: at 50 busy clients p99 was ~820 ms with
+# 40 threads and ~320-400 ms with 8, at the same throughput (benchmarks/web_load.py, BENCHMARKS.md).
+THREADS = 8
 
 SECURITY_HEADERS = {
     # No scripts at all, styles only inline, forms only to us; tokens in our URLs never leak as Referer.
@@ -439,6 +451,7 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS  # this server's event loop only
         yield
         if own_store:
             front.store.close()
