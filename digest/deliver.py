@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as _SMTP_POLICY
@@ -34,8 +34,10 @@ from digest.errors import (
     ConfigError,
     DeliveryError,
     PermanentDeliveryError,
+    ServerNotAnswering,
     ServerUnavailable,
     TransientDeliveryError,
+    UnconfirmedDelivery,
 )
 from digest.settings import Settings
 
@@ -167,10 +169,21 @@ def message_bytes(
     return b"".join(parts)
 
 
+@dataclass(frozen=True)
+class WireMessage:
+    """A message already in wire form (`message_bytes`), with its bare envelope addresses."""
+
+    sender: str
+    to: str
+    data: bytes
+    digest_date: date
+    eight_bit: bool = False
+
+
 class Transport(Protocol):
     """Something that takes finished messages: an SMTP connection or an outbox folder."""
 
-    def send(self, msg: EmailMessage) -> None: ...
+    def send(self, msg: EmailMessage | WireMessage) -> None: ...
 
     def close(self) -> None: ...
 
@@ -186,12 +199,19 @@ class OutboxTransport:
         to = re.sub(r"[^A-Za-z0-9@._-]", "_", msg["To"].addresses[0].addr_spec)
         return self.folder / day / f"{to}.eml"
 
-    def send(self, msg: EmailMessage) -> None:
-        path = self.path_for(msg)
+    def send(self, msg: EmailMessage | WireMessage) -> None:
+        if isinstance(msg, WireMessage):
+            path = self.folder / msg.digest_date.isoformat() / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', msg.to)}.eml"
+            data = msg.data
+        else:
+            path, data = self.path_for(msg), msg.as_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".eml.tmp")
-        tmp.write_bytes(msg.as_bytes())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
+
+    def takes_8bit(self) -> bool:
+        return True  # a file takes any bytes
 
     def close(self) -> None:
         pass
@@ -240,8 +260,11 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError, socket.timeout) as e:
             raise ServerUnavailable(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
 
-    def send(self, msg: EmailMessage) -> None:
-        self._send(lambda conn: conn.send_message(msg))
+    def send(self, msg: EmailMessage | WireMessage) -> None:
+        if isinstance(msg, WireMessage):
+            self.send_bytes(msg.sender, msg.to, msg.data, eight_bit=msg.eight_bit)
+        else:
+            self._send(lambda conn: conn.send_message(msg))
 
     def send_bytes(self, sender: str, to: str, data: bytes, *, eight_bit: bool = False) -> None:
         """Send a message already in wire form (`message_bytes`) from and to these bare addresses."""
@@ -256,16 +279,27 @@ class SmtpTransport:
         return bool(self._conn.has_extn("8bitmime"))
 
     def _send(self, deliver: Callable[[smtplib.SMTP], dict]) -> None:
+        cfg = self.settings.smtp
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._open()
+            self._conn.body_sent = False  # type: ignore[attr-defined]
             try:
                 refused = deliver(self._conn)
-            except smtplib.SMTPServerDisconnected as e:
+            except (smtplib.SMTPServerDisconnected, TimeoutError) as e:
+                body_sent = getattr(self._conn, "body_sent", False)
+                timed_out = isinstance(e, TimeoutError) or isinstance(e.__context__, TimeoutError)
                 self._drop()
+                if timed_out and body_sent:  # the server has the whole message; its answer never came
+                    raise UnconfirmedDelivery(
+                        f"the SMTP server {cfg.host}:{cfg.port} took the message but did not confirm it within "
+                        f"{cfg.timeout:g} s; it may have been delivered, so it is not sent again in this run") from e
+                if timed_out:
+                    raise ServerNotAnswering(
+                        f"the SMTP server {cfg.host}:{cfg.port} did not answer within {cfg.timeout:g} s") from e
                 if attempt == 2:
                     raise TransientDeliveryError(f"SMTP server closed the connection: {e}") from e
-                continue  # reconnect once and retry this message
+                continue  # closed without an answer (idle, or before its 250): not accepted, so reconnect once
             except smtplib.SMTPRecipientsRefused as e:
                 code, text = next(iter(e.recipients.values()))
                 raise _smtp_error(code, text) from e
@@ -318,6 +352,7 @@ class _WireData:
         if not q.endswith(b"\r\n"):
             q += b"\r\n"
         self.send(q + b".\r\n")  # type: ignore[attr-defined]
+        self.body_sent = True  # from here on a lost answer means "may have been delivered"
         return self.getreply()  # type: ignore[attr-defined]
 
 
@@ -389,7 +424,7 @@ class Sender:
         base = self.backoff * 2 ** (attempt - 2)
         return base + base * self.jitter()
 
-    def send(self, msg: EmailMessage) -> None:
+    def send(self, msg: EmailMessage | WireMessage) -> None:
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
                 self.sleep(self.delay(attempt))
@@ -397,9 +432,28 @@ class Sender:
             try:
                 self.transport.send(msg)
                 return
+            except (ServerNotAnswering, UnconfirmedDelivery):
+                raise  # another try would cost a whole timeout, or could deliver the message twice
             except TransientDeliveryError:
                 if attempt == self.attempts:
                     raise
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Across runs: a digest that did not go out waits `retry_after`, doubled after each failed
+    attempt, and fails after `max_attempts` (the one rule both the daily run and the workers use)."""
+
+    retry_after: timedelta
+    max_attempts: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetryPolicy:
+        return cls(timedelta(minutes=settings.delivery.retry_after_minutes), settings.delivery.max_attempts)
+
+    def after(self, attempts: int, now: datetime) -> tuple[bool, datetime]:
+        """(give up?, next try) after `attempts` failed attempts in all."""
+        return attempts >= self.max_attempts, now + self.retry_after * 2 ** max(attempts - 1, 0)
 
 
 def make_transport(settings: Settings) -> Transport:

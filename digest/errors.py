@@ -8,7 +8,9 @@
     ├── RenderError             one reader's digest could not be rendered: it waits for the next run
     └── DeliveryError           a message could not be delivered
         ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
-        │   └── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
+        │   ├── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
+        │   │   └── ServerNotAnswering   it stopped answering (a timeout): not tried again this run
+        │   └── UnconfirmedDelivery  the message went but no answer came: it may have arrived
         ├── PermanentDeliveryError   not for this address (5xx): recorded, others go on
         └── AuthenticationError      the SMTP login failed: stops the whole run once
 """
@@ -70,6 +72,16 @@ class TransientDeliveryError(DeliveryError):
 
 class ServerUnavailable(TransientDeliveryError):
     """The mail server cannot be reached (refused, timed out); no other message would get through now."""
+
+
+class ServerNotAnswering(ServerUnavailable):
+    """The server stopped answering within the timeout: each further try would cost as long, so the
+    rest of the run waits for the next one."""
+
+
+class UnconfirmedDelivery(TransientDeliveryError):
+    """The whole message was sent but the server's answer never came (a timeout after DATA): it may
+    have been delivered, so it is not sent again in this run."""
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import re
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
+from email.message import EmailMessage
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,8 +28,10 @@ import scipy.sparse as sp
 
 from digest.deliver import (
     Envelope,
+    RetryPolicy,
     Sender,
     Transport,
+    WireMessage,
     build_message,
     make_transport,
     message_id,
@@ -35,12 +40,14 @@ from digest.deliver import (
 )
 from digest.errors import (
     AuthenticationError,
+    DeliveryError,
     DigestError,
     PermanentDeliveryError,
     RenderError,
     ServerUnavailable,
     StoreError,
     TransientDeliveryError,
+    UnconfirmedDelivery,
 )
 from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
@@ -50,7 +57,7 @@ from digest.rank.base import top_k_rows
 from digest.rank.saved import ModelReport, ranker_for_day
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
-from digest.schedule import RunLease, due_day, is_send_day, next_send, send_moment, wall_clock, window_days
+from digest.schedule import RunLease, due_day, owner_is_dead, is_send_day, next_send, send_moment, wall_clock, window_days
 from digest.settings import Settings, SubscriberSettings
 from digest.sources import FetchOptions, fetch
 from digest.sources.base import safe_unicode
@@ -65,6 +72,7 @@ from digest.store import (
     SENT_STATUS,
     Paper,
     Store,
+    UNCONFIRMED,
     Subscriber,
     UpsertCounts,
     aware,
@@ -560,19 +568,6 @@ def as_render_error(error: Exception, email: str) -> DigestError:
     return RenderError(f"could not build the digest for {email}: {error.__class__.__name__}: {str(error)[:200]}")
 
 
-def _record_failure(store: Store, settings: Settings, row: Delivery, now: datetime, error: DigestError,
-                    outcome: Outcome) -> None:
-    """A digest that did not go out this time (a transient delivery error, or it could not be
-    rendered): pending with a doubling wait, or failed after `delivery.max_attempts`."""
-    attempts = row.attempts + 1
-    status = PENDING if attempts < settings.delivery.max_attempts else FAILED
-    retry_at = now + timedelta(minutes=settings.delivery.retry_after_minutes) * 2 ** (attempts - 1)
-    store.finish_delivery(row.id, status=status, now=now, error=str(error), next_attempt_at=retry_at)
-    outcome.status = status
-    outcome.detail = (f"{error}; next try after {retry_at:%H:%M} UTC" if status == PENDING
-                      else f"{error} (gave up after {attempts} attempts)")
-
-
 def _save_html(settings: Settings, day: date, email: str, html: str) -> Path:
     path = settings.data_path / "digests" / day.isoformat() / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -616,6 +611,8 @@ def run_daily(
             return report
         report.sources = ingest(store, settings, now, progress)
         report.unmatched_likes = sync_subscribers(store, settings, now)
+        if not dry_run:
+            free_dead_claims(store, now)
         subscribers = store.subscribers()
         due = due_subscribers(store, subscribers, now, report, force=force, only=only, dry_run=dry_run,
                               catch_up_hours=settings.schedule.catch_up_hours)
@@ -643,7 +640,7 @@ def run_daily(
             d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
         _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
                      transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress,
-                     lease=lease, sleep=sleep)
+                     lease=lease, sleep=sleep, force=force)
     finally:
         if lease is not None:
             lease.stop()
@@ -683,7 +680,7 @@ def due_subscribers(
     window = timedelta(hours=catch_up_hours)
     pending: dict[int, list[Delivery]] = {}
     if not dry_run:
-        for row in store.pending_deliveries([s.id for s in subscribers]):
+        for row in store.pending_deliveries([s.id for s in subscribers], now=now):
             pending.setdefault(row.subscriber_id, []).append(row)
     due = []
     for sub in subscribers:
@@ -696,7 +693,7 @@ def due_subscribers(
             retry_at = aware(row.next_attempt_at)
             if now > aware(row.created) + window:
                 reason = f"gave up: not delivered within {catch_up_hours:g} hours ({row.error or 'interrupted'})"
-                store.finish_delivery(row.id, status=FAILED, now=now, error=reason, count_attempt=False)
+                store.record_outcome(row, FAILED, now, worker="", error=reason, attempted=False)
                 report.outcomes.append(Outcome(sub.email, "failed", row.digest_date, message_id=row.message_id, detail=reason))
             elif retry_at is not None and retry_at > now and not force:
                 report.outcomes.append(Outcome(sub.email, "pending", row.digest_date, message_id=row.message_id,
@@ -750,6 +747,7 @@ def _deliver_all(
     progress: Progress | None,
     lease: RunLease | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    force: bool = False,
 ) -> None:
     """Send each due digest in turn over one connection, paced and retried by a `Sender`.
 
@@ -759,6 +757,7 @@ def _deliver_all(
     """
     own_transport = transport is None and not dry_run
     transport = transport or (None if dry_run else make_transport(settings))
+    worker = sender_name()
     cfg = settings.delivery
     sender = None if transport is None else Sender(
         transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second, sleep=sleep
@@ -777,7 +776,7 @@ def _deliver_all(
                         continue
                     _one_subscriber(store, settings, key, data, d, candidates, now, outcome,
                                     transport=sender, dry_run=dry_run, keep_html=keep_html,
-                                    unreachable=report.unreachable)
+                                    unreachable=report.unreachable, worker=worker, force=force)
                 except AuthenticationError as e:
                     report.fatal = str(e)
                     outcome.status, outcome.detail = "pending", str(e)
@@ -804,61 +803,140 @@ def _one_subscriber(
     now: datetime,
     outcome: Outcome,
     *,
-    transport: Transport | Sender | None,
+    transport: Sender | None,
     dry_run: bool,
     keep_html: bool,
     unreachable: str = "",
+    worker: str = "",
+    force: bool = False,
 ) -> None:
+    """One due digest: recorded (planned) first, claimed like any worker claims it, then sent and
+    its outcome recorded through `send_claimed`, the one send step of both modes."""
     sub, day, picks = due.subscriber, due.day, due.picks
     if not picks and settings.delivery.on_empty == "skip":
         since = (now - timedelta(days=settings.ranking.window_days)).date()
         outcome.status, outcome.detail = "no-papers", f"no new papers since {since} (nothing sent; on_empty = \"skip\")"
         return
     trend = trending(data, candidates, {p.paper.id for p in picks})
-    retry_after = timedelta(minutes=settings.delivery.retry_after_minutes)
-    try:
-        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
-        if due.existing is not None and due.existing.message_id:  # a retry is the same message
-            envelope = replace(envelope, message_id=due.existing.message_id)
-        msg = build_message(envelope, text, html, unsubscribe_url=unsub,
-                            unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
-    except Exception as e:  # noqa: BLE001 - this reader's digest is recorded and waits; the others go on
-        error = as_render_error(e, sub.email)
-        if dry_run:
-            outcome.status, outcome.detail = "failed", str(error)
-            return
-        row = due.existing or store.create_delivery(
-            sub.id, day, [p.paper.id for p in picks], message_id(parse_sender(settings.smtp.sender), sub.email, day), now,
-            reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
-        _record_failure(store, settings, row, now, error, outcome)
-        return
-    outcome.message_id = envelope.message_id
-    if dry_run or keep_html:
-        outcome.html_path = _save_html(settings, day, sub.email, html)
+    mid = due.existing.message_id if due.existing is not None and due.existing.message_id else \
+        message_id(parse_sender(settings.smtp.sender), sub.email, day)
+    outcome.message_id = mid
     if dry_run:
+        try:
+            _, _, html, _ = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+        except Exception as e:  # noqa: BLE001 - said for this reader; the others go on
+            outcome.status, outcome.detail = "failed", str(as_render_error(e, sub.email))
+            return
+        outcome.html_path = _save_html(settings, day, sub.email, html)
         outcome.status = "dry-run"
         return
-    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], envelope.message_id, now,
+    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], mid, now,
                                                 reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
+    policy = RetryPolicy.of(settings)
     if unreachable:  # recorded (so the same papers go later), not attempted
-        retry_at = now + retry_after
-        store.finish_delivery(row.id, status=PENDING, now=now, error=unreachable, count_attempt=False, next_attempt_at=retry_at)
+        retry_at = now + policy.retry_after
+        store.record_outcome(row, PENDING, now, worker=worker, error=unreachable, attempted=False, next_attempt_at=retry_at)
         outcome.status, outcome.detail = PENDING, f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC"
         return
+    claimed = store.claim_deliveries(worker, now, ids=[row.id], limit=1, ignore_wait=force)
+    if not claimed:
+        outcome.status, outcome.detail = "skipped", "held by another sender (a digest worker) right now"
+        return
+    assert transport is not None
+
+    def build() -> EmailMessage:
+        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+        envelope = replace(envelope, message_id=mid)  # a retry is the same message
+        if keep_html:
+            outcome.html_path = _save_html(settings, day, sub.email, html)
+        return build_message(envelope, text, html, unsubscribe_url=unsub,
+                             unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
+
+    result = send_claimed(store, transport, claimed[0], build, now, worker=worker, policy=policy, email=sub.email)
+    outcome.status, outcome.detail = result.status, result.detail
+    if result.fatal:
+        raise AuthenticationError(result.fatal)
+    if result.unreachable:
+        raise ServerUnavailable(result.unreachable)
+
+
+def sender_name() -> str:
+    """This process as a holder of delivery claims: host:pid, so a run on this host can tell it died."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def free_dead_claims(store: Store, now: datetime) -> int:
+    """Give back the claims of senders on this host that died (killed mid-batch): their rows need not
+    wait for the claim to lapse; only the message in flight can then go twice (same Message-ID)."""
+    return store.drop_claims_of([h for h in store.claim_holders(now) if owner_is_dead(h)])
+
+
+@dataclass
+class SendResult:
+    """What became of one claimed delivery, as recorded: its status and why; `unreachable` says the
+    rest of the run should wait (the server cannot be reached), `fatal` that nothing can go (login)."""
+
+    status: str
+    detail: str = ""
+    unreachable: str = ""
+    fatal: str = ""
+
+
+def send_claimed(
+    store: Store,
+    sender: Sender,
+    row: Delivery,
+    build: Callable[[], EmailMessage | WireMessage],
+    now: datetime,
+    *,
+    worker: str,
+    policy: RetryPolicy,
+    email: str,
+) -> SendResult:
+    """Build, send and record one claimed delivery: the one send step of the daily run and the workers.
+
+    A message that cannot be built waits like a transient failure; a transient failure waits
+    `policy`'s doubling time, or fails after its attempts; an unconfirmed send (no answer after
+    DATA) is tried once more on a later run, never in this one; a 5xx fails this address.
+    """
     try:
-        transport.send(msg)
+        msg = build()
+    except Exception as e:  # noqa: BLE001 - this reader's digest waits; the others go on
+        return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
+    try:
+        sender.send(msg)
+    except UnconfirmedDelivery as e:
+        if row.status == UNCONFIRMED:  # unconfirmed twice: a third copy is worse than none
+            store.record_outcome(row, FAILED, now, worker=worker, error=f"{e} (twice: not sent again)")
+            return SendResult(FAILED, f"{e}; unconfirmed twice, not sent again")
+        retry_at = now + policy.retry_after
+        store.record_outcome(row, UNCONFIRMED, now, worker=worker, error=str(e), next_attempt_at=retry_at)
+        return SendResult(UNCONFIRMED, f"{e}; tried once more after {retry_at:%H:%M} UTC")
     except TransientDeliveryError as e:
-        _record_failure(store, settings, row, now, e, outcome)
+        result = _failed_attempt(store, row, e, now, worker, policy)
         if isinstance(e, ServerUnavailable):
-            raise
-        return
+            result.unreachable = str(e)
+        return result
     except PermanentDeliveryError as e:
-        store.finish_delivery(row.id, status=FAILED, now=now, error=str(e))
-        outcome.status, outcome.detail = "failed", str(e)
-        return
+        store.record_outcome(row, FAILED, now, worker=worker, error=str(e))
+        return SendResult(FAILED, str(e))
     except AuthenticationError as e:
-        store.finish_delivery(row.id, status=PENDING, now=now, error=str(e), count_attempt=False)
-        raise
-    store.finish_delivery(row.id, status=SENT_STATUS, now=now)
-    store.add_interactions(sub.id, [p.paper.id for p in picks], SENT, now, origin="digest")
-    outcome.status = "sent"
+        store.record_outcome(row, PENDING, now, worker=worker, error=str(e), attempted=False)
+        return SendResult(PENDING, str(e), fatal=str(e))
+    except DeliveryError as e:  # a message that cannot be sent as built (e.g. a line break in a header)
+        return _failed_attempt(store, row, e, now, worker, policy)
+    store.record_outcome(row, SENT_STATUS, now, worker=worker)
+    return SendResult(SENT_STATUS)
+
+
+def _failed_attempt(store: Store, row: Delivery, error: DigestError, now: datetime, worker: str,
+                    policy: RetryPolicy) -> SendResult:
+    """A digest that did not go out this time: pending with a doubling wait, or failed after the
+    policy's attempts."""
+    attempts = row.attempts + 1
+    give_up, retry_at = policy.after(attempts, now)
+    status = FAILED if give_up else PENDING
+    store.record_outcome(row, status, now, worker=worker, error=str(error), next_attempt_at=retry_at)
+    if give_up:
+        return SendResult(status, f"{error} (gave up after {attempts} attempts)")
+    return SendResult(status, f"{error}; next try after {retry_at:%H:%M} UTC")

@@ -170,7 +170,7 @@ def lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_is_dead(owner: str) -> bool:
+def owner_is_dead(owner: str) -> bool:
     """Is `owner` a process on this host that no longer exists?"""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
@@ -218,7 +218,7 @@ class RunLease:
             if self.store.acquire_lease(self.name, self.owner, now=self.clock(), ttl=self.ttl):
                 return True
             holder = self.store.lease(self.name)
-            if holder is not None and _owner_is_dead(holder.owner):
+            if holder is not None and owner_is_dead(holder.owner):
                 if self.store.take_over_lease(self.name, self.owner, previous=holder.owner, now=self.clock(), ttl=self.ttl):
                     log.warning("took over the run lease from %s (process gone)", holder.owner)
                     return True

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from enum import StrEnum
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -26,11 +27,27 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-from digest.errors import StoreError
+from digest.errors import DigestError, StoreError
 from digest.sources.base import PaperRecord, arxiv_id, title_key
 
 LIKE, DISLIKE, SENT, CLICKED = "like", "dislike", "sent", "clicked"
-PENDING, SENT_STATUS, FAILED = "pending", "sent", "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """The states of a delivery row: planned PENDING -> (claimed by one sender) -> SENT, PENDING again
+    with a doubling wait, or FAILED (a 5xx, or `max_attempts` used up).  UNCONFIRMED: the server took
+    the message but never said so (a timeout after DATA): it may have arrived, so it is tried once
+    more on a later run only, and fails rather than go a third time."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNCONFIRMED = "unconfirmed"
+
+
+PENDING, SENT_STATUS, FAILED, UNCONFIRMED = (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED,
+                                             DeliveryStatus.UNCONFIRMED)
+WAITING = (PENDING, UNCONFIRMED)  # rows a sender may claim
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -864,10 +881,13 @@ class Store:
             s.commit()
             return row
 
-    def pending_deliveries(self, subscriber_ids: Sequence[int] | None = None) -> list[Delivery]:
-        """Deliveries recorded but not yet sent (oldest first): a crash or a transient failure left them."""
+    def pending_deliveries(self, subscriber_ids: Sequence[int] | None = None, *, now: datetime | None = None) -> list[Delivery]:
+        """Deliveries recorded but not yet sent (oldest first): a crash or a transient failure left
+        them, or a planner wrote them.  With `now`, rows a sender holds (an unlapsed claim) are left out."""
         with self.session() as s:
-            query = select(Delivery).where(Delivery.status == PENDING).order_by(Delivery.digest_date, Delivery.id)
+            query = select(Delivery).where(Delivery.status.in_([str(w) for w in WAITING])).order_by(Delivery.digest_date, Delivery.id)
+            if now is not None:
+                query = query.where((Delivery.claimed_until == None) | (Delivery.claimed_until <= _utc(now)))  # noqa: E711
             if subscriber_ids is not None:
                 query = query.where(Delivery.subscriber_id.in_(list(subscriber_ids)))
             return list(s.exec(query))
@@ -989,39 +1009,76 @@ class Store:
             s.commit()
 
     def claim_deliveries(
-        self, worker: str, now: datetime, *, limit: int = 100, lease: timedelta = timedelta(minutes=15)
+        self, worker: str, now: datetime, *, limit: int = 100, lease: timedelta = timedelta(minutes=15),
+        ids: Sequence[int] | None = None, ignore_wait: bool = False,
     ) -> list[Delivery]:
-        """Take up to `limit` pending deliveries nobody holds (or whose claim lapsed) for `worker`.
+        """Take up to `limit` waiting deliveries (of `ids`, if given) for `worker`: pending or
+        unconfirmed, held by nobody (or by a claim that lapsed), and due (`next_attempt_at` passed).
 
         PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so workers on many machines neither wait for
         nor take each other's rows.  SQLite: one guarded UPDATE ... RETURNING, atomic under its
-        single writer lock.  A worker that dies leaves its rows to be claimed again after `lease`.
+        single writer lock.  A sender that dies leaves its rows to be claimed again after `lease`.
         """
         stamp = _utc(now)
-        free = (Delivery.status == PENDING) & (
-            (Delivery.claimed_until == None) | (Delivery.claimed_until <= stamp)  # noqa: E711
+        table = Delivery.__table__
+        free = (
+            table.c.status.in_([str(w) for w in WAITING])
+            & ((table.c.claimed_until == None) | (table.c.claimed_until <= stamp))  # noqa: E711
         )
+        if not ignore_wait:  # (`digest send --force` retries before the wait is over)
+            free = free & ((table.c.next_attempt_at == None) | (table.c.next_attempt_at <= stamp))  # noqa: E711
+        if ids is not None:
+            free = free & table.c.id.in_(list(ids))
         claim = {"claimed_by": worker, "claimed_until": stamp + lease}
         with self.session() as s:
             if self.engine.dialect.name == "postgresql":
-                ids = list(
-                    s.exec(select(Delivery.id).where(free).order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
-                )
-                if ids:
-                    s.execute(update(Delivery.__table__).where(Delivery.__table__.c.id.in_(ids)).values(**claim))
+                found = list(s.execute(select(table.c.id).where(free).order_by(table.c.id).limit(limit)
+                                       .with_for_update(skip_locked=True)).scalars())
+                if found:
+                    s.execute(update(table).where(table.c.id.in_(found)).values(**claim))
             else:
-                table = Delivery.__table__
-                free_rows = (table.c.status == PENDING) & (
-                    (table.c.claimed_until == None) | (table.c.claimed_until <= stamp)  # noqa: E711
-                )
-                oldest = select(table.c.id).where(free_rows).order_by(table.c.id).limit(limit).scalar_subquery()
-                ids = list(
-                    s.execute(update(table).where(table.c.id.in_(oldest), free_rows).values(**claim).returning(table.c.id)).scalars()
-                )
+                oldest = select(table.c.id).where(free).order_by(table.c.id).limit(limit).scalar_subquery()
+                found = list(s.execute(update(table).where(table.c.id.in_(oldest), free).values(**claim)
+                                       .returning(table.c.id)).scalars())
             s.commit()
-            if not ids:
+            if not found:
                 return []
-            return list(s.exec(select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id)))
+            return list(s.exec(select(Delivery).where(Delivery.id.in_(found)).order_by(Delivery.id)))
+
+    def record_outcome(
+        self,
+        row: Delivery,
+        status: DeliveryStatus,
+        now: datetime,
+        *,
+        worker: str,
+        error: str = "",
+        attempted: bool = True,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """One delivery's outcome, written as it happens (one transaction): its status and error, one
+        more attempt if it was `attempted`, when it may be tried again, its claim given back, and on
+        SENT the papers recorded as sent to the reader (so they are not picked again)."""
+        stamp = _utc(now)
+        table = Delivery.__table__
+        values: dict[str, Any] = {
+            "status": str(status),
+            "error": error[:2000],
+            "attempts": table.c.attempts + (1 if attempted else 0),
+            "claimed_by": "",
+            "claimed_until": None,
+            "next_attempt_at": _utc(next_attempt_at) if status in WAITING else None,
+        }
+        if status == SENT_STATUS:
+            values["sent_at"] = stamp
+        with self.session() as s:
+            s.execute(update(table).where(table.c.id == row.id, table.c.claimed_by.in_([worker, ""])).values(**values))
+            if status == SENT_STATUS and row.papers:
+                s.execute(insert(Interaction.__table__), [
+                    {"subscriber_id": row.subscriber_id, "paper_id": pid, "kind": SENT, "origin": "digest", "at": stamp}
+                    for pid in dict.fromkeys(row.papers)
+                ])
+            s.commit()
 
     def finish_deliveries(
         self, results: Iterable[tuple[int, str, str]], now: datetime, *, retry_after: timedelta = timedelta(minutes=15)
@@ -1070,6 +1127,23 @@ class Store:
             for chunk in _chunks(list(ids), 500):
                 found.extend(s.exec(select(Subscriber).where(Subscriber.id.in_(chunk))))
         return found
+
+    def claim_holders(self, now: datetime) -> list[str]:
+        """The senders holding unlapsed claims on deliveries now."""
+        with self.session() as s:
+            return list(s.exec(select(Delivery.claimed_by).where(
+                Delivery.claimed_by != "", Delivery.claimed_until > _utc(now)).distinct()))
+
+    def drop_claims_of(self, workers: Sequence[str]) -> int:
+        """Give back every claim these senders hold (they are known to be dead); returns how many."""
+        if not workers:
+            return 0
+        table = Delivery.__table__
+        with self.session() as s:
+            done = s.execute(update(table).where(table.c.claimed_by.in_(list(workers)))
+                             .values(claimed_by="", claimed_until=None)).rowcount
+            s.commit()
+        return int(done or 0)
 
     def release_claims(self, ids: Sequence[int], worker: str) -> None:
         """Give back claimed rows this worker did not get to (they can be claimed again at once)."""

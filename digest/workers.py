@@ -15,26 +15,29 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
-from digest.deliver import Transport, build_message, make_transport, message_bytes, message_id, parse_sender
-from digest.errors import AuthenticationError, DigestError, PermanentDeliveryError, RenderError, TransientDeliveryError
+from digest.deliver import RetryPolicy, Sender, Transport, WireMessage, make_transport, message_bytes, message_id, parse_sender
 from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
     TRENDING_SIZE,
     Pick,
     Progress,
+    SendResult,
     _stage,
-    as_render_error,
     candidate_papers,
     compose,
     day_ranker,
     ingest,
     is_due,
     local_date,
+    free_dead_claims,
     rank_subscribers,
+    send_claimed,
+    sender_name,
     sync_subscribers,
     train_data,
 )
@@ -59,6 +62,7 @@ class WorkReport:
     pending: int = 0
     failed: int = 0
     fatal: str = ""
+    unreachable: str = ""  # the mail server could not be reached: this worker's rest wait for the retry time
     peak_rss_mb: float = 0.0  # the worker process's own high-water mark (run_workers fills it in)
     eight_bit: bool | None = None  # does the SMTP server take 8bit bodies (asked once)
 
@@ -188,23 +192,34 @@ def work(
     *,
     worker: str | None = None,
     transport: Transport | None = None,
-    batch: int = 500,
+    batch: int = 50,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[int], None] | None = None,
 ) -> WorkReport:
-    """Claim, render, send and record pending deliveries until none is left for this worker."""
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    """Claim, render, send and record pending deliveries until none is left for this worker.
+
+    The same send step as the daily run (`send_claimed`): one `Sender` (pacing, in-run retries with
+    backoff), each outcome recorded as it happens (a worker killed mid-batch leaves only the message
+    in flight in doubt), an unreachable server makes the rest of this worker's claim wait for its
+    retry time, a refused login stops it.  Rows whose retry time has not come are not claimed.
+    """
+    worker = worker or sender_name()
     report = WorkReport(worker)
     key = secret_key(settings)
     now = now.astimezone(timezone.utc)
     new_count = len(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
     subscribers: dict[int, Subscriber] = {}
     papers: dict[str, Paper] = {}
-    retry_after = timedelta(minutes=getattr(settings.delivery, "retry_after_minutes", 15.0))
+    policy = RetryPolicy.of(settings)
+    cfg = settings.delivery
     own_transport = transport is None
     transport = transport or make_transport(settings)
+    sender = Sender(transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second,
+                    sleep=sleep)
+    free_dead_claims(store, clock())
     try:
-        while not report.fatal:
+        while not (report.fatal or report.unreachable):
             claimed = store.claim_deliveries(worker, clock(), limit=batch)
             if not claimed:
                 break
@@ -214,22 +229,21 @@ def work(
             wanted = {pid for r in claimed for pid in [*r.papers, *(t[0] for t in r.trending)]} - papers.keys()
             if wanted:
                 papers.update((p.id, p) for p in store.papers(sorted(wanted)))
-            results: list[tuple[int, str, str]] = []
-            sent: list[tuple[int, str]] = []
-            for row in claimed:
-                status, error = _send_one(settings, key, transport, row, subscribers, papers, new_count, now, report)
-                results.append((row.id, status, error))
-                if status == SENT_STATUS:
-                    sent.extend((row.subscriber_id, pid) for pid in row.papers)
-                if report.fatal:
+            for i, row in enumerate(claimed):
+                if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
+                    wait = None if report.fatal else clock() + policy.retry_after
+                    for rest in claimed[i:]:
+                        store.record_outcome(rest, PENDING, clock(), worker=worker, attempted=False,
+                                             error=report.fatal or report.unreachable, next_attempt_at=wait)
                     break
-            done = {r[0] for r in results}
-            # rows not attempted after a fatal error go back at once for another worker or run
-            store.finish_deliveries(results, clock(), retry_after=retry_after)
-            store.release_claims([r.id for r in claimed if r.id not in done], worker)
-            store.add_interactions_many(sent, SENT, now, origin="digest")
-            if progress:
-                progress(len(results))
+                result = _send_one(store, settings, key, sender, transport, row, subscribers, papers, new_count, now,
+                                   report, worker=worker, policy=policy, clock=clock)
+                counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
+                setattr(report, counter, getattr(report, counter) + 1)
+                report.fatal = report.fatal or result.fatal
+                report.unreachable = report.unreachable or result.unreachable
+                if progress:
+                    progress(1)
     finally:
         if own_transport:
             transport.close()
@@ -237,8 +251,10 @@ def work(
 
 
 def _send_one(
+    store: Store,
     settings: Settings,
     key: str,
+    sender: Sender,
     transport: Transport,
     row: Delivery,
     subscribers: dict[int, Subscriber],
@@ -246,47 +262,31 @@ def _send_one(
     new_count: int,
     now: datetime,
     report: WorkReport,
-) -> tuple[str, str]:
-    """Render and send one planned digest; returns (status, error) for the row."""
+    *,
+    worker: str,
+    policy: RetryPolicy,
+    clock: Callable[[], datetime],
+) -> SendResult:
+    """Render one planned digest from its row alone, and send and record it (`send_claimed`)."""
     sub = subscribers.get(row.subscriber_id)
     if sub is None or not sub.active:
-        report.failed += 1
-        return FAILED, "subscriber no longer active"
+        store.record_outcome(row, FAILED, clock(), worker=worker, error="subscriber no longer active", attempted=False)
+        return SendResult(FAILED, "subscriber no longer active")
     picks = [Pick(papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in papers]
     trend = [(papers[pid], int(count)) for pid, count in row.trending if pid in papers]
-    try:
-        send_bytes = getattr(transport, "send_bytes", None)
-        if send_bytes is not None and report.eight_bit is None:
-            report.eight_bit = transport.takes_8bit()
-        try:
-            envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
-            mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
-            if send_bytes is not None:  # SMTP: straight to wire bytes, no EmailMessage to build and flatten
-                data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
-                                     eight_bit=bool(report.eight_bit))
-            else:
-                msg = build_message(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto)
-        except Exception as e:  # noqa: BLE001 - this reader's digest waits for the next run; the others go on
-            raise as_render_error(e, sub.email) from e
-        if send_bytes is not None:
-            send_bytes(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, eight_bit=bool(report.eight_bit))
-        else:
-            transport.send(msg)
-    except (TransientDeliveryError, RenderError) as e:  # a digest that could not be rendered waits too
-        if row.attempts + 1 < settings.delivery.max_attempts:
-            report.pending += 1
-            return PENDING, str(e)
-        report.failed += 1
-        return FAILED, str(e)
-    except AuthenticationError as e:
-        report.fatal = str(e)
-        report.pending += 1
-        return PENDING, str(e)
-    except (PermanentDeliveryError, DigestError) as e:
-        report.failed += 1
-        return FAILED, str(e)
-    report.sent += 1
-    return SENT_STATUS, ""
+
+    def build() -> WireMessage:
+        if report.eight_bit is None:
+            report.eight_bit = bool(getattr(transport, "takes_8bit", lambda: False)())
+        envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
+        envelope = replace(envelope, message_id=row.message_id or envelope.message_id)
+        mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
+        data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
+                             eight_bit=report.eight_bit)
+        return WireMessage(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, row.digest_date,
+                           eight_bit=report.eight_bit)
+
+    return send_claimed(store, sender, row, build, clock(), worker=worker, policy=policy, email=sub.email)
 
 
 def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:
