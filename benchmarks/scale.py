@@ -250,7 +250,7 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     import numpy as np
 
     from digest.links import secret_key
-    from digest.pipeline import candidate_papers, compose, day_ranker, local_date, rank_subscribers, train_data
+    from digest.pipeline import Due, candidate_papers, compose, day_ranker, local_date, rank_subscribers, train_data
     from digest.settings import load_settings
     from digest.store import CLICKED, DISLIKE, LIKE, SENT, Store
     from digest.workers import peak_rss_mb, trending_lists, write_plans
@@ -286,7 +286,7 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     result["rank_children_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     result["candidates"] = len(candidates)
     t = time.perf_counter()
-    write_plans(store, settings, subscribers, picks, trend, NOW)
+    write_plans(store, settings, [Due(s, local_date(NOW, s.timezone), None, picks[s.id]) for s in subscribers], trend, NOW)
     stage("plan_write_s", t)
     result["planner_peak_rss_mb"] = round(peak_rss_mb())
 

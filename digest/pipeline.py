@@ -618,26 +618,8 @@ def run_daily(
                               catch_up_hours=settings.schedule.catch_up_hours)
         if not due:
             return report
-        data = train_data(store, subscribers)
-        ranker, report.model = day_ranker(settings, data, now, save=not dry_run)
-        # A weekly digest picks from the whole week; the others from ranking.window_days.
-        default_days = settings.ranking.window_days
-        widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])
-        recent_for = {days: set(store.recent_paper_ids(now - timedelta(days=days))) for days in {default_days, widest}}
-        recent = recent_for[widest]
-        candidates = candidate_papers(store, data, recent)
-        fresh = [d.subscriber for d in due if d.existing is None]
-        seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
-        if widest > default_days:
-            older = recent - recent_for[default_days]
-            for sub in fresh:
-                if window_days(sub, default_days) < widest:
-                    seen.setdefault(sub.id, set()).update(older)
-        with _stage(progress, "Ranking", len(fresh)) as advance:
-            picks = rank_subscribers(ranker, data, fresh, candidates, seen,
-                                     diversity=settings.ranking.diversity, progress=advance)
-        for d in due:
-            d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
+        data, _, report.model, candidates = rank_due(store, settings, subscribers, due, now, save=not dry_run,
+                                                     progress=progress)
         _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
                      transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress,
                      lease=lease, sleep=sleep, force=force)
@@ -647,6 +629,43 @@ def run_daily(
         if own_store:
             store.close()
     return report
+
+
+def rank_due(
+    store: Store,
+    settings: Settings,
+    subscribers: Sequence[Subscriber],
+    due: Sequence[Due],
+    now: datetime,
+    *,
+    save: bool = True,
+    progress: Progress | None = None,
+    processes: int = 1,
+) -> tuple[TrainData, Ranker, ModelReport, list[Paper]]:
+    """Fill in each due digest's picks: a fresh one ranked now (a weekly digest from the whole week,
+    the others from `ranking.window_days`), a recorded one with exactly its recorded papers.
+
+    Returns the training data, the day's ranker and how it was made, and the widest window's candidates."""
+    data = train_data(store, subscribers)
+    ranker, model = day_ranker(settings, data, now, save=save)
+    default_days = settings.ranking.window_days
+    widest = max([default_days] + [window_days(d.subscriber, default_days) for d in due])
+    recent_for = {days: set(store.recent_paper_ids(now - timedelta(days=days))) for days in {default_days, widest}}
+    recent = recent_for[widest]
+    candidates = candidate_papers(store, data, recent)
+    fresh = [d.subscriber for d in due if d.existing is None]
+    seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+    if widest > default_days:
+        older = recent - recent_for[default_days]
+        for sub in fresh:
+            if window_days(sub, default_days) < widest:
+                seen.setdefault(sub.id, set()).update(older)
+    with _stage(progress, "Ranking", len(fresh)) as advance:
+        picks = rank_subscribers(ranker, data, fresh, candidates, seen, diversity=settings.ranking.diversity,
+                                 processes=processes, progress=advance)
+    for d in due:
+        d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
+    return data, ranker, model, candidates
 
 
 @dataclass
@@ -683,9 +702,11 @@ def due_subscribers(
         for row in store.pending_deliveries([s.id for s in subscribers], now=now):
             pending.setdefault(row.subscriber_id, []).append(row)
     due = []
+    if only is not None:
+        subscribers = [s for s in subscribers if s.email in only]
+    recorded = store.deliveries_on({local_date(now, zone) + timedelta(days=k) for zone in {s.timezone for s in subscribers}
+                                    for k in (-1, 0)})  # today's and (catching up) yesterday's, in one query
     for sub in subscribers:
-        if only is not None and sub.email not in only:
-            continue
         today = local_date(now, sub.timezone)
         retried = set()
         for row in pending.get(sub.id, []):
@@ -708,7 +729,7 @@ def due_subscribers(
             continue
         if day in retried:
             continue
-        existing = store.delivery(sub.id, day)
+        existing = recorded.get((sub.id, day))
         if existing is not None and existing.status in (SENT_STATUS, FAILED):
             status = "skipped" if day == today else "not-due"
             report.outcomes.append(Outcome(sub.email, status, day, message_id=existing.message_id,
@@ -900,11 +921,7 @@ def send_claimed(
     DATA) is tried once more on a later run, never in this one; a 5xx fails this address.
     """
     try:
-        msg = build()
-    except Exception as e:  # noqa: BLE001 - this reader's digest waits; the others go on
-        return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
-    try:
-        sender.send(msg)
+        sender.send(build())  # building may connect (does the server take 8bit?): its errors are the sender's
     except UnconfirmedDelivery as e:
         if row.status == UNCONFIRMED:  # unconfirmed twice: a third copy is worse than none
             store.record_outcome(row, FAILED, now, worker=worker, error=f"{e} (twice: not sent again)")
@@ -925,6 +942,10 @@ def send_claimed(
         return SendResult(PENDING, str(e), fatal=str(e))
     except DeliveryError as e:  # a message that cannot be sent as built (e.g. a line break in a header)
         return _failed_attempt(store, row, e, now, worker, policy)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a digest that cannot be built: this reader's waits, the others go on
+        return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
     store.record_outcome(row, SENT_STATUS, now, worker=worker)
     return SendResult(SENT_STATUS)
 

@@ -881,6 +881,16 @@ class Store:
             s.commit()
             return row
 
+    def deliveries_on(self, digest_dates: Iterable[date]) -> dict[tuple[int, date], Delivery]:
+        """Every delivery row on these digest dates, by (subscriber id, date): one query for a whole run."""
+        days = sorted(set(digest_dates))
+        found: dict[tuple[int, date], Delivery] = {}
+        with self.session() as s:
+            for chunk in _chunks(days, 100):
+                for row in s.exec(select(Delivery).where(Delivery.digest_date.in_(list(chunk)))):
+                    found[(row.subscriber_id, row.digest_date)] = row
+        return found
+
     def pending_deliveries(self, subscriber_ids: Sequence[int] | None = None, *, now: datetime | None = None) -> list[Delivery]:
         """Deliveries recorded but not yet sent (oldest first): a crash or a transient failure left
         them, or a planner wrote them.  With `now`, rows a sender holds (an unlapsed claim) are left out."""

@@ -27,24 +27,21 @@ from digest.pipeline import (
     Pick,
     Progress,
     SendResult,
-    _stage,
-    candidate_papers,
+    Due,
+    RunReport,
     compose,
-    day_ranker,
-    ingest,
-    is_due,
-    local_date,
+    due_subscribers,
     free_dead_claims,
-    rank_subscribers,
+    ingest,
+    rank_due,
     send_claimed,
     sender_name,
     sync_subscribers,
-    train_data,
 )
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
 from digest.settings import Settings
-from digest.store import CLICKED, DISLIKE, FAILED, Delivery, LIKE, PENDING, SENT, SENT_STATUS, Paper, Store, Subscriber
+from digest.store import FAILED, Delivery, PENDING, SENT_STATUS, Paper, Store, Subscriber
 
 
 @dataclass
@@ -105,8 +102,7 @@ def trending_lists(
 def write_plans(
     store: Store,
     settings: Settings,
-    due: Sequence[Subscriber],
-    picks: dict[int, list[Pick]],
+    due: Sequence[Due],
     trend: dict[int, list[list[object]]],
     now: datetime,
     *,
@@ -114,24 +110,19 @@ def write_plans(
 ) -> int:
     """Write the pending delivery rows in chunks (never all 100k plans in memory at once); returns how many."""
     sender = parse_sender(settings.smtp.sender)
-    days: dict[str, object] = {}
     planned = 0
     plans: list[dict] = []
-    for sub in due:
-        chosen = picks.get(sub.id, [])
-        if not chosen and settings.delivery.on_empty == "skip":
+    for d in due:
+        if not d.picks and settings.delivery.on_empty == "skip":
             continue
-        day = days.get(sub.timezone)
-        if day is None:
-            day = days[sub.timezone] = local_date(now, sub.timezone)
         plans.append(
             {
-                "subscriber_id": sub.id,
-                "digest_date": day,
-                "papers": [p.paper.id for p in chosen],
-                "reasons": [p.reason for p in chosen],
-                "trending": trend.get(sub.id, []),
-                "message_id": message_id(sender, sub.email, day),
+                "subscriber_id": d.subscriber.id,
+                "digest_date": d.day,
+                "papers": [p.paper.id for p in d.picks],
+                "reasons": [p.reason for p in d.picks],
+                "trending": trend.get(d.subscriber.id, []),
+                "message_id": message_id(sender, d.subscriber.email, d.day),
             }
         )
         if len(plans) >= chunk:
@@ -153,7 +144,11 @@ def plan_day(
     ingest_sources: bool = True,
     progress: Progress | None = None,
 ) -> PlanReport:
-    """Rank every due subscriber and write their pending deliveries for the workers to send."""
+    """Rank every due subscriber and write their pending deliveries for the workers to send.
+
+    The same due rule as the daily run (`due_subscribers`: send day and time, the catch-up window,
+    recorded digests waiting for a retry, the weekly window): recorded ones are left for the workers
+    to claim when their retry time comes; fresh ones are ranked and written."""
     import time
 
     report = PlanReport()
@@ -163,24 +158,22 @@ def plan_day(
     if ingest_sources:
         ingest(store, settings, now, progress)
         sync_subscribers(store, settings, now)
+    free_dead_claims(store, now)
     report.timings["ingest"] = clock() - start
     start = clock()
     subscribers = store.subscribers()
-    due = [s for s in subscribers if force or is_due(s, now)]
+    run = RunReport(now)
+    due = [d for d in due_subscribers(store, subscribers, now, run, force=force, only=None, dry_run=False,
+                                      catch_up_hours=settings.schedule.catch_up_hours) if d.existing is None]
     report.not_due = len(subscribers) - len(due)
-    data = train_data(store, subscribers)
-    ranker, report.model = day_ranker(settings, data, now)
-    report.timings["fit"] = clock() - start
-    start = clock()
-    candidates = candidate_papers(store, data, now - timedelta(days=settings.ranking.window_days))
-    seen = store.papers_seen([s.id for s in due], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
-    with _stage(progress, "Ranking", len(due)) as advance:
-        picks = rank_subscribers(ranker, data, due, candidates, seen, diversity=settings.ranking.diversity,
-                                 processes=settings.ranking.processes or os.cpu_count() or 1, progress=advance)
-    trend = trending_lists(data, candidates, picks)
+    if not due:
+        return report
+    data, _, report.model, candidates = rank_due(store, settings, subscribers, due, now, progress=progress,
+                                                 processes=settings.ranking.processes or os.cpu_count() or 1)
     report.timings["rank"] = clock() - start
     start = clock()
-    report.planned = write_plans(store, settings, due, picks, trend, now)
+    trend = trending_lists(data, candidates, {d.subscriber.id: d.picks for d in due})
+    report.planned = write_plans(store, settings, due, trend, now)
     report.timings["plan"] = clock() - start
     return report
 

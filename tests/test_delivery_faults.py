@@ -43,6 +43,7 @@ class FaultyInbox:
         self.hang_after: int | None = None
         self.hanging = threading.Event()
         self.release = threading.Event()
+        self.delay = 0.0  # seconds before each 250 (a slow server: longer than the client's timeout)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: ANN001
         codes = self.rcpt_codes.get(address) or ["250 OK"]
@@ -62,6 +63,8 @@ class FaultyInbox:
             self.hanging.set()  # accepted, but the client never hears so
             while not self.release.is_set():
                 await asyncio.sleep(0.05)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 OK"
 
     def count(self) -> Counter[str]:
