@@ -856,31 +856,6 @@ class Store:
             s.commit()
             return row
 
-    def finish_delivery(
-        self,
-        delivery_id: int,
-        *,
-        status: str,
-        now: datetime,
-        error: str = "",
-        count_attempt: bool = True,
-        next_attempt_at: datetime | None = None,
-    ) -> Delivery:
-        """Mark a delivery sent or failed, or still pending (to be retried no sooner than `next_attempt_at`)."""
-        with self.session() as s:
-            row = s.get(Delivery, delivery_id)
-            if row is None:
-                raise StoreError(f"delivery {delivery_id} does not exist")
-            row.status = status
-            row.error = error[:2000]
-            if count_attempt:
-                row.attempts += 1
-            if status == SENT_STATUS:
-                row.sent_at = _utc(now)
-            row.next_attempt_at = _utc(next_attempt_at) if status == PENDING else None
-            s.commit()
-            return row
-
     def deliveries_on(self, digest_dates: Iterable[date]) -> dict[tuple[int, date], Delivery]:
         """Every delivery row on these digest dates, by (subscriber id, date): one query for a whole run."""
         days = sorted(set(digest_dates))
@@ -1090,46 +1065,6 @@ class Store:
                 ])
             s.commit()
 
-    def finish_deliveries(
-        self, results: Iterable[tuple[int, str, str]], now: datetime, *, retry_after: timedelta = timedelta(minutes=15)
-    ) -> None:
-        """Record many outcomes at once: (delivery id, status, error).
-
-        Sent and failed rows are released; a row still pending (a transient error) stays claimed
-        until now + `retry_after`, so no worker retries it sooner.
-        """
-        stamp = _utc(now)
-        table = Delivery.__table__
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("row_id"))
-            .values(
-                status=bindparam("new_status"),
-                error=bindparam("new_error"),
-                attempts=table.c.attempts + 1,
-                sent_at=bindparam("new_sent_at"),
-                claimed_by=bindparam("new_claimed_by"),
-                claimed_until=bindparam("new_claimed_until"),
-            )
-        )
-        rows = [
-            {
-                "row_id": row_id,
-                "new_status": status,
-                "new_error": error[:2000],
-                "new_sent_at": stamp if status == SENT_STATUS else None,
-                "new_claimed_by": "",
-                "new_claimed_until": stamp + retry_after if status == PENDING else None,
-            }
-            for row_id, status, error in results
-        ]
-        if not rows:
-            return
-        with self.session() as s:
-            for chunk in _chunks(rows, 5_000):
-                s.connection().execute(statement, chunk)
-            s.commit()
-
     def subscribers_by_id(self, ids: Sequence[int]) -> list[Subscriber]:
         """The given subscribers (active or not), in no particular order."""
         found: list[Subscriber] = []
@@ -1154,19 +1089,6 @@ class Store:
                              .values(claimed_by="", claimed_until=None)).rowcount
             s.commit()
         return int(done or 0)
-
-    def release_claims(self, ids: Sequence[int], worker: str) -> None:
-        """Give back claimed rows this worker did not get to (they can be claimed again at once)."""
-        if not ids:
-            return
-        table = Delivery.__table__
-        with self.session() as s:
-            s.execute(
-                update(table)
-                .where(table.c.id.in_(list(ids)), table.c.claimed_by == worker, table.c.status == PENDING)
-                .values(claimed_by="", claimed_until=None)
-            )
-            s.commit()
 
     def delivery_status_counts(self, digest_date: date | None = None) -> dict[str, int]:
         """How many deliveries are in each status (on one digest date, or in all)."""

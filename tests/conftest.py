@@ -127,3 +127,8 @@ def make_config(tmp_path: Path) -> ConfigFactory:
         return load_settings(path)
 
     return factory
+
+
+from . import faulty_smtp  # noqa: E402 - after free_port, which it uses
+
+server = faulty_smtp.server  # the misbehaving SMTP server fixture, for every test module

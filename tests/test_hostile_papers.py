@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.pipeline import compose, ingest, run_daily, sync_subscribers
+from digest.pipeline import compose, run_daily, sync_subscribers
 from digest.render import DigestView, PaperView, render_digest, render_digest_reference
 from digest.sources.base import PaperRecord, clean_count, clean_text, clean_url, load_json
 from digest.sources.files import read_jsonl

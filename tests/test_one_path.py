@@ -18,7 +18,8 @@ from digest.settings import Settings, load_settings
 from digest.store import Store
 from digest.workers import plan_day, work
 
-from .test_delivery_faults import EMAILS, NOW, Server, child_env, no_sleep, rows, send_cmd, server, write_config  # noqa: F401
+from .faulty_smtp import Server
+from .test_delivery_faults import EMAILS, NOW, child_env, no_sleep, rows, send_cmd, write_config
 
 Day = Callable[[Settings, datetime], object]
 

@@ -58,10 +58,15 @@ def test_deliveries_plan_claim_finish(store: Store) -> None:
     assert first[0].reasons == ["close to x"] and first[0].trending == [["p1", 3]]
     assert store.claim_deliveries("w3", NOW) == []  # all held
 
-    store.finish_deliveries([(first[0].id, SENT_STATUS, ""), (first[1].id, FAILED, "550 no such user"),
-                             (first[2].id, PENDING, "421 try later")], NOW)
-    store.release_claims([d.id for d in second], "w2")
+    store.record_outcome(first[0], SENT_STATUS, NOW, worker="w1")
+    store.record_outcome(first[1], FAILED, NOW, worker="w1", error="550 no such user")
+    store.record_outcome(first[2], PENDING, NOW, worker="w1", error="421 try later", next_attempt_at=NOW + timedelta(minutes=15))
+    store.record_outcome(second[0], SENT_STATUS, NOW, worker="w1")  # not w1's claim: nothing changes
+    for row in second:  # w2 gives its rows back untried
+        store.record_outcome(row, PENDING, NOW, worker="w2", attempted=False)
     assert store.delivery_status_counts(day) == {SENT_STATUS: 1, FAILED: 1, PENDING: 3}
+    assert store.papers_seen([first[0].subscriber_id], ["p1"], [SENT]) == {first[0].subscriber_id: {"p1"}}
+    assert all(store.delivery(d.subscriber_id, day).attempts == 0 for d in second)
     again = store.claim_deliveries("w3", NOW)
     assert {d.id for d in again} == {d.id for d in second}  # the retry waits; released rows come back
     later = store.claim_deliveries("w4", NOW + timedelta(hours=1))  # the retry's wait and w3's claim lapsed
