@@ -32,11 +32,10 @@ from digest.settings import load_settings
 from digest.store import MARKER_SUFFIX, PENDING, SENT_STATUS, Store, discard_database
 
 from .conftest import POSTGRES_URL_VAR, free_port, reset_postgres
+from .faulty_smtp import FaultyInbox, Server
 from .test_delivery_faults import (
     EMAILS,
     NOW,
-    FaultyInbox,
-    Server,
     child_env,
     rows,
     send_cmd,
