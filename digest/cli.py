@@ -231,8 +231,52 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                 console.print(f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True)
             if last is not None and last.status in (PENDING, FAILED) and last.error:
                 console.print(f"  [red]problem:[/red] {escape(last.error)}", highlight=False, soft_wrap=True)
+            if last is not None and last.status == FAILED:
+                console.print(f"  to send it again: digest retry {sub.email} --date {last.digest_date}",
+                              markup=False, highlight=False, soft_wrap=True)
     finally:
         store.close()
+
+
+@app.command()
+def retry(
+    email: Annotated[str, typer.Argument(help="The reader whose digest failed.")],
+    config: ConfigOption = None,
+    day: Annotated[
+        str | None, typer.Option("--date", help="The digest's date, YYYY-MM-DD (default: the reader's latest failed digest).")
+    ] = None,
+) -> None:
+    """Queue a failed digest again once its cause is fixed: same papers, same Message-ID.
+
+    The next `digest send` or `digest run` (or a `digest worker`) sends it, once.  A digest that
+    was sent, or is still waiting for its own retry, is left alone.
+    """
+    from datetime import date
+
+    from digest.errors import StoreError
+    from digest.store import Store
+
+    settings = _settings(config)
+    try:
+        digest_date = date.fromisoformat(day) if day else None
+    except ValueError as e:
+        raise ConfigError(f"--date {day!r} is not a date such as 2026-11-23") from e
+    address = email.strip().lower()
+    store = Store(settings.database_url)
+    try:
+        sub = store.subscriber(email=address)
+        if sub is None or sub.id is None:
+            raise DigestError(f"{address} is not a reader in the database (digest status lists them)")
+        try:
+            row = store.requeue_delivery(sub.id, digest_date, datetime.now(timezone.utc))
+        except StoreError:
+            raise
+        except DigestError as e:
+            raise DigestError(f"{address}: {e}") from e
+    finally:
+        store.close()
+    console.print(f"{address}: the digest of {row.digest_date} is queued again ({len(row.papers)} papers, "
+                  f"{row.message_id}); the next digest send or digest run sends it", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

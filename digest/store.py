@@ -886,6 +886,40 @@ class Store:
                 .order_by(Delivery.digest_date.desc(), Delivery.id.desc())
             ).first()
 
+    def requeue_delivery(self, subscriber_id: int, digest_date: date | None, now: datetime) -> Delivery:
+        """Queue a failed digest again, as it was (same papers, same Message-ID), once its cause is
+        fixed: pending, no attempts used, due at `now`, error and claim cleared; the next run or
+        worker sends it.  `digest_date` None: the subscriber's latest failed digest.  `created` moves
+        to `now` as well, so the catch-up window counts from the requeue (from the first try, the
+        next run would give it up at once).  A digest that is not failed is left alone: DigestError."""
+        stamp = _utc(now)
+        table = Delivery.__table__
+        with self.session() as s:
+            query = select(Delivery).where(Delivery.subscriber_id == subscriber_id)
+            if digest_date is None:
+                query = query.where(Delivery.status == str(FAILED))
+            else:
+                query = query.where(Delivery.digest_date == digest_date)
+            row = s.exec(query.order_by(Delivery.digest_date.desc(), Delivery.id.desc())).first()
+            if row is None:
+                raise DigestError("no failed digest to send again" if digest_date is None else f"no digest for {digest_date}")
+            if row.status == SENT_STATUS:
+                when = f" at {aware(row.sent_at):%Y-%m-%d %H:%M} UTC" if row.sent_at else ""
+                raise DigestError(f"the digest of {row.digest_date} was sent{when}: nothing to send again")
+            if row.status != FAILED:
+                raise DigestError(f"the digest of {row.digest_date} is {row.status}, not failed: a run sends it by itself")
+            done = s.execute(
+                update(table).where(table.c.id == row.id, table.c.status == str(FAILED)).values(
+                    status=str(PENDING), attempts=0, error="", created=stamp, next_attempt_at=stamp,
+                    claimed_by="", claimed_until=None, sent_at=None,
+                )
+            ).rowcount
+            s.commit()
+            if not done:  # it changed under us (another requeue): say what it is now
+                raise DigestError(f"the digest of {row.digest_date} changed meanwhile; see digest status")
+            s.refresh(row)
+            return row
+
     # -- leases ---------------------------------------------------------------------------------
     #
     # A lease is a row (name, owner, expires).  Taking it is one atomic statement: an UPDATE that only

@@ -75,7 +75,7 @@ def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
 
 def test_help_on_every_command() -> None:
     runner = CliRunner()
-    for command in ("demo", "send", "run", "check-config", "import-listing", "fit"):
+    for command in ("demo", "send", "run", "status", "retry", "check-config", "import-listing", "fit"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "--help" in result.output, command
 
