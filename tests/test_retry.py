@@ -17,7 +17,8 @@ from digest.errors import DigestError
 from digest.store import FAILED, PENDING, SENT_STATUS, Delivery, Store
 
 from .conftest import free_port
-from .test_delivery_faults import Server, write_config
+from .faulty_smtp import Server
+from .test_delivery_faults import write_config
 
 EMAILS = ["ok@example.org", "broken@example.org"]
 
