@@ -37,7 +37,8 @@ ConfigOption = Annotated[
 ]
 NowOption = Annotated[
     str | None,
-    typer.Option(help="Run as of this moment, ISO 8601 with offset, e.g. 2026-11-23T08:00:00+00:00 (default: now)."),
+    typer.Option(help="Run as of this moment, ISO 8601 with offset, e.g. 2026-11-23T08:00:00+00:00 (default: now); "
+                 "links are never signed, nor source checkpoints moved, past the real time."),
 ]
 
 

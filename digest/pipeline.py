@@ -520,15 +520,19 @@ def compose(
     trend: Sequence[tuple[Paper, int]],
     new_count: int,
     now: datetime,
+    *,
+    clock: Callable[[], datetime] = wall_clock,
 ) -> tuple[Envelope, str, str, str]:
     """(envelope, text, html, unsubscribe url) of one subscriber's digest.
 
     Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
-    carries a token signed as of `now` that names the subscriber (and the paper).
+    carries a token that names the subscriber (and the paper), signed as of `now` but never later
+    than the real `clock`: a digest made with a `--now` in the future must not carry links that the
+    web front refuses as not yet valid until then.
     """
     sender = parse_sender(settings.smtp.sender)
-    clock = links.at(now)
-    unsub = unsubscribe_url(settings, key, sub.email, clock=clock)
+    signed = links.at(min(now, clock()))
+    unsub = unsubscribe_url(settings, key, sub.email, clock=signed)
     subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
     view = DigestView(
         name=sub.name,
@@ -540,12 +544,12 @@ def compose(
         new_count=new_count,
         unsubscribe_url=unsub,
         subject=subject,
-        manage_url=links.manage_url(settings, key, sub.email, clock=clock),
-        browser_url=links.manage_url(settings, key, sub.email, clock=clock, path="/digest"),
+        manage_url=links.manage_url(settings, key, sub.email, clock=signed),
+        browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest"),
         origin=sub.origin,
     )
     if sub.id is not None:
-        signer = links.DigestLinks(settings, key, sub.id, clock=clock)
+        signer = links.DigestLinks(settings, key, sub.id, clock=signed)
         for pv in view.picks + view.trending:
             pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
     text, html = render_digest(view)

@@ -220,3 +220,18 @@ def test_unreachable_server_raises_source_error(make_config: ConfigFactory) -> N
     settings = make_config(arxiv_source(f"http://127.0.0.1:{free_port()}", max_attempts=2))
     with pytest.raises(SourceError, match="cannot connect.*2 attempts"):
         fetch_arxiv(settings.sources[0], None, NOW, FetchOptions(sleep=lambda s: None))
+
+
+def test_the_checkpoint_never_passes_the_real_clock(httpserver: HTTPServer, make_config: ConfigFactory) -> None:
+    """A run with `--now` two days ahead accepts an entry dated tomorrow (a day past its own now is
+    absurd, not this): the checkpoint stops at the real now, so the real runs still read what comes
+    before tomorrow."""
+    from digest.sources.arxiv import fetch_arxiv
+
+    tomorrow = (NOW + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    serve_pages(httpserver, {0: atom_feed([atom_entry("2611.30001v1", "Dated Ahead", published=tomorrow),
+                                           atom_entry("2611.30002v1", "Of Today", published="2026-11-23T09:00:00Z")])})
+    settings = make_config(arxiv_source(httpserver.url_for("")))
+    result = fetch_arxiv(settings.sources[0], None, NOW + timedelta(days=2), FetchOptions(sleep=lambda s: None, clock=lambda: NOW))
+    assert len(result.records) == 2
+    assert result.cursor == NOW.isoformat()

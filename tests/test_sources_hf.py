@@ -219,3 +219,22 @@ def test_retry_after_takes_only_ascii_seconds_or_a_date() -> None:
 
     assert retry_after("²") is None and retry_after("٣") is None  # isdigit() but not float()
     assert retry_after("120") == 120.0 and retry_after("9" * 400) == 999_999_999_999.0
+
+
+def test_a_run_dated_ahead_fetches_and_checkpoints_no_later_than_the_real_today(
+    httpserver: HTTPServer, make_config: ConfigFactory
+) -> None:
+    """`--now` two days ahead: the days after the real today have no list yet and are not asked for,
+    and the checkpoint stays before the real today; one left in the future by an older version is
+    moved back, so the real runs fetch today again."""
+    asked = serve_days(httpserver, {"2026-11-23": hf_json(hf_item("2611.10001", "LoRA Revisited"))})
+    src = make_config(hf_source(httpserver.url_for(""), max_days=3)).sources[0]
+    real = FetchOptions(sleep=lambda s: None, clock=lambda: NOW)
+    result = fetch_hf_daily(src, "2026-11-21", NOW + timedelta(days=2), real)
+    assert asked == ["2026-11-22", "2026-11-23"] and len(result.records) == 1
+    assert result.cursor == "2026-11-22"
+
+    asked.clear()
+    repaired = fetch_hf_daily(src, "2026-11-24", NOW, real)
+    assert asked == ["2026-11-23"] and repaired.cursor == "2026-11-22"
+    assert repaired.notes == ["the checkpoint 2026-11-24 was in the future: moved back to 2026-11-22"]

@@ -1,8 +1,10 @@
 """arXiv: new papers in the configured categories, from the export API's Atom feed, newest first.
 
-The checkpoint is the newest submission time seen.  A run pages back (`max_pages` at most, a
-`request_delay` pause between requests, as arXiv asks) until entries are older than the checkpoint,
-or on the first run older than `max_days`.  The id is the arXiv id without its version, so a new
+The checkpoint is the newest submission time seen, never later than the real clock (an entry
+dated ahead, accepted by a run with `--now` in the future, must not make the real runs skip the
+entries submitted before it).  A run pages back (`max_pages` at most, a `request_delay` pause
+between requests, as arXiv asks) until entries are older than the checkpoint, or on the first run
+older than `max_days`.  The id is the arXiv id without its version, so a new
 version updates the paper instead of adding one.  The checkpoint only moves when every page was
 read whole: after a failure or a broken page the next run reads the same span again.
 """
@@ -140,7 +142,8 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
             "were not fetched (raise max_pages, or use --since)"
         )
     if whole and newest is not None:
-        result.cursor = newest.isoformat()
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
+        result.cursor = min(newest, options.clock()).isoformat()
     elif not whole:
         result.notes.append("a page was broken: the checkpoint stays, the next run reads these pages again")
     return result

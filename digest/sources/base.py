@@ -252,13 +252,20 @@ class FetchResult:
                 named.append(where)
 
 
+def real_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 @dataclass
 class FetchOptions:
-    """How a run asks: a start date overriding the checkpoint, the sleep to wait with, a progress hook."""
+    """How a run asks: a start date overriding the checkpoint, the sleep to wait with, a progress
+    hook, and the real clock (a run's `now` may be in the future, `--now`; no checkpoint moves past
+    the real clock, or the real runs after it would skip what they have not fetched)."""
 
     since: date | None = None
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[int, int], None] | None = None  # (pages or days done, total)
+    clock: Callable[[], datetime] = real_now
 
     def advance(self, done: int, total: int) -> None:
         if self.progress is not None:

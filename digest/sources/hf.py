@@ -4,7 +4,8 @@
 object (`id` = arXiv id, `title`, `summary`, `authors` as objects with `name`, `publishedAt`,
 `upvotes`) and the item's own `numComments`, `title` and `publishedAt`.  The checkpoint is the last
 day fully fetched; a run fetches each day after it up to today (at most `max_days` days, oldest
-first), and never checkpoints today itself, whose list and upvotes still grow.  A day that fails
+first), and never checkpoints today itself, whose list and upvotes still grow.  "Today" is the
+run's, or the real one if the run's is later (`digest send --now` in the future).  A day that fails
 or answers garbage stops the checkpoint there, so the next run fetches it again.
 """
 
@@ -82,7 +83,12 @@ def days_to_fetch(cursor: str | None, options: FetchOptions, today: date, max_da
 def fetch_hf_daily(src: SourceSettings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
     """Each day's papers since the checkpoint; see the module docstring."""
     result = FetchResult(src.label, cursor=cursor)
-    today = now.date()
+    real_today = options.clock().date()
+    today = min(now.date(), real_today)  # a later day has no list yet, whatever `now` says
+    ahead = _date_or_none(cursor)
+    if ahead is not None and ahead >= real_today:  # left by an older version's run with --now ahead
+        cursor = result.cursor = (real_today - timedelta(days=1)).isoformat()
+        result.notes.append(f"the checkpoint {ahead} was in the future: moved back to {cursor}")
     days, wanted = days_to_fetch(cursor, options, today, src.max_days)
     if days and wanted < days[0]:
         result.notes.append(
