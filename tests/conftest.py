@@ -105,26 +105,32 @@ def store(database_url: str) -> Iterator[Store]:
 ConfigFactory = Callable[..., Settings]
 
 
+def write_config(folder: Path, body: str = "", *, smtp_port: int | None = None, method: str = "outbox",
+                 name: str = "digest.toml") -> Settings:
+    """Write a TOML config into `folder` (data in folder/data) and load it; `body` is appended to a minimal base."""
+    path = folder / name
+    smtp = f"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsender = \"Digest <digest@example.org>\"\ntimeout = 5\n" if smtp_port else ""
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            data_dir = "{(folder / 'data').as_posix()}"
+            [delivery]
+            method = "{method}"
+            {smtp}
+            """
+        )
+        + textwrap.dedent(body),
+        encoding="utf-8",
+    )
+    return load_settings(path)
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> ConfigFactory:
     """Write a TOML config into tmp_path and load it; `body` is appended to a minimal base."""
 
     def factory(body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml") -> Settings:
-        path = tmp_path / name
-        smtp = f"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsender = \"Digest <digest@example.org>\"\ntimeout = 5\n" if smtp_port else ""
-        path.write_text(
-            textwrap.dedent(
-                f"""
-                data_dir = "{(tmp_path / 'data').as_posix()}"
-                [delivery]
-                method = "{method}"
-                {smtp}
-                """
-            )
-            + textwrap.dedent(body),
-            encoding="utf-8",
-        )
-        return load_settings(path)
+        return write_config(tmp_path, body, smtp_port=smtp_port, method=method, name=name)
 
     return factory
 

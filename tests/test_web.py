@@ -8,13 +8,17 @@ after "more like this".
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from html import unescape
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +32,7 @@ from digest.sources.base import PaperRecord
 from digest.store import CLICKED, DISLIKE, LIKE, Store
 from digest.web import create_app
 
-from .conftest import ConfigFactory, Inbox
+from .conftest import ConfigFactory, Inbox, write_config
 
 DAY_ONE = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 LANGUAGE = re.compile(r"language|llm|text|token|sentence|retrieval|translation|bert|word|document|query|nlp", re.I)
@@ -98,14 +102,41 @@ class World:
         return len(self.store.paper_ids_for(sub.id, [kind]))
 
 
+_TEMPLATE: list[Path] = []  # the data folder of one world after its first daily run, built once per session
+
+
+def _template() -> Path:
+    """A folder holding what the first daily run of the outbox world leaves (database, saved fit,
+    outbox, key): each world starts from a copy instead of ingesting and fitting again (seconds per test)."""
+    if not _TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="digest-web-world-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        settings = write_config(folder, CONFIG.format(subscribe_limit=50, link_limit=1000))
+        store = Store(settings.database_url)
+        try:
+            report = run_daily(DAY_ONE, settings, store=store, force=True)
+            assert report.by_status() == {"sent": 2}, report.outcomes
+        finally:
+            store.close()
+        _TEMPLATE.append(folder / "data")
+    return _TEMPLATE[0]
+
+
 def make_world(make_config: ConfigFactory, *, smtp_port: int | None = None, subscribe_limit: int = 50,
                link_limit: int = 1000) -> Iterator[World]:
-    settings = make_config(CONFIG.format(subscribe_limit=subscribe_limit, link_limit=link_limit),
-                           smtp_port=smtp_port, method="smtp" if smtp_port else "outbox")
+    """The web front over a store the daily job filled (two readers, their digests sent); through a
+    real SMTP server when `smtp_port` is given, else from a copy of the outbox world's first run."""
+    body = CONFIG.format(subscribe_limit=subscribe_limit, link_limit=link_limit)
+    if smtp_port is None:
+        settings = make_config(body)
+        shutil.copytree(_template(), settings.data_path, dirs_exist_ok=True)
+    else:
+        settings = make_config(body, smtp_port=smtp_port, method="smtp")
     store = Store(settings.database_url)
     clock = Clock(DAY_ONE)
-    report = run_daily(clock.now, settings, store=store, force=True)
-    assert report.by_status() == {"sent": 2}, report.outcomes
+    if smtp_port is not None:
+        report = run_daily(clock.now, settings, store=store, force=True)
+        assert report.by_status() == {"sent": 2}, report.outcomes
     with TestClient(create_app(settings, store=store, clock=clock), base_url="https://digest.example.org") as client:
         yield World(settings, store, clock, client)
     store.close()
