@@ -179,13 +179,14 @@ def send(
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Keep running: a daily job per subscriber at their send time, in their time zone (Ctrl-C stops)."""
+    """Keep running: every minute, send the digests that are due (every reader in the database, web
+    sign-ups included, at their send time in their time zone).  Ctrl-C stops."""
     from digest.schedule import run_forever
 
     path = config or default_config_path()
     settings = load_settings(path)
-    console.print(f"scheduling {len(settings.subscribers)} subscriber(s); Ctrl-C to stop, "
-                  f"kill -HUP to re-read {path} now (it is re-read every {settings.schedule.reload_minutes:g} min)")
+    console.print(f"checking every minute who is due; Ctrl-C to stop, kill -HUP to re-read {path} now "
+                  f"(it is re-read every {settings.schedule.reload_minutes:g} min)")
     run_forever(settings, path, log_line=lambda line: console.print(line, markup=False, highlight=False))
 
 

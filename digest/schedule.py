@@ -1,4 +1,4 @@
-"""Schedule: when each digest is due, one APScheduler job per subscriber, and one run at a time.
+"""Schedule: when each digest is due, a tick that runs the daily job when someone is, and one run at a time.
 
 Three layers, each usable alone:
 
@@ -7,10 +7,11 @@ Three layers, each usable alone:
   instant an hour "later" (03:30 summer time); one that happens twice on a fall-back day counts once.
 * `RunLease`: a database lease (see `Store.acquire_lease`) held, and renewed in the background, by
   the daily run, so two processes started by mistake never run it at once.
-* the scheduler (`build_scheduler`, `reconcile`, `run_forever`): APScheduler 3 with its jobs in the
-  project's database (SQLAlchemyJobStore), so they survive restarts; `coalesce` plus a misfire grace
-  of `schedule.catch_up_hours` make a process that was down at send time catch up once.  The config
-  is re-read every `schedule.reload_minutes` (or on SIGHUP) and the jobs follow it.
+* the scheduler (`Scheduler`, `run_forever`): a tick every minute asks the store who is due (every
+  active reader in the database, web sign-ups included) and runs the daily job only then.  Nothing
+  is kept between restarts but the database: a process that was down at send time catches up once
+  because the due rule's window (`schedule.catch_up_hours`) is still open when it comes back.  The
+  config is re-read every `schedule.reload_minutes` (or at once on SIGHUP).
 
 The scheduler is only the trigger: the pipeline's rule (one digest per subscriber and local date,
 the delivery row written before the message leaves) is what keeps a digest from going out twice.
@@ -25,32 +26,21 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.base import BaseTrigger
-
 from digest.errors import DigestError, StoreError
 from digest.settings import Settings, load_settings
-from digest.store import Store
+from digest.store import Delivery, Store, Subscriber, aware
 
 log = logging.getLogger("digest.schedule")
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 RUN_LEASE = "daily-run"
-JOB_PREFIX = "digest:"
-RELOAD_JOB = "digest-reload"
 
 Clock = Callable[[], datetime]
 
@@ -63,12 +53,16 @@ def wall_clock() -> datetime:
 
 
 class Timed(Protocol):
-    """What the due rule needs of a subscriber (the settings entry or the store row)."""
+    """What the due rule needs of a subscriber (the settings entry, the store row, or a `When`): read only."""
 
-    timezone: str
-    send_at: str
-    frequency: str
-    weekly_day: str
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def send_at(self) -> str: ...
+    @property
+    def frequency(self) -> str: ...
+    @property
+    def weekly_day(self) -> str: ...
 
 
 def is_send_day(sub: Timed, day: date) -> bool:
@@ -130,7 +124,7 @@ def describe(sub: Timed) -> str:
 
 @dataclass(frozen=True)
 class When:
-    """A subscriber's timing, as stored in a trigger (plain strings, so it pickles anywhere)."""
+    """A subscriber's timing as a value (hashable: subscribers who share one share its due rule)."""
 
     timezone: str
     send_at: str
@@ -140,26 +134,6 @@ class When:
     @classmethod
     def of(cls, sub: Timed) -> When:
         return cls(sub.timezone, sub.send_at, sub.frequency, sub.weekly_day)
-
-
-class DigestTrigger(BaseTrigger):
-    """An APScheduler trigger that fires at each of `next_send`'s instants: once per send day,
-    also on the days the clocks change (a plain CronTrigger fires twice on a fall-back day)."""
-
-    def __init__(self, when: When) -> None:
-        self.when = when
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        if previous_fire_time is not None and previous_fire_time >= now:
-            return next_send(self.when, previous_fire_time)
-        # The first instant at or after now (a fire time equal to now is still to come).
-        return next_send(self.when, now - timedelta(microseconds=1))
-
-    def __str__(self) -> str:
-        return describe(self.when)
-
-    def __repr__(self) -> str:
-        return f"<DigestTrigger ({self})>"
 
 
 # -- one run at a time --------------------------------------------------------------------------
@@ -273,168 +247,191 @@ class RunLease:
 
 # -- the scheduler ------------------------------------------------------------------------------
 
+TICK_SECONDS = 60  # send times are whole minutes: a look at each minute finds each one as it comes
+SAY_EACH = 20  # more joins (or moves, or leaves) than this in one tick are logged as a count
 
-def run_due(config_path: str) -> None:
-    """The job: run the daily job as of now for everyone due (this job's subscriber among them).
-
-    Jobs are stored by reference with plain arguments (the config path, never the settings, which
-    hold secrets), and each run reads the current config.  If another run holds the lease, this one
-    waits for it, so a trigger is never lost to a busy run.
-    """
-    from digest.pipeline import run_daily
-
-    settings = load_settings(config_path)
-    report = run_daily(wall_clock(), settings, lease_wait=settings.schedule.lease_seconds * 5)
-    if report.busy:
-        log.warning("%s", report.busy)
-    for out in report.outcomes:
-        if out.status != "not-due":
-            log.info("%s: %s %s", out.email, out.status, out.detail)
-    if report.fatal:
-        log.error("%s", report.fatal)
+SendKey = tuple[int, date, When]  # a subscriber's digest for a local date, at the timing that made it due
+RetryKey = tuple[int, int, datetime | None]  # a recorded digest, at its attempt count and retry time
 
 
-def _retry_due(settings: Settings, now: datetime) -> bool:
-    """Is a pending delivery waiting for a retry whose time has come?"""
-    store = Store(settings.database_url)
-    try:
-        return any(d.next_attempt_at is None or d.next_attempt_at <= now for d in store.pending_deliveries())
-    finally:
-        store.close()
-
-
-@dataclass
-class Changes:
-    added: list[str]
-    changed: list[str]
-    removed: list[str]
-
-
-def reconcile(scheduler: BaseScheduler, settings: Settings, config_path: str) -> Changes:
-    """Make the stored jobs match the config: one per subscriber, at its time.
-
-    A job whose timing did not change is left alone, so its next run time (and a catch-up it owes)
-    is kept; a changed one is rescheduled; a removed subscriber's job goes.
-    """
-    grace = max(1, int(settings.schedule.catch_up_hours * 3600))
-    wanted = {JOB_PREFIX + s.email: s for s in settings.subscribers}
-    changes = Changes([], [], [])
-    for job in scheduler.get_jobs(jobstore="default"):
-        if job.id.startswith(JOB_PREFIX) and job.id not in wanted:
-            scheduler.remove_job(job.id, jobstore="default")
-            changes.removed.append(job.id.removeprefix(JOB_PREFIX))
-    for job_id, sub in wanted.items():
+def sends_due(subscribers: Iterable[Subscriber], now: datetime, *, catch_up_hours: float) -> set[SendKey]:
+    """Each subscriber's digest whose send time has come (less than `catch_up_hours` ago): the due
+    rule, worked out once per distinct timing (a large community has few)."""
+    days: dict[When, date | None] = {}
+    due: set[SendKey] = set()
+    for sub in subscribers:
         when = When.of(sub)
-        job = scheduler.get_job(job_id, jobstore="default")
-        if job is None:
-            scheduler.add_job(
-                run_due, DigestTrigger(when), args=(config_path,), id=job_id, name=f"digest for {sub.email}",
-                jobstore="default", coalesce=True, max_instances=1, misfire_grace_time=grace,
-            )
-            changes.added.append(sub.email)
-            continue
-        if job.args != (config_path,) or job.misfire_grace_time != grace:
-            scheduler.modify_job(job_id, jobstore="default", args=(config_path,), misfire_grace_time=grace)
-        if getattr(job.trigger, "when", None) != when:
-            scheduler.reschedule_job(job_id, jobstore="default", trigger=DigestTrigger(when))
-            changes.changed.append(sub.email)
-    return changes
+        if when not in days:
+            days[when] = due_day(when, now, catch_up_hours=catch_up_hours)
+        day = days[when]
+        if day is not None and sub.id is not None:
+            due.add((sub.id, day, when))
+    return due
 
 
-def reload(scheduler: BaseScheduler, config_path: str, clock: Clock = wall_clock, *, store: Store | None = None) -> None:
-    """The periodic tick: re-read the config, reconcile the jobs, and run if a retry is due.
-
-    First `store` (the scheduler's own, open all along) is checked: a database deleted or replaced
-    under this process stops it here (StoreError), before the jobs are touched."""
-    if store is not None:
-        store.check()
-    try:
-        settings = load_settings(config_path)
-    except DigestError as e:
-        log.error("config not reloaded, keeping the current jobs: %s", e)
-        return
-    changes = reconcile(scheduler, settings, config_path)
-    for label, emails in (("scheduled", changes.added), ("rescheduled", changes.changed), ("unscheduled", changes.removed)):
-        for email in emails:
-            log.info("%s %s", label, email)
-    reload_job = scheduler.get_job(RELOAD_JOB, jobstore="memory")
-    minutes = settings.schedule.reload_minutes
-    if reload_job is not None and reload_job.trigger.interval != timedelta(minutes=minutes):
-        scheduler.reschedule_job(RELOAD_JOB, jobstore="memory", trigger="interval", minutes=minutes)
-    if _retry_due(settings, clock()):
-        run_due(config_path)
+def retries_due(rows: Iterable[Delivery], subscriber_ids: set[int], now: datetime) -> set[RetryKey]:
+    """The recorded digests (`Store.pending_deliveries`) of these subscribers whose retry time has come."""
+    keys: set[RetryKey] = set()
+    for row in rows:
+        retry_at = aware(row.next_attempt_at)
+        if row.id is not None and row.subscriber_id in subscriber_ids and (retry_at is None or retry_at <= now):
+            keys.add((row.id, row.attempts, retry_at))
+    return keys
 
 
-def build_scheduler(
-    settings: Settings, config_path: str | Path, *, store: Store, background: bool = False
-) -> BaseScheduler:
-    """A scheduler whose subscriber jobs live in the project's database, plus an in-memory reload tick.
+class Scheduler:
+    """`digest run`: at each tick, ask the store who is due, and run the daily job only if someone is.
 
-    The jobs themselves are added by `reconcile`, on the first tick right after start (a persistent
-    store's jobs are only visible once the scheduler runs), after any catch-up owed has fired.
+    Everyone the database knows is looked at, so a reader who signs up on the web is scheduled from
+    the next tick, and the config's readers are mirrored into the database whenever the config is
+    read.  A tick that finds nobody due costs a few queries: no ingest, no ranker.  The scheduler
+    remembers what it already ran the daily job for, so work that a run leaves undone on purpose (no
+    new papers with on_empty = "skip", a refused login) does not start a run, and an ingest, every
+    minute: a send is not tried twice for the same date and timing, a retry once per config reload.
+    The daily job itself (`run_daily`: its lease, one row per digest) is what keeps a digest from
+    going out twice; the scheduler is only the trigger.
     """
-    cls: type[BaseScheduler] = BackgroundScheduler if background else BlockingScheduler
-    scheduler = cls(
-        jobstores={
-            "default": SQLAlchemyJobStore(engine=store.engine, tablename="apscheduler_jobs"),
-            "memory": MemoryJobStore(),
-        },
-        executors={"default": ThreadPoolExecutor(max_workers=4)},
-        job_defaults={"coalesce": True, "max_instances": 1,
-                      "misfire_grace_time": max(1, int(settings.schedule.catch_up_hours * 3600))},
-        timezone=timezone.utc,
-    )
-    scheduler.add_job(
-        reload, "interval", minutes=settings.schedule.reload_minutes, args=(scheduler, str(config_path)),
-        kwargs={"store": store}, id=RELOAD_JOB, name="re-read the config", jobstore="memory", next_run_time=wall_clock(),
-        coalesce=True, max_instances=1,
-    )
-    return scheduler
+
+    def __init__(self, config_path: Path, store: Store, settings: Settings, *, clock: Clock = wall_clock) -> None:
+        self.config_path, self.store, self.settings, self.clock = config_path, store, settings, clock
+        self.reload_at: datetime | None = None  # None: read the config at the next tick
+        self.known: dict[int, tuple[str, When]] = {}  # subscriber id -> (email, timing) at the last tick
+        self.tried_sends: set[SendKey] = set()
+        self.tried_retries: set[RetryKey] = set()
+
+    def ask_reload(self) -> None:
+        """Re-read the config at the next tick (what SIGHUP does)."""
+        self.reload_at = None
+
+    def reload(self, now: datetime) -> None:
+        """Re-read the config (a broken one is said, and the current one kept), mirror its readers into
+        the database, and let the retries already tried go once more (a refused login may be fixed)."""
+        try:
+            self.settings = load_settings(self.config_path)
+        except DigestError as e:
+            log.error("config not reloaded, keeping the current one: %s", e)
+        else:
+            self.store.sync_subscribers(self.settings.subscribers, now)
+        self.tried_retries.clear()
+        self.reload_at = now + timedelta(minutes=self.settings.schedule.reload_minutes)
+
+    def tick(self) -> bool:
+        """One look at who is due now; runs the daily job if anyone's digest is due and not already
+        tried.  True if it ran.  A StoreError (the database gone, full, read-only) is raised."""
+        self.store.check()  # a database deleted or replaced under this process stops it here
+        now = self.clock()
+        if self.reload_at is None or now >= self.reload_at:
+            self.reload(now)
+        subscribers = self.store.subscribers()
+        self._say_changes(subscribers)
+        sends = sends_due(subscribers, now, catch_up_hours=self.settings.schedule.catch_up_hours)
+        self.tried_sends &= sends  # a digest out of its window never comes back into it
+        fresh = sends - self.tried_sends
+        if fresh:  # a digest already recorded is the row's business (sent, failed, or its retry below)
+            recorded = self.store.deliveries_on({day for _, day, _ in fresh})
+            done = {key for key in fresh if key[:2] in recorded}
+            self.tried_sends |= done
+            fresh -= done
+        waiting = self.store.pending_deliveries(now=now)  # those no sender holds
+        retries = retries_due(waiting, {s.id for s in subscribers if s.id is not None}, now)
+        self.tried_retries &= retries
+        if not fresh and not retries - self.tried_retries:
+            return False
+        if not self._run(now):
+            return False  # another run held the lease: ask again at the next tick
+        self.tried_sends |= fresh
+        self.tried_retries |= retries
+        return True
+
+    def _run(self, now: datetime) -> bool:
+        """The daily job as of `now` (waiting for a busy lease a while); False if it never got the lease."""
+        from digest.pipeline import run_daily
+
+        settings = self.settings
+        try:
+            report = run_daily(now, settings, store=self.store, lease_wait=settings.schedule.lease_seconds * 5,
+                               clock=self.clock)
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - said, and the next due digest starts a run again
+            log.exception("the daily run failed")
+            return True
+        if report.busy:
+            log.warning("%s", report.busy)
+            return False
+        for out in report.outcomes:
+            if out.status != "not-due":
+                log.info("%s: %s%s", out.email, out.status, f" - {out.detail}" if out.detail else "")
+        if report.unreachable:
+            log.warning("mail server unreachable, the rest wait for the next run: %s", report.unreachable)
+        if report.fatal:
+            log.error("%s", report.fatal)
+        return True
+
+    def _say_changes(self, subscribers: Sequence[Subscriber]) -> None:
+        """Log who joined, moved or left since the last tick (a web sign-up shows up here)."""
+        now_known = {s.id: (s.email, When.of(s)) for s in subscribers if s.id is not None}
+        changes = (
+            ("scheduled", [v for k, v in now_known.items() if k not in self.known]),
+            ("rescheduled", [v for k, v in now_known.items() if k in self.known and self.known[k][1] != v[1]]),
+            ("unscheduled", [v for k, v in self.known.items() if k not in now_known]),
+        )
+        self.known = now_known
+        for label, entries in changes:
+            if len(entries) > SAY_EACH:
+                log.info("%s %d subscribers", label, len(entries))
+                continue
+            for email, when in entries:
+                log.info("%s %s (%s)", label, email, describe(when))
 
 
-def reload_now(scheduler: BaseScheduler) -> None:
-    """Re-read the config at once (what SIGHUP does)."""
-    scheduler.modify_job(RELOAD_JOB, jobstore="memory", next_run_time=wall_clock())
+def seconds_to_next_tick(now: datetime) -> float:
+    """Until just after the next whole minute (a send time at hh:mm goes out at hh:mm)."""
+    return TICK_SECONDS - now.timestamp() % TICK_SECONDS + 0.5
 
 
-def run_forever(settings: Settings, config_path: str | Path, log_line: Callable[[str], None] = print) -> None:
-    """`digest run`: schedule every subscriber and keep going until interrupted; SIGHUP reloads.
+def run_forever(
+    settings: Settings,
+    config_path: str | Path,
+    log_line: Callable[[str], None] = print,
+    *,
+    clock: Clock = wall_clock,
+    wait: Callable[[float], object] | None = None,
+) -> None:
+    """`digest run`: a tick every minute, and one at once on SIGHUP (which re-reads the config),
+    until interrupted.
 
-    A job that meets a StoreError (the database full, read-only, deleted, unreachable) stops the
-    scheduler and the error is raised from here, once, instead of the same failure at every tick.
+    A StoreError (the database full, read-only, deleted, unreachable) stops the loop and is raised
+    from here, once, instead of the same failure at every tick.  `clock` and `wait` (called with the
+    seconds until the next tick) are parameters so a test can run a day of ticks in seconds.
     """
     store = Store(settings.database_url)
     handler = _LineHandler(log_line)
     logging.getLogger("digest").addHandler(handler)
     logging.getLogger("digest").setLevel(logging.INFO)
-    scheduler = build_scheduler(settings, Path(config_path).resolve(), store=store)
-    failed: list[StoreError] = []
+    scheduler = Scheduler(Path(config_path).resolve(), store, settings, clock=clock)
+    wake = threading.Event()
 
-    def stop_on_store_error(event: JobExecutionEvent) -> None:
-        if isinstance(event.exception, StoreError) and not failed:
-            failed.append(event.exception)
-            scheduler.shutdown(wait=False)
+    def hang_up(*_: object) -> None:
+        scheduler.ask_reload()
+        wake.set()
 
-    scheduler.add_listener(stop_on_store_error, EVENT_JOB_ERROR)
-    executor_log = logging.getLogger("apscheduler.executors.default")
-    executor_log.addFilter(_not_a_store_error)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: reload_now(scheduler))
+    def pause(seconds: float) -> None:
+        wake.wait(seconds)
+        wake.clear()
+
+    previous = signal.signal(signal.SIGHUP, hang_up) if hasattr(signal, "SIGHUP") else None
     try:
-        scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
+        while True:
+            scheduler.tick()
+            (wait or pause)(seconds_to_next_tick(clock()))
+    except KeyboardInterrupt:
         log_line("stopped")
     finally:
-        executor_log.removeFilter(_not_a_store_error)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, previous or signal.SIG_DFL)
         logging.getLogger("digest").removeHandler(handler)
         store.close()
-    if failed:
-        raise failed[0]
-
-
-def _not_a_store_error(record: logging.LogRecord) -> bool:
-    """APScheduler logs a failed job with its traceback; a StoreError is said once, by `run_forever`'s caller."""
-    return not (record.exc_info and isinstance(record.exc_info[1], StoreError))
 
 
 class _LineHandler(logging.Handler):
@@ -447,6 +444,6 @@ class _LineHandler(logging.Handler):
 
 
 __all__ = [
-    "DigestTrigger", "LeaseBusy", "RunLease", "When", "build_scheduler", "due_day", "is_send_day",
-    "next_send", "reconcile", "reload", "run_due", "run_forever", "send_moment", "window_days",
+    "LeaseBusy", "RunLease", "Scheduler", "When", "due_day", "is_send_day", "next_send", "retries_due",
+    "run_forever", "send_moment", "sends_due", "window_days",
 ]

@@ -282,7 +282,8 @@ class ScheduleSettings(_Section):
         "hours of it, once; later, that day's digest is skipped.",
     )
     reload_minutes: float = Field(
-        5.0, gt=0, le=1440, description="`digest run` re-reads this file this often and reschedules changed subscribers."
+        5.0, gt=0, le=1440, description="`digest run` re-reads this file this often and follows its new, changed or "
+        "removed subscribers (web sign-ups are seen within a minute)."
     )
     lease_seconds: int = Field(
         120,

@@ -1,9 +1,11 @@
-"""When digests are due: time zones, daylight saving, frequencies, catch-up; the run lease; the
-persistent APScheduler jobs (restart, catch-up once, reconcile with a changed config)."""
+"""When digests are due: time zones, daylight saving, frequencies, catch-up; the run lease; `digest
+run`'s tick (restart, catch-up once, a changed config, web sign-ups, nobody due costs no run)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -12,26 +14,19 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.triggers.cron import CronTrigger
+from pytest_httpserver import HTTPServer
+from starlette.testclient import TestClient
+from werkzeug import Request, Response
 
 from digest.pipeline import run_daily
-from digest.schedule import (
-    DigestTrigger,
-    RunLease,
-    When,
-    build_scheduler,
-    due_day,
-    next_send,
-    reconcile,
-    send_moment,
-    wall_clock,
-)
+from digest.schedule import RunLease, Scheduler, When, due_day, next_send, run_forever, send_moment, wall_clock
 from digest.settings import Settings, load_settings
 from digest.sources.files import read_jsonl
 from digest.store import Store
+from digest.web import create_app
 
-from .conftest import ConfigFactory
+from .conftest import ConfigFactory, Inbox
+from .source_feeds import hf_item, hf_json, hf_source
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = timezone.utc
@@ -39,15 +34,12 @@ SPRING = date(2026, 3, 29)  # Europe: clocks go 02:00 -> 03:00
 AUTUMN = date(2026, 10, 25)  # Europe: clocks go 03:00 -> 02:00
 
 
-def fires(trigger: object, start: datetime, count: int) -> list[datetime]:
-    """The next `count` fire times, as APScheduler asks for them (previous fire time, now)."""
+def fires(when: When, start: datetime, count: int) -> list[datetime]:
+    """The next `count` send instants after `start`, each asked for after the one before."""
     out: list[datetime] = []
-    previous = None
-    now = start
     for _ in range(count):
-        nxt = trigger.get_next_fire_time(previous, now)  # type: ignore[attr-defined]
-        out.append(nxt)
-        previous, now = nxt, nxt
+        start = next_send(when, start)
+        out.append(start)
     return out
 
 
@@ -56,18 +48,19 @@ def test_spring_forward_send_time_that_does_not_exist_fires_once_an_hour_later()
     assert send_moment(when, SPRING) == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 summer time
     assert due_day(when, datetime(2026, 3, 29, 1, 29, tzinfo=UTC), catch_up_hours=12) is None
     assert due_day(when, datetime(2026, 3, 29, 1, 30, tzinfo=UTC), catch_up_hours=12) == SPRING
-    local_days = [t.astimezone(BERLIN).date() for t in fires(DigestTrigger(when), datetime(2026, 3, 27, tzinfo=UTC), 4)]
+    local_days = [t.astimezone(BERLIN).date() for t in fires(when, datetime(2026, 3, 27, tzinfo=UTC), 4)]
     assert local_days == [date(2026, 3, 27), date(2026, 3, 28), SPRING, date(2026, 3, 30)]
 
 
 def test_fall_back_send_time_that_happens_twice_fires_once() -> None:
     when = When("Europe/Berlin", "02:30")
-    times = fires(DigestTrigger(when), datetime(2026, 10, 24, tzinfo=UTC), 3)
+    times = fires(when, datetime(2026, 10, 24, tzinfo=UTC), 3)
     assert [t.astimezone(BERLIN).date() for t in times] == [date(2026, 10, 24), AUTUMN, date(2026, 10, 26)]
     assert times[1] == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # the first 02:30 (summer time)
-    # A plain CronTrigger would fire at both 02:30s; ours does not.
-    cron = fires(CronTrigger(hour=2, minute=30, timezone=BERLIN), datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
-    assert [t.astimezone(BERLIN).date() for t in cron] == [AUTUMN, AUTUMN]
+    # The second 02:30 (winter time, 01:30 UTC) is no send time of its own, and the digest of that
+    # date stays due through it (one date, one digest): a tick then finds nothing new.
+    assert next_send(when, times[1]) == times[2]
+    assert due_day(when, datetime(2026, 10, 25, 1, 30, tzinfo=UTC), catch_up_hours=12) == AUTUMN
 
 
 def test_frequencies_and_zones() -> None:
@@ -210,16 +203,31 @@ def test_run_lease_is_renewed_while_held(tmp_path: Path) -> None:
     store.close()
 
 
-# -- the scheduler ------------------------------------------------------------------------------
+# -- the scheduler: `digest run`'s tick ---------------------------------------------------------
 
 
-def scheduler_config(tmp_path: Path, subscribers: str) -> Path:
-    write_corpus(tmp_path / "papers.jsonl", wall_clock(), [0.2] * 6)
+class FakeClock:
+    """The moment a test says it is (an aware UTC datetime), moved by hand."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def at(self, hour: int, minute: int, second: int = 0) -> datetime:
+        self.moment = self.moment.replace(hour=hour, minute=minute, second=second)
+        return self.moment
+
+
+def scheduler_config(tmp_path: Path, subscribers: str, *, now: datetime, extra: str = "") -> Path:
+    write_corpus(tmp_path / "papers.jsonl", now, [0.2] * 6)
     path = tmp_path / "sched.toml"
     path.write_text(f"""
 data_dir = "{(tmp_path / 'data').as_posix()}"
 [delivery]
 method = "outbox"
+{extra}
 [ranking]
 window_days = 2
 [[sources]]
@@ -230,67 +238,151 @@ path = "papers.jsonl"
     return path
 
 
-def test_jobs_persist_follow_the_config_and_catch_up_once(tmp_path: Path) -> None:
-    tokyo = ZoneInfo("Asia/Tokyo")
-    hour_ago = (wall_clock() - timedelta(hours=1)).strftime("%H:%M")
-    later, later_still = ((wall_clock() + timedelta(hours=h)).astimezone(tokyo).strftime("%H:%M") for h in (3, 4))
-    path = scheduler_config(tmp_path, f"""
+def outbox(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "data" / "outbox").rglob("*.eml"))
+
+
+def test_a_process_down_at_send_time_catches_up_once_restarts_and_follows_the_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="digest")
+    clock = FakeClock(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
+    path = scheduler_config(tmp_path, """
 [[subscribers]]
 email = "a@example.org"
-send_at = "{hour_ago}"
+send_at = "07:00"
 [[subscribers]]
 email = "b@example.org"
 timezone = "Asia/Tokyo"
-send_at = "{later}"
-""")
+send_at = "20:00"
+""", now=clock())
     settings = load_settings(path)
     store = Store(settings.database_url)
-
-    # First process: schedule, then pretend a's run was due an hour ago and the process died.
-    first = build_scheduler(settings, path, store=store, background=True)
-    first.start(paused=True)
-    changes = reconcile(first, settings, str(path))
-    assert sorted(changes.added) == ["a@example.org", "b@example.org"]
-    first.shutdown()
-    jobs = SQLAlchemyJobStore(engine=store.engine, tablename="apscheduler_jobs")
-    job = jobs.lookup_job("digest:a@example.org")
-    job.next_run_time = wall_clock() - timedelta(hours=1)  # its run was due while the process was down
-    jobs.update_job(job)
-
-    # The preferences change while it is down: b moves to 07:15, c is new.
-    c_entry = f'[[subscribers]]\nemail = "c@example.org"\ntimezone = "Asia/Tokyo"\nsend_at = "{later}"\n'
-    path.write_text(path.read_text().replace(f'send_at = "{later}"', f'send_at = "{later_still}"') + c_entry, encoding="utf-8")
-
-    second = build_scheduler(load_settings(path), path, store=store, background=True)
-    second.start()  # the stored job fires once (catch-up), the first tick reconciles
     try:
-        outbox = tmp_path / "data" / "outbox"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (list(outbox.rglob("*.eml")) and second.get_job("digest:c@example.org")):
-            time.sleep(0.2)
-        time.sleep(0.5)
-        assert [p.name for p in outbox.rglob("*.eml")] == ["a@example.org.eml"]  # one catch-up, not a burst
-        jobs = {j.id: j for j in second.get_jobs(jobstore="default")}
-        assert set(jobs) == {"digest:a@example.org", "digest:b@example.org", "digest:c@example.org"}
-        b_next = jobs["digest:b@example.org"].next_run_time.astimezone(tokyo)
-        assert b_next.strftime("%H:%M") == later_still
-        assert jobs["digest:a@example.org"].next_run_time > wall_clock()  # moved on to the next day
-        assert jobs["digest:a@example.org"].misfire_grace_time == 12 * 3600
+        first = Scheduler(path, store, settings, clock=clock)
+        assert first.tick()  # a's 07:00 passed an hour ago, while no process ran: caught up
+        assert outbox(tmp_path) == ["a@example.org.eml"]
+        assert "scheduled b@example.org (20:00 Asia/Tokyo, every day)" in caplog.text
+        clock.at(8, 1)
+        assert not first.tick()  # nobody due: no run at all
+        clock.at(8, 2)
+        restarted = Scheduler(path, store, load_settings(path), clock=clock)
+        assert not restarted.tick()  # a's digest is recorded: a restart sends nothing again
+        assert outbox(tmp_path) == ["a@example.org.eml"]
 
-        # A subscriber removed from the file loses the job on the next reload.
+        # The file changes while it runs: b moves to 17:05 Tokyo (08:05 UTC), c joins at that time.
+        c_entry = '[[subscribers]]\nemail = "c@example.org"\ntimezone = "Asia/Tokyo"\nsend_at = "17:05"\n'
+        path.write_text(path.read_text().replace('send_at = "20:00"', 'send_at = "17:05"') + c_entry, encoding="utf-8")
+        restarted.ask_reload()  # what SIGHUP does (else within reload_minutes)
+        clock.at(8, 3)
+        assert not restarted.tick()
+        assert "rescheduled b@example.org (17:05 Asia/Tokyo, every day)" in caplog.text
+        assert "scheduled c@example.org (17:05 Asia/Tokyo, every day)" in caplog.text
+        clock.at(8, 4, 59)
+        assert not restarted.tick()  # not before its time
+        clock.at(8, 5)
+        assert restarted.tick()
+        assert outbox(tmp_path) == ["a@example.org.eml", "b@example.org.eml", "c@example.org.eml"]
+
+        # A subscriber removed from the file leaves the schedule at the next reload.
         path.write_text(path.read_text().replace(c_entry, ""), encoding="utf-8")
-        changes = reconcile(second, load_settings(path), str(path))
-        assert changes.removed == ["c@example.org"] and not changes.changed and not changes.added
+        clock.at(8, 5 + 5)  # reload_minutes = 5 after the last read
+        assert not restarted.tick()
+        assert "unscheduled c@example.org" in caplog.text
+        assert len(store.deliveries()) == 3
     finally:
-        second.shutdown(wait=True)
         store.close()
-    assert len(store.deliveries()) == 1
+
+
+def test_a_digest_a_run_leaves_undone_on_purpose_does_not_start_a_run_every_minute(tmp_path: Path) -> None:
+    """No new papers with on_empty = "skip": one run at the send time, not one (and an ingest) a minute."""
+    clock = FakeClock(datetime(2026, 11, 23, 7, 0, tzinfo=UTC))
+    path = scheduler_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\nsend_at = "07:00"\n',
+                            now=clock(), extra='on_empty = "skip"')
+    (tmp_path / "papers.jsonl").write_text("", encoding="utf-8")  # no papers at all
+    settings = load_settings(path)
+    store = Store(settings.database_url)
+    try:
+        scheduler = Scheduler(path, store, settings, clock=clock)
+        runs = []
+        for minute in range(30):
+            clock.at(7, minute)
+            runs.append(scheduler.tick())
+        assert runs == [True] + [False] * 29  # the config was re-read meanwhile, too
+        assert outbox(tmp_path) == [] and store.deliveries() == []
+    finally:
+        store.close()
+
+
+T0 = datetime(2026, 11, 23, 16, 50, tzinfo=UTC)  # 17:50 in Berlin
+
+
+def test_a_web_sign_up_confirmed_while_digest_run_runs_gets_its_digest_at_its_hour(
+    httpserver: HTTPServer, make_config: ConfigFactory, smtp_server: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """`digest run`'s loop (the one the command runs, on a clock the test moves a minute per tick) over
+    a real SQLite file, a real SMTP server and a real HTTP paper source; the reader signs up and
+    confirms on the web front (in-process) at 17:52, for 17:56 Berlin time."""
+    inbox, port = smtp_server
+    asked: list[str] = []  # the source's requests: one a run (max_days = 1), none for a tick that runs nothing
+
+    def papers(request: Request) -> Response:
+        asked.append(request.args.get("date", ""))
+        items = [hf_item(f"2611.1000{i}", f"World models that plan, part {i}", published="2026-11-23T08:00:00.000Z",
+                         summary="World models for planning and control.") for i in range(6)]
+        return Response(hf_json(*items), content_type="application/json")
+
+    httpserver.expect_request("/api/daily_papers").respond_with_handler(papers)
+    settings = make_config(f"""
+[web]
+base_url = "https://digest.example.org"
+{hf_source(httpserver.url_for(""), max_days=1)}
+[[subscribers]]
+email = "file@example.org"
+timezone = "Europe/Berlin"
+send_at = "18:00"
+""", smtp_port=port, method="smtp")
+    clock = FakeClock(T0)
+    lines: list[str] = []
+    seen: list[tuple[str, int, int]] = []  # after each tick: Berlin time, digests to nia, digests to the file's reader
+
+    def digests(address: str) -> int:
+        return len([m for m in inbox.to(address) if m["Subject"] != "Confirm your paper digest"])
+
+    with TestClient(create_app(settings, clock=lambda: clock().timestamp()), base_url="https://digest.example.org") as web:
+
+        def wait(seconds: float) -> None:
+            seen.append((f"{clock().astimezone(BERLIN):%H:%M}", digests("nia@example.org"), digests("file@example.org")))
+            clock.moment += timedelta(seconds=seconds)
+            if clock().astimezone(BERLIN).strftime("%H:%M") == "17:52":
+                form = web.get("/subscribe")
+                csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+                answer = web.post("/subscribe", data={"csrf": csrf, "email": "nia@example.org", "timezone": "Europe/Berlin",
+                                                      "send_at": "17:56", "keywords": "world models"})
+                assert "Check your inbox" in answer.text
+                (confirm,) = inbox.to("nia@example.org")
+                link = re.search(r"https://digest\.example\.org(/confirm\?t=\S+)", confirm.get_body(("plain",)).get_content()).group(1)  # type: ignore[union-attr]
+                page = web.get(link)
+                csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+                assert "You are subscribed" in web.post(link, data={"csrf": csrf}).text
+            if clock() > T0 + timedelta(minutes=13):
+                raise KeyboardInterrupt  # Ctrl-C
+
+        run_forever(settings, tmp_path / "digest.toml", lines.append, clock=clock, wait=wait)
+
+    assert seen == [(f"17:{m:02d}", int(m >= 56), int(m >= 60)) for m in range(50, 60)] + [
+        (f"18:{m:02d}", 1, 1) for m in range(3)]
+    (msg,) = [m for m in inbox.to("nia@example.org") if m["Subject"] != "Confirm your paper digest"]
+    assert "World models that plan" in msg.get_body(("plain",)).get_content()
+    assert any("scheduled nia@example.org (17:56 Europe/Berlin, every day)" in line for line in lines), lines
+    assert lines[-1] == "stopped"
+    assert len(asked) == 2  # two runs (17:56 and 18:00), each ingesting once; the other 12 ticks fetched nothing
 
 
 @pytest.mark.parametrize("zone", ["Australia/Lord_Howe", "America/Santiago", "Pacific/Chatham"])
 def test_trigger_fires_once_per_local_date_through_a_year(zone: str) -> None:
     when = When(zone, "02:15")
-    times = fires(DigestTrigger(when), datetime(2026, 1, 1, tzinfo=UTC), 365)
+    times = fires(when, datetime(2026, 1, 1, tzinfo=UTC), 365)
     days = [t.astimezone(ZoneInfo(zone)).date() for t in times]
     assert days == [date(2026, 1, 1) + timedelta(days=i) for i in range(365)] or days == [
         date(2026, 1, 2) + timedelta(days=i) for i in range(365)
