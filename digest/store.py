@@ -20,7 +20,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, delete, event, func, insert, inspect, or_, update
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -370,6 +370,20 @@ def database_trouble(error: BaseException, dbapi: Any) -> str | None:
         return _POSTGRES_FIXES[0][1]
     return next((fix for prefix, fix in _POSTGRES_FIXES if state.startswith(prefix)),
                 "check the database server and its log, then run again")
+
+
+_DELIVERIES = Delivery.__table__
+# A delivery's outcome (Store.record_outcome), built once so each message costs a commit, not a compile.
+_OUTCOME = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("row_id"), _DELIVERIES.c.claimed_by.in_([bindparam("worker"), ""]))
+    .values(status=bindparam("new_status"), error=bindparam("new_error"),
+            attempts=_DELIVERIES.c.attempts + bindparam("tried"), claimed_by="", claimed_until=None,
+            next_attempt_at=bindparam("next_at"),
+            sent_at=func.coalesce(bindparam("sent_at", type_=_DELIVERIES.c.sent_at.type), _DELIVERIES.c.sent_at))
+)
+_SENT_PAPERS = insert(Interaction.__table__).values(subscriber_id=bindparam("sid"), paper_id=bindparam("pid"),
+                                                     kind=SENT, origin="digest", at=bindparam("at"))
 
 
 class Store:
@@ -1079,25 +1093,16 @@ class Store:
         more attempt if it was `attempted`, when it may be tried again, its claim given back, and on
         SENT the papers recorded as sent to the reader (so they are not picked again)."""
         stamp = _utc(now)
-        table = Delivery.__table__
-        values: dict[str, Any] = {
-            "status": str(status),
-            "error": error[:2000],
-            "attempts": table.c.attempts + (1 if attempted else 0),
-            "claimed_by": "",
-            "claimed_until": None,
-            "next_attempt_at": _utc(next_attempt_at) if status in WAITING else None,
+        params = {
+            "row_id": row.id, "worker": worker, "new_status": str(status), "new_error": error[:2000],
+            "tried": 1 if attempted else 0, "next_at": _utc(next_attempt_at) if status in WAITING else None,
+            "sent_at": stamp if status == SENT_STATUS else None,
         }
-        if status == SENT_STATUS:
-            values["sent_at"] = stamp
-        with self.session() as s:
-            s.execute(update(table).where(table.c.id == row.id, table.c.claimed_by.in_([worker, ""])).values(**values))
+        with self._begin() as conn:  # one transaction, statements built once: a sender writes one per message
+            conn.execute(_OUTCOME, params)
             if status == SENT_STATUS and row.papers:
-                s.execute(insert(Interaction.__table__), [
-                    {"subscriber_id": row.subscriber_id, "paper_id": pid, "kind": SENT, "origin": "digest", "at": stamp}
-                    for pid in dict.fromkeys(row.papers)
-                ])
-            s.commit()
+                conn.execute(_SENT_PAPERS, [{"sid": row.subscriber_id, "pid": pid, "at": stamp}
+                                            for pid in dict.fromkeys(row.papers)])
 
     def subscribers_by_id(self, ids: Sequence[int]) -> list[Subscriber]:
         """The given subscribers (active or not), in no particular order."""
