@@ -428,8 +428,10 @@ def run_forever(
     except KeyboardInterrupt:
         log_line("stopped")
     finally:
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, previous or signal.SIG_DFL)
+        # A caller's own SIGHUP handler comes back; the default one does not, so a hang-up while the
+        # process exits (say, after a StoreError) cannot kill it before it has said why it stopped.
+        if previous not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGHUP, previous)
         logging.getLogger("digest").removeHandler(handler)
         store.close()
 
