@@ -409,3 +409,25 @@ def test_digest_run_stops_when_its_database_is_deleted(tmp_path: Path) -> None:
     # the scheduler's own store noticed (or, if its first tick was still going, the tick's new one refused)
     assert f"{db} was deleted while this digest process was using it" in line or f"{db} is missing" in line, line
     assert not db.exists()  # nor did the scheduler's own connections make an empty one
+
+
+def test_the_web_front_answers_503_when_its_database_is_gone(tmp_path: Path) -> None:
+    """`digest serve` after its database was deleted: every page says so with a 503 (nothing
+    changed), never a 500 and a traceback per request."""
+    from starlette.testclient import TestClient
+
+    from digest.web import create_app
+
+    config = tmp_path / "digest.toml"
+    config.write_text(f'data_dir = "{(tmp_path / "data").as_posix()}"\n')
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    try:
+        with TestClient(create_app(settings, store=store), raise_server_exceptions=True) as client:
+            assert client.get("/subscribe?q=graphs").status_code == 200
+            (tmp_path / "data" / "digest.db").unlink()
+            answer = client.get("/subscribe?q=graphs")
+            assert answer.status_code == 503 and "Nothing was changed" in answer.text
+            assert answer.headers["Retry-After"] == "300"
+    finally:
+        store.engine.dispose()

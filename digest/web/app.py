@@ -43,7 +43,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from digest import links
-from digest.errors import DeliveryError, DigestError, PermanentDeliveryError
+from digest.errors import DeliveryError, DigestError, PermanentDeliveryError, StoreError
 from digest.render import environment, paper_url
 from digest.schedule import describe
 from digest.settings import Settings
@@ -469,6 +469,16 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         return await run_in_threadpool(front.message, request, titles.get(status, "Something is wrong with the form"),
                                        str(exc), status=status)
 
+    async def database_down(request: Request, exc: Exception) -> Response:
+        """The database failed (full, read-only, deleted, its server gone): one log line, and a 503
+        that says nothing was changed, not a 500 with a traceback per request."""
+        log.error("%s", exc)
+        response = await run_in_threadpool(front.message, request, "Temporarily unavailable",
+                                           "The digest cannot reach its database just now. Nothing was changed; "
+                                           "please try again later.", status=503)
+        response.headers["Retry-After"] = "300"
+        return response
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         """The last resort for a bug: a plain page (no template, which may be what failed); the
         server logs the traceback, since Starlette raises the exception on after answering."""
@@ -488,6 +498,6 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/digest", route(front.digest), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        HTTPException: http_error, forms.FormRefused: refused, Exception: unexpected})
+        HTTPException: http_error, forms.FormRefused: refused, StoreError: database_down, Exception: unexpected})
     app.state.front = front
     return app
