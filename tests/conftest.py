@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -62,6 +67,37 @@ def smtp_server() -> Iterator[tuple[Inbox, int]]:
         yield inbox, port
     finally:
         controller.stop()
+
+
+@contextmanager
+def digest_serve(config: Path, port: int, *, key: str, data: Path, log: Path) -> Iterator[str]:
+    """A real `digest serve` process for `config` on 127.0.0.1:`port`, once it answers; yields its
+    base URL and stops it after (its output goes to `log`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env |= {"DIGEST_SECRET_KEY": key, "DIGEST_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                    "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")
+            try:
+                if httpx.get(base + "/subscribe", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "digest serve did not start: " + log.read_text(errors="replace")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 POSTGRES_URL_VAR = "DIGEST_TEST_POSTGRES_URL"

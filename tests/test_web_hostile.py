@@ -12,11 +12,7 @@ failure for that address.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,7 +43,7 @@ from digest.store import (
 )
 from digest.web import create_app
 
-from .conftest import ConfigFactory, Inbox, free_port
+from .conftest import ConfigFactory, Inbox, digest_serve, free_port
 
 KEY = "hostile-forms-test-key-not-a-secret"
 FORM = "application/x-www-form-urlencoded"
@@ -172,33 +168,11 @@ def _serve(folder: Path, *, smtputf8: bool) -> Iterator[Front]:
     now = datetime.now(UTC)
     store.upsert_papers(PAPERS, now)
     store.sync_subscribers(settings.subscribers, now)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env |= {"DIGEST_SECRET_KEY": KEY, "DIGEST_DATA_DIR": str(folder / "data"), "OPENBLAS_NUM_THREADS": "1"}
-    log = folder / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                    "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            try:
-                if httpx.get(base + "/subscribe", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "digest serve did not start: " + log.read_text(errors="replace")
-            time.sleep(0.1)
-        inbox.messages.clear()
-        yield Front(base, settings, store, inbox, log)
+        with digest_serve(config, port, key=KEY, data=folder / "data", log=folder / "serve.log") as base:
+            inbox.messages.clear()
+            yield Front(base, settings, store, inbox, folder / "serve.log")
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
         store.close()
         smtp.stop()
 

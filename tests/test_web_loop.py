@@ -9,10 +9,7 @@ page answers as soon as the lock is released.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +24,7 @@ from digest.settings import Settings, load_settings
 from digest.sources.base import PaperRecord
 from digest.store import LIKE, Store
 
-from .conftest import free_port
+from .conftest import digest_serve, free_port
 
 KEY = "loop-test-key-not-a-secret"
 HOLD = 2.5  # seconds the other connection keeps the write lock
@@ -57,32 +54,10 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Settings, Store]]:
     now = datetime.now(UTC)
     store.upsert_papers([PaperRecord(id="2411.00001", title="Locks and loops", abstract="About waiting.")], now)
     store.sync_subscribers(settings.subscribers, now)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    env |= {"DIGEST_SECRET_KEY": KEY, "DIGEST_DATA_DIR": str(tmp_path / "data"), "OPENBLAS_NUM_THREADS": "1"}
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                    "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            try:
-                if httpx.get(base + "/subscribe", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "digest serve did not start: " + log.read_text(errors="replace")
-            time.sleep(0.1)
-        yield base, settings, store
+        with digest_serve(config, port, key=KEY, data=tmp_path / "data", log=tmp_path / "serve.log") as base:
+            yield base, settings, store
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
         store.close()
 
 
