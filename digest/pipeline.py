@@ -917,6 +917,7 @@ def send_claimed(
     worker: str,
     policy: RetryPolicy,
     email: str,
+    sent_later: list[tuple[int, str]] | None = None,
 ) -> SendResult:
     """Build, send and record one claimed delivery: the one send step of the daily run and the workers.
 
@@ -950,7 +951,7 @@ def send_claimed(
         raise
     except Exception as e:  # noqa: BLE001 - a digest that cannot be built: this reader's waits, the others go on
         return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
-    store.record_outcome(row, SENT_STATUS, now, worker=worker)
+    store.record_outcome(row, SENT_STATUS, now, worker=worker, sent_later=sent_later)
     return SendResult(SENT_STATUS)
 
 

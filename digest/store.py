@@ -1088,10 +1088,13 @@ class Store:
         error: str = "",
         attempted: bool = True,
         next_attempt_at: datetime | None = None,
+        sent_later: list[tuple[int, str]] | None = None,
     ) -> None:
         """One delivery's outcome, written as it happens (one transaction): its status and error, one
         more attempt if it was `attempted`, when it may be tried again, its claim given back, and on
-        SENT the papers recorded as sent to the reader (so they are not picked again)."""
+        SENT the papers recorded as sent to the reader (so they are not picked again), or, with
+        `sent_later`, added to that list for the caller to write in bulk (`add_interactions_many`):
+        a busy worker's ten index updates per digest cost more than the outcome itself."""
         stamp = _utc(now)
         params = {
             "row_id": row.id, "worker": worker, "new_status": str(status), "new_error": error[:2000],
@@ -1100,7 +1103,9 @@ class Store:
         }
         with self._begin() as conn:  # one transaction, statements built once: a sender writes one per message
             conn.execute(_OUTCOME, params)
-            if status == SENT_STATUS and row.papers:
+            if status == SENT_STATUS and row.papers and sent_later is not None:
+                sent_later.extend((row.subscriber_id, pid) for pid in dict.fromkeys(row.papers))
+            elif status == SENT_STATUS and row.papers:
                 conn.execute(_SENT_PAPERS, [{"sid": row.subscriber_id, "pid": pid, "at": stamp}
                                             for pid in dict.fromkeys(row.papers)])
 

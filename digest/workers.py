@@ -41,7 +41,7 @@ from digest.pipeline import (
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
 from digest.settings import Settings
-from digest.store import FAILED, Delivery, PENDING, SENT_STATUS, Paper, Store, Subscriber
+from digest.store import FAILED, PENDING, SENT, SENT_STATUS, Delivery, Paper, Store, Subscriber
 
 
 @dataclass
@@ -222,25 +222,54 @@ def work(
             wanted = {pid for r in claimed for pid in [*r.papers, *(t[0] for t in r.trending)]} - papers.keys()
             if wanted:
                 papers.update((p.id, p) for p in store.papers(sorted(wanted)))
-            for i, row in enumerate(claimed):
-                if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
-                    wait = None if report.fatal else clock() + policy.retry_after
-                    for rest in claimed[i:]:
-                        store.record_outcome(rest, PENDING, clock(), worker=worker, attempted=False,
-                                             error=report.fatal or report.unreachable, next_attempt_at=wait)
-                    break
-                result = _send_one(store, settings, key, sender, transport, row, subscribers, papers, new_count, now,
-                                   report, worker=worker, policy=policy, clock=clock)
-                counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
-                setattr(report, counter, getattr(report, counter) + 1)
-                report.fatal = report.fatal or result.fatal
-                report.unreachable = report.unreachable or result.unreachable
-                if progress:
-                    progress(1)
+            sent: list[tuple[int, str]] = []  # the batch's sent papers, written together after it
+            try:
+                _send_batch(store, settings, key, sender, transport, claimed, subscribers, papers, new_count, now,
+                            report, worker=worker, policy=policy, clock=clock, progress=progress, sent=sent)
+            finally:
+                store.add_interactions_many(sent, SENT, now, origin="digest")
     finally:
         if own_transport:
             transport.close()
     return report
+
+
+def _send_batch(
+    store: Store,
+    settings: Settings,
+    key: str,
+    sender: Sender,
+    transport: Transport,
+    claimed: list[Delivery],
+    subscribers: dict[int, Subscriber],
+    papers: dict[str, Paper],
+    new_count: int,
+    now: datetime,
+    report: WorkReport,
+    *,
+    worker: str,
+    policy: RetryPolicy,
+    clock: Callable[[], datetime],
+    progress: Callable[[int], None] | None,
+    sent: list[tuple[int, str]],
+) -> None:
+    """Send one claimed batch, each outcome recorded as it happens; after an unreachable server or a
+    refused login the rest go back untried (after the retry wait, or at once)."""
+    for i, row in enumerate(claimed):
+        if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
+            wait = None if report.fatal else clock() + policy.retry_after
+            for rest in claimed[i:]:
+                store.record_outcome(rest, PENDING, clock(), worker=worker, attempted=False,
+                                     error=report.fatal or report.unreachable, next_attempt_at=wait)
+            return
+        result = _send_one(store, settings, key, sender, transport, row, subscribers, papers, new_count, now,
+                           report, worker=worker, policy=policy, clock=clock, sent=sent)
+        counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
+        setattr(report, counter, getattr(report, counter) + 1)
+        report.fatal = report.fatal or result.fatal
+        report.unreachable = report.unreachable or result.unreachable
+        if progress:
+            progress(1)
 
 
 def _send_one(
@@ -259,6 +288,7 @@ def _send_one(
     worker: str,
     policy: RetryPolicy,
     clock: Callable[[], datetime],
+    sent: list[tuple[int, str]],
 ) -> SendResult:
     """Render one planned digest from its row alone, and send and record it (`send_claimed`)."""
     sub = subscribers.get(row.subscriber_id)
@@ -279,7 +309,8 @@ def _send_one(
         return WireMessage(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, row.digest_date,
                            eight_bit=report.eight_bit)
 
-    return send_claimed(store, sender, row, build, clock(), worker=worker, policy=policy, email=sub.email)
+    return send_claimed(store, sender, row, build, clock(), worker=worker, policy=policy, email=sub.email,
+                        sent_later=sent)
 
 
 def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:
