@@ -63,10 +63,12 @@ log = logging.getLogger(__name__)
 MAX_TOKEN = 1000  # characters in a link token; longer is not ours
 SUBSCRIBE_WINDOW = 600.0  # seconds over which web.subscribe_limit counts
 LINK_WINDOW = 60.0  # seconds over which web.link_limit counts
-# Threads the handlers run in.  The store's work is mostly Python holding the GIL, so anyio's default
-# of 40 only made requests queue behind each other unfairly: at 50 busy clients p99 was ~820 ms with
-# 40 threads and ~320-400 ms with 8, at the same throughput (benchmarks/web_load.py, BENCHMARKS.md).
-THREADS = 8
+# Threads the handlers run in: a few requests may wait for a locked database while another is served.
+# No more: the store's work is mostly Python, and sqlite3 lets go of the GIL around every statement, so
+# each thread more is more handing over of the GIL between cores.  On 2 idle cores, 50 busy clients:
+# 2 threads 290-390 req/s, 4 threads 200-320, 8 threads 150-180 (anyio's default is 40); 4 waited
+# best through a `digest send` and stays within the store's pool of 5 connections (BENCHMARKS.md).
+THREADS = 4
 
 SECURITY_HEADERS = {
     # No scripts at all, styles only inline, forms only to us; tokens in our URLs never leak as Referer.
