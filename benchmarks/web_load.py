@@ -3,6 +3,7 @@
     python benchmarks/web_load.py                  # 2,000 readers, 50 clients, a text report
     python benchmarks/web_load.py --json           # the same figures as one JSON object
     python benchmarks/web_load.py --baseline 20    # first 20 s of the same load without a send
+    python benchmarks/web_load.py --clients 0      # the send alone, for its duration
 
 A temporary data folder with a SQLite file: 2,000 readers, a corpus of 2 papers per reader with
 their likes (benchmarks/scale.py's synthetic population) and the day's new papers.  A real
