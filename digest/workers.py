@@ -168,7 +168,7 @@ def plan_day(
     report.not_due = len(subscribers) - len(due)
     if not due:
         return report
-    data, _, report.model, candidates = rank_due(store, settings, subscribers, due, now, progress=progress,
+    data, report.model, candidates = rank_due(store, settings, subscribers, due, now, progress=progress,
                                                  processes=settings.ranking.processes or os.cpu_count() or 1)
     report.timings["rank"] = clock() - start
     start = clock()
@@ -198,119 +198,108 @@ def work(
     retry time, a refused login stops it.  Rows whose retry time has not come are not claimed.
     """
     worker = worker or sender_name()
-    report = WorkReport(worker)
-    key = secret_key(settings)
     now = now.astimezone(timezone.utc)
-    new_count = len(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days)))
-    subscribers: dict[int, Subscriber] = {}
-    papers: dict[str, Paper] = {}
-    policy = RetryPolicy.of(settings)
-    cfg = settings.delivery
     own_transport = transport is None
     transport = transport or make_transport(settings)
-    sender = Sender(transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second,
-                    sleep=sleep)
+    cfg = settings.delivery
+    job = _Sending(
+        store, settings, secret_key(settings), transport,
+        Sender(transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second,
+               sleep=sleep),
+        RetryPolicy.of(settings), now, clock, WorkReport(worker),
+        new_count=len(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days))),
+    )
     free_dead_claims(store, clock())
     try:
-        while not (report.fatal or report.unreachable):
+        while not (job.report.fatal or job.report.unreachable):
             claimed = store.claim_deliveries(worker, clock(), limit=batch)
             if not claimed:
                 break
-            missing = {r.subscriber_id for r in claimed} - subscribers.keys()
-            if missing:
-                subscribers.update((s.id, s) for s in store.subscribers_by_id(sorted(missing)))
-            wanted = {pid for r in claimed for pid in [*r.papers, *(t[0] for t in r.trending)]} - papers.keys()
-            if wanted:
-                papers.update((p.id, p) for p in store.papers(sorted(wanted)))
+            job.load(claimed)
             sent: list[tuple[int, str]] = []  # the batch's sent papers, written together after it
             try:
-                _send_batch(store, settings, key, sender, transport, claimed, subscribers, papers, new_count, now,
-                            report, worker=worker, policy=policy, clock=clock, progress=progress, sent=sent)
+                job.send_batch(claimed, sent, progress)
             finally:
                 store.add_interactions_many(sent, SENT, now, origin="digest")
     finally:
         if own_transport:
             transport.close()
-    return report
+    return job.report
 
 
-def _send_batch(
-    store: Store,
-    settings: Settings,
-    key: str,
-    sender: Sender,
-    transport: Transport,
-    claimed: list[Delivery],
-    subscribers: dict[int, Subscriber],
-    papers: dict[str, Paper],
-    new_count: int,
-    now: datetime,
-    report: WorkReport,
-    *,
-    worker: str,
-    policy: RetryPolicy,
-    clock: Callable[[], datetime],
-    progress: Callable[[int], None] | None,
-    sent: list[tuple[int, str]],
-) -> None:
-    """Send one claimed batch, each outcome recorded as it happens; after an unreachable server or a
-    refused login the rest go back untried (after the retry wait, or at once)."""
-    for i, row in enumerate(claimed):
-        if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
-            wait = None if report.fatal else clock() + policy.retry_after
-            for rest in claimed[i:]:
-                store.record_outcome(rest, PENDING, clock(), worker=worker, attempted=False,
-                                     error=report.fatal or report.unreachable, next_attempt_at=wait)
-            return
-        result = _send_one(store, settings, key, sender, transport, row, subscribers, papers, new_count, now,
-                           report, worker=worker, policy=policy, clock=clock, sent=sent)
-        counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
-        setattr(report, counter, getattr(report, counter) + 1)
-        report.fatal = report.fatal or result.fatal
-        report.unreachable = report.unreachable or result.unreachable
-        if progress:
-            progress(1)
+@dataclass
+class _Sending:
+    """One worker's sending: what every digest it sends shares, and the readers and papers of the
+    rows it claimed so far (each fetched once)."""
 
+    store: Store
+    settings: Settings
+    key: str
+    transport: Transport
+    sender: Sender
+    policy: RetryPolicy
+    now: datetime
+    clock: Callable[[], datetime]
+    report: WorkReport
+    new_count: int = 0
+    subscribers: dict[int, Subscriber] = field(default_factory=dict)
+    papers: dict[str, Paper] = field(default_factory=dict)
 
-def _send_one(
-    store: Store,
-    settings: Settings,
-    key: str,
-    sender: Sender,
-    transport: Transport,
-    row: Delivery,
-    subscribers: dict[int, Subscriber],
-    papers: dict[str, Paper],
-    new_count: int,
-    now: datetime,
-    report: WorkReport,
-    *,
-    worker: str,
-    policy: RetryPolicy,
-    clock: Callable[[], datetime],
-    sent: list[tuple[int, str]],
-) -> SendResult:
-    """Render one planned digest from its row alone, and send and record it (`send_claimed`)."""
-    sub = subscribers.get(row.subscriber_id)
-    if sub is None or not sub.active:
-        store.record_outcome(row, FAILED, clock(), worker=worker, error="subscriber no longer active", attempted=False)
-        return SendResult(FAILED, "subscriber no longer active")
-    picks = [Pick(papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in papers]
-    trend = [(papers[pid], int(count)) for pid, count in row.trending if pid in papers]
+    def load(self, claimed: Sequence[Delivery]) -> None:
+        """The readers and papers of `claimed` not fetched yet."""
+        missing = {r.subscriber_id for r in claimed} - self.subscribers.keys()
+        if missing:
+            self.subscribers.update((s.id, s) for s in self.store.subscribers_by_id(sorted(missing)))
+        wanted = {pid for r in claimed for pid in [*r.papers, *(t[0] for t in r.trending)]} - self.papers.keys()
+        if wanted:
+            self.papers.update((p.id, p) for p in self.store.papers(sorted(wanted)))
 
-    def build() -> WireMessage:
-        if report.eight_bit is None:
-            report.eight_bit = bool(getattr(transport, "takes_8bit", lambda: False)())
-        envelope, text, html, unsub = compose(settings, key, sub, row.digest_date, picks, trend, new_count, now)
-        envelope = replace(envelope, message_id=row.message_id or envelope.message_id)
-        mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
-        data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
-                             eight_bit=report.eight_bit)
-        return WireMessage(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, row.digest_date,
-                           eight_bit=report.eight_bit)
+    def send_batch(self, claimed: Sequence[Delivery], sent: list[tuple[int, str]],
+                   progress: Callable[[int], None] | None) -> None:
+        """Send one claimed batch, each outcome recorded as it happens; after an unreachable server
+        or a refused login the rest go back untried (after the retry wait, or at once)."""
+        report = self.report
+        for i, row in enumerate(claimed):
+            if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
+                wait = None if report.fatal else self.clock() + self.policy.retry_after
+                for rest in claimed[i:]:
+                    self.store.record_outcome(rest, PENDING, self.clock(), worker=report.worker, attempted=False,
+                                              error=report.fatal or report.unreachable, next_attempt_at=wait)
+                return
+            result = self.send_one(row, sent)
+            counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
+            setattr(report, counter, getattr(report, counter) + 1)
+            report.fatal = report.fatal or result.fatal
+            report.unreachable = report.unreachable or result.unreachable
+            if progress:
+                progress(1)
 
-    return send_claimed(store, sender, row, build, clock(), worker=worker, policy=policy, email=sub.email,
-                        sent_later=sent)
+    def send_one(self, row: Delivery, sent: list[tuple[int, str]]) -> SendResult:
+        """Render one planned digest from its row alone, and send and record it (`send_claimed`)."""
+        worker = self.report.worker
+        sub = self.subscribers.get(row.subscriber_id)
+        if sub is None or not sub.active:
+            self.store.record_outcome(row, FAILED, self.clock(), worker=worker, error="subscriber no longer active",
+                                      attempted=False)
+            return SendResult(FAILED, "subscriber no longer active")
+        picks = [Pick(self.papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in self.papers]
+        trend = [(self.papers[pid], int(count)) for pid, count in row.trending if pid in self.papers]
+
+        def build() -> WireMessage:
+            report = self.report
+            if report.eight_bit is None:
+                report.eight_bit = bool(getattr(self.transport, "takes_8bit", lambda: False)())
+            envelope, text, html, unsub = compose(self.settings, self.key, sub, row.digest_date, picks, trend,
+                                                  self.new_count, self.now)
+            envelope = replace(envelope, message_id=row.message_id or envelope.message_id)
+            mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
+            data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
+                                 eight_bit=report.eight_bit)
+            return WireMessage(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, row.digest_date,
+                               eight_bit=report.eight_bit)
+
+        return send_claimed(self.store, self.sender, row, build, self.clock(), worker=worker, policy=self.policy,
+                            email=sub.email, sent_later=sent)
 
 
 def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:
