@@ -622,7 +622,7 @@ def run_daily(
                               catch_up_hours=settings.schedule.catch_up_hours)
         if not due:
             return report
-        data, _, report.model, candidates = rank_due(store, settings, subscribers, due, now, save=not dry_run,
+        data, report.model, candidates = rank_due(store, settings, subscribers, due, now, save=not dry_run,
                                                      progress=progress)
         _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
                      transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress,
@@ -645,11 +645,11 @@ def rank_due(
     save: bool = True,
     progress: Progress | None = None,
     processes: int = 1,
-) -> tuple[TrainData, Ranker, ModelReport, list[Paper]]:
+) -> tuple[TrainData, ModelReport, list[Paper]]:
     """Fill in each due digest's picks: a fresh one ranked now (a weekly digest from the whole week,
     the others from `ranking.window_days`), a recorded one with exactly its recorded papers.
 
-    Returns the training data, the day's ranker and how it was made, and the widest window's candidates."""
+    Returns the training data, how the day's ranker was made, and the widest window's candidates."""
     data = train_data(store, subscribers)
     ranker, model = day_ranker(settings, data, now, save=save)
     default_days = settings.ranking.window_days
@@ -669,7 +669,7 @@ def rank_due(
                                  processes=processes, progress=advance)
     for d in due:
         d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
-    return data, ranker, model, candidates
+    return data, model, candidates
 
 
 @dataclass
