@@ -32,25 +32,45 @@ def main() -> None:
     ap.add_argument("--k", default="10,20,50,100,300")
     ap.add_argument("--svm-users", type=int, default=500, help="users sampled for svm (0: all)")
     ap.add_argument("--splits", default=",".join(SPLITS))
-    ap.add_argument("--embeddings", action="store_true", help="feed sentence embeddings to the hybrid (needs the embeddings extra)")
-    ap.add_argument("--cache-dir", default=None, help="embedding cache (default $DIGEST_DATA_DIR/cache/embeddings or ~/.cache/digest/embeddings)")
+    ap.add_argument(
+        "--embeddings", action="store_true", help="feed sentence embeddings to the hybrid (needs the embeddings extra)"
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help="embedding cache (default $DIGEST_DATA_DIR/cache/embeddings or ~/.cache/digest/embeddings)",
+    )
     args = ap.parse_args()
     ks = [int(k) for k in args.k.split(",")]
     methods = args.methods.split(",")
     out = {"machine": {"cpus": os.cpu_count()}, "splits": {}}
     for split in args.splits.split(","):
         t = time.perf_counter()
-        res = run_eval(Path(args.bench) / split, ks, methods, svm_users=args.svm_users or None,
-                       embeddings=args.embeddings, cache_dir=args.cache_dir)
+        res = run_eval(
+            Path(args.bench) / split,
+            ks,
+            methods,
+            svm_users=args.svm_users or None,
+            embeddings=args.embeddings,
+            cache_dir=args.cache_dir,
+        )
         res["seconds"] = round(time.perf_counter() - t, 1)
         out["splits"][split] = res
         if not args.json:
-            print(f"\n{split}: {res['users']} users ({res['seconds']} s)"
-                  + (f", embeddings {res['embedding_seconds']} s" if "embedding_seconds" in res else ""))
-            print(f"{'method':<14}" + "".join(f"{'R@' + str(k):>9}" for k in ks) + f"{'nDCG@10':>9}{'users':>7}{'sec':>8}")
+            print(
+                f"\n{split}: {res['users']} users ({res['seconds']} s)"
+                + (f", embeddings {res['embedding_seconds']} s" if "embedding_seconds" in res else "")
+            )
+            print(
+                f"{'method':<14}" + "".join(f"{'R@' + str(k):>9}" for k in ks) + f"{'nDCG@10':>9}{'users':>7}{'sec':>8}"
+            )
             for name, r in res["methods"].items():
-                print(f"{name:<14}" + "".join(f"{r[f'recall@{k}']:>9.4f}" for k in ks)
-                      + f"{r['ndcg@10']:>9.4f}{r['users']:>7}{r['seconds']:>8.1f}" + (" (sampled)" if r.get("sampled") else ""))
+                print(
+                    f"{name:<14}"
+                    + "".join(f"{r[f'recall@{k}']:>9.4f}" for k in ks)
+                    + f"{r['ndcg@10']:>9.4f}{r['users']:>7}{r['seconds']:>8.1f}"
+                    + (" (sampled)" if r.get("sampled") else "")
+                )
                 if r.get("tuning"):
                     print(f"{'':<14}tuning: {r['tuning']}")
             sys.stdout.flush()

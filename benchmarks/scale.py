@@ -33,13 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO.parent / "shared" / "bench" / "citeulike-a-cold" / "papers.jsonl"
 SAMPLE = REPO / "digest" / "data" / "sample_papers.jsonl"
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CLUSTERS = 300
 
 
@@ -69,26 +69,48 @@ def make_papers(count: int, rng: random.Random, *, start: int = 0, day: datetime
     titles, sentences = _texts()
     t_pool = [titles[c::CLUSTERS] for c in range(CLUSTERS)]
     s_pool = [sentences[c::CLUSTERS] for c in range(CLUSTERS)]
-    surnames = ["Chen", "Smith", "Garcia", "Müller", "Ivanova", "Kim", "Okafor", "Rossi", "Tanaka", "Novak", "Silva", "Dubois"]
+    surnames = [
+        "Chen",
+        "Smith",
+        "Garcia",
+        "Müller",
+        "Ivanova",
+        "Kim",
+        "Okafor",
+        "Rossi",
+        "Tanaka",
+        "Novak",
+        "Silva",
+        "Dubois",
+    ]
     records = []
     for n in range(start, start + count):
         c = rng.randrange(CLUSTERS)
         a, b = rng.sample(t_pool[c], 2)
         wa, wb = a.split(), b.split()
         title = " ".join(wa[: max(1, len(wa) // 2)] + wb[len(wb) // 2 :])
-        abstract = " ".join(rng.sample(s_pool[c], min(4, len(s_pool[c]))) + [rng.choice(sentences)])
-        published = (day or NOW - timedelta(days=30 + n % 3000)).replace(tzinfo=timezone.utc)
+        abstract = " ".join([*rng.sample(s_pool[c], min(4, len(s_pool[c]))), rng.choice(sentences)])
+        published = (day or NOW - timedelta(days=30 + n % 3000)).replace(tzinfo=UTC)
         records.append(
             PaperRecord(
-                id=f"s{c}-{n}", title=title, abstract=abstract,
-                authors=[f"{rng.choice('ABCDEFGHJKLMNPRSTVW')}. {rng.choice(surnames)}" for _ in range(rng.randint(1, 8))],
-                categories=["cs.LG"], url="", pdf_url="", published=published, updated=published, source="bench",
+                id=f"s{c}-{n}",
+                title=title,
+                abstract=abstract,
+                authors=[
+                    f"{rng.choice('ABCDEFGHJKLMNPRSTVW')}. {rng.choice(surnames)}" for _ in range(rng.randint(1, 8))
+                ],
+                categories=["cs.LG"],
+                url="",
+                pdf_url="",
+                published=published,
+                updated=published,
+                source="bench",
             )
         )
     return records
 
 
-def populate(store, users: int, papers: int, rng: random.Random) -> None:  # noqa: ANN001 - digest.store.Store
+def populate(store, users: int, papers: int, rng: random.Random) -> None:
     """The corpus, the subscribers and their likes (untimed set-up)."""
     from digest.store import LIKE
 
@@ -101,8 +123,14 @@ def populate(store, users: int, papers: int, rng: random.Random) -> None:  # noq
         by_cluster.setdefault(int(rec.id[1:].split("-")[0]), []).append(rec.id)
     zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
     rows = [
-        {"email": f"u{i}@example.org", "name": f"Reader {i}", "timezone": rng.choice(zones), "send_at": "00:00",
-         "max_papers": 10, "keywords": ["neural networks"] if i % 10 == 0 else []}
+        {
+            "email": f"u{i}@example.org",
+            "name": f"Reader {i}",
+            "timezone": rng.choice(zones),
+            "send_at": "00:00",
+            "max_papers": 10,
+            "keywords": ["neural networks"] if i % 10 == 0 else [],
+        }
         for i in range(users)
     ]
     ids = store.add_subscribers(rows, past)
@@ -122,7 +150,7 @@ def _sink(port: int, ready: multiprocessing.Event, stop: multiprocessing.Event) 
     from aiosmtpd.controller import Controller
 
     class Discard:
-        async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+        async def handle_DATA(self, server, session, envelope) -> str:
             return "250 OK"
 
     controller = Controller(Discard(), hostname="127.0.0.1", port=port)
@@ -159,7 +187,12 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     store = Store(url)
     t = time.perf_counter()
     populate(store, users, 2 * users, rng)
-    result: dict = {"users": users, "corpus": 2 * users, "new_papers": new, "setup_s": round(time.perf_counter() - t, 1)}
+    result: dict = {
+        "users": users,
+        "corpus": 2 * users,
+        "new_papers": new,
+        "setup_s": round(time.perf_counter() - t, 1),
+    }
     ctx = multiprocessing.get_context("spawn")
 
     # Last week's full fit (the ranker is refitted every `refit_days`, 7 by default, and saved),
@@ -167,7 +200,9 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     result.update(_in_own_process(ctx, _weekly_fit, config))
     # a day of feedback: 2% of readers like 1-3 recent papers (their profiles change)
     past = [row[0] for row in store.corpus_rows()[-3 * new :]]
-    liked = [(sid, p) for sid in rng.sample(range(1, users + 1), users // 50) for p in rng.sample(past, rng.randint(1, 3))]
+    liked = [
+        (sid, p) for sid in rng.sample(range(1, users + 1), users // 50) for p in rng.sample(past, rng.randint(1, 3))
+    ]
     store.add_interactions_many(liked, LIKE, NOW - timedelta(hours=12), origin="web")
     del past, liked
     store.close()
@@ -197,11 +232,13 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     result["total_s"] = round(sum(v for k, v in stages.items() if k != "render_s"), 1)
     result["svm_ratio"] = round(result["svm_s_per_user"] / (stages["rank_s"] / users))
     result["rank_ms_per_user"] = round(1000 * stages["rank_s"] / users, 3)
-    result["peak_rss_mb"] = max(result["planner_peak_rss_mb"], result["worker_peak_rss_mb"], result["rank_children_peak_rss_mb"])
+    result["peak_rss_mb"] = max(
+        result["planner_peak_rss_mb"], result["worker_peak_rss_mb"], result["rank_children_peak_rss_mb"]
+    )
     return result
 
 
-def _in_own_process(ctx, fn, *args):  # noqa: ANN001, ANN002, ANN202
+def _in_own_process(ctx, fn, *args):
     """fn(*args) in a fresh (spawned, non-daemonic: it may fork) process; its result or its error."""
     here, there = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(there, fn, args))
@@ -214,12 +251,12 @@ def _in_own_process(ctx, fn, *args):  # noqa: ANN001, ANN002, ANN202
     return value
 
 
-def _child(conn, fn, args) -> None:  # noqa: ANN001
+def _child(conn, fn, args) -> None:
     import traceback
 
     try:
         conn.send((True, fn(*args)))
-    except BaseException:  # noqa: BLE001 - reported to the parent
+    except BaseException:
         conn.send((False, traceback.format_exc()))
         raise
 
@@ -279,14 +316,23 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     t = time.perf_counter()
     candidates = candidate_papers(store, data, NOW - timedelta(days=settings.ranking.window_days))
     seen = store.papers_seen([s.id for s in subscribers], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
-    picks = rank_subscribers(ranker, data, subscribers, candidates, seen, diversity=settings.ranking.diversity,
-                             processes=settings.ranking.processes or os.cpu_count() or 1)
+    picks = rank_subscribers(
+        ranker,
+        data,
+        subscribers,
+        candidates,
+        seen,
+        diversity=settings.ranking.diversity,
+        processes=settings.ranking.processes or os.cpu_count() or 1,
+    )
     trend = trending_lists(data, candidates, picks)
     stage("rank_s", t)
     result["rank_children_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     result["candidates"] = len(candidates)
     t = time.perf_counter()
-    write_plans(store, settings, [Due(s, local_date(NOW, s.timezone), None, picks[s.id]) for s in subscribers], trend, NOW)
+    write_plans(
+        store, settings, [Due(s, local_date(NOW, s.timezone), None, picks[s.id]) for s in subscribers], trend, NOW
+    )
     stage("plan_write_s", t)
     result["planner_peak_rss_mb"] = round(peak_rss_mb())
 
@@ -298,7 +344,9 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     size = 0
     for sub in subscribers:
         tr = [(by_id[pid], c) for pid, c in trend[sub.id]]
-        _, text, html, _ = compose(settings, key, sub, local_date(NOW, sub.timezone), picks[sub.id], tr, len(candidates), NOW)
+        _, text, html, _ = compose(
+            settings, key, sub, local_date(NOW, sub.timezone), picks[sub.id], tr, len(candidates), NOW
+        )
         size += len(text) + len(html)
     stage("render_s", t)
     result["mean_digest_kb"] = round(size / max(1, len(subscribers)) / 1024, 1)
@@ -323,7 +371,7 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     return {**result, "stages": stages}
 
 
-def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:  # noqa: ANN001
+def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:
     """Messages per second the sink takes from one client sending ready-made wire bytes (no rendering)."""
     import smtplib
 
@@ -332,8 +380,16 @@ def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:  # 
     sender = parse_sender(settings.smtp.sender)
     body = ("x" * 75 + "\n") * 150, ("<p>" + "y" * 150 + "é</p>\n") * 200  # a digest's size and line count
     msgs = [
-        (s.email, message_bytes(Envelope(sender, recipient(s.name, s.email), "Digest", f"<{s.id}@x>", now, now.date()),
-                                *body, unsubscribe_url="https://x/u?t=a", unsubscribe_mailto="mailto:a@b", eight_bit=True))
+        (
+            s.email,
+            message_bytes(
+                Envelope(sender, recipient(s.name, s.email), "Digest", f"<{s.id}@x>", now, now.date()),
+                *body,
+                unsubscribe_url="https://x/u?t=a",
+                unsubscribe_mailto="mailto:a@b",
+                eight_bit=True,
+            ),
+        )
         for s in subscribers
     ]
     conn = smtplib.SMTP("127.0.0.1", port, timeout=30)
@@ -345,9 +401,24 @@ def _sink_ceiling(settings, port: int, subscribers, now: datetime) -> float:  # 
     return round(rate, 1)
 
 
-COLUMNS = ["users", "corpus", "weekly_fit_s", "weekly_fit_peak_rss_mb", "ingest_s", "load_s", "update_s", "rank_s",
-           "plan_write_s", "render_s", "deliver_s", "deliver_msgs_per_s", "sink_alone_msgs_per_s", "total_s",
-           "peak_rss_mb", "svm_ratio"]
+COLUMNS = [
+    "users",
+    "corpus",
+    "weekly_fit_s",
+    "weekly_fit_peak_rss_mb",
+    "ingest_s",
+    "load_s",
+    "update_s",
+    "rank_s",
+    "plan_write_s",
+    "render_s",
+    "deliver_s",
+    "deliver_msgs_per_s",
+    "sink_alone_msgs_per_s",
+    "total_s",
+    "peak_rss_mb",
+    "svm_ratio",
+]
 
 
 def main() -> None:
@@ -366,9 +437,22 @@ def main() -> None:
     results = []
     for n in (int(x) for x in args.users.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--new", str(args.new), "--workers", str(args.workers),
-             "--svm-sample", str(args.svm_sample)],
-            check=True, capture_output=True, text=True, env=env,
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--new",
+                str(args.new),
+                "--workers",
+                str(args.workers),
+                "--svm-sample",
+                str(args.svm_sample),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         res = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(res)

@@ -120,8 +120,12 @@ def serve(folder: Path, config: Path, base: str) -> subprocess.Popen[bytes]:
     """`digest serve` in its own process, once it answers."""
     port = base.rsplit(":", 1)[1]
     with (folder / "serve.log").open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", port,
-                                    "--config", str(config)], env=_env(folder), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", port, "--config", str(config)],
+            env=_env(folder),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
@@ -174,18 +178,33 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(1000 * ordered[-1], 1),
-            "mean": round(1000 * statistics.fmean(ordered), 1)}
+    return {
+        "p50": at(0.50),
+        "p95": at(0.95),
+        "p99": at(0.99),
+        "max": round(1000 * ordered[-1], 1),
+        "mean": round(1000 * statistics.fmean(ordered), 1),
+    }
 
 
 def browser(n: int, base: str) -> httpx.AsyncClient:
     """Client `n`'s own connection, cookie jar and address (made before any clock starts: making
     one costs ~20 ms of CPU for its TLS context, which would stall the other clients' timers)."""
-    return httpx.AsyncClient(base_url=base, timeout=TIMEOUT, headers={"X-Forwarded-For": f"10.0.{n // 250}.{n % 250 + 1}"})
+    return httpx.AsyncClient(
+        base_url=base, timeout=TIMEOUT, headers={"X-Forwarded-For": f"10.0.{n // 250}.{n % 250 + 1}"}
+    )
 
 
-async def client(http: httpx.AsyncClient, base: str, settings: Settings, readers: list[int], papers: list[str],
-                 stop: asyncio.Event, tally: Tally, rng: random.Random) -> None:
+async def client(
+    http: httpx.AsyncClient,
+    base: str,
+    settings: Settings,
+    readers: list[int],
+    papers: list[str],
+    stop: asyncio.Event,
+    tally: Tally,
+    rng: random.Random,
+) -> None:
     """One reader's browser: open a fresh feedback link, press its button, again until `stop`."""
     from digest import links
 
@@ -215,15 +234,26 @@ async def client(http: httpx.AsyncClient, base: str, settings: Settings, readers
                 tally.error(f"POST {done.status_code}")
 
 
-async def load(base: str, settings: Settings, readers: list[int], papers: list[str], clients: int,
-               until: asyncio.Future | None, seconds: float, seed: int, server: int) -> dict:
+async def load(
+    base: str,
+    settings: Settings,
+    readers: list[int],
+    papers: list[str],
+    clients: int,
+    until: asyncio.Future | None,
+    seconds: float,
+    seed: int,
+    server: int,
+) -> dict:
     """`clients` clients until `until` is done (the send ended) or `seconds` have passed: the phase's report."""
     stop, tally = asyncio.Event(), Tally()
     cpu = {"server": cpu_seconds(server), "clients": cpu_seconds()}
     rng = random.Random(seed)
     browsers = [browser(n, base) for n in range(clients)]
-    tasks = [asyncio.create_task(client(http, base, settings, readers, papers, stop, tally, random.Random(rng.random())))
-             for http in browsers]
+    tasks = [
+        asyncio.create_task(client(http, base, settings, readers, papers, stop, tally, random.Random(rng.random())))
+        for http in browsers
+    ]
     t = time.perf_counter()
     try:
         if until is None:
@@ -239,25 +269,50 @@ async def load(base: str, settings: Settings, readers: list[int], papers: list[s
     return tally.report(elapsed, used)
 
 
-async def send_and_load(folder: Path, config: Path, base: str, settings: Settings, readers: list[int], papers: list[str],
-                        server: int, args: argparse.Namespace) -> dict:
+async def send_and_load(
+    folder: Path,
+    config: Path,
+    base: str,
+    settings: Settings,
+    readers: list[int],
+    papers: list[str],
+    server: int,
+    args: argparse.Namespace,
+) -> dict:
     result: dict = {}
     if args.baseline:
-        result["baseline"] = await load(base, settings, readers, papers, args.clients, None, args.baseline, args.seed, server)
+        result["baseline"] = await load(
+            base, settings, readers, papers, args.clients, None, args.baseline, args.seed, server
+        )
     log = (folder / "send.log").open("wb")
     started = time.perf_counter()
-    send = await asyncio.create_subprocess_exec(sys.executable, "-m", "digest", "send", "--force", "--config", str(config),
-                                                env=_env(folder), stdout=log, stderr=subprocess.STDOUT)
+    send = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "digest",
+        "send",
+        "--force",
+        "--config",
+        str(config),
+        env=_env(folder),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     ended = asyncio.ensure_future(send.wait())
-    result["during_send"] = await load(base, settings, readers, papers, args.clients, ended, args.max_seconds,
-                                       args.seed + 1, server)
+    result["during_send"] = await load(
+        base, settings, readers, papers, args.clients, ended, args.max_seconds, args.seed + 1, server
+    )
     finished = ended.done()
     if not finished:
         send.terminate()
     code = await ended
     log.close()
-    result["send"] = {"seconds": round(time.perf_counter() - started, 1), "exit_code": code, "finished": finished,
-                      "outbox_messages": sum(1 for _ in (folder / "data" / "outbox").rglob("*.eml"))}
+    result["send"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "exit_code": code,
+        "finished": finished,
+        "outbox_messages": sum(1 for _ in (folder / "data" / "outbox").rglob("*.eml")),
+    }
     return result
 
 
@@ -265,10 +320,21 @@ async def send_and_load(folder: Path, config: Path, base: str, settings: Setting
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _server_faults(folder: Path) -> int:
@@ -279,22 +345,30 @@ def _server_faults(folder: Path) -> int:
 
 def text_report(res: dict) -> str:
     m = res["machine"]
-    lines = [(f"{res['readers']} readers, {res['clients']} clients, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, "
-              f"SQLite {m['sqlite']}, load average before {m['load_average_before']}")]
+    lines = [
+        (
+            f"{res['readers']} readers, {res['clients']} clients, {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, "
+            f"SQLite {m['sqlite']}, load average before {m['load_average_before']}"
+        )
+    ]
     for phase in ("baseline", "during_send"):
         if phase not in res:
             continue
         p = res[phase]
-        lines.append(f"{phase}: {p['requests']} requests in {p['seconds']} s ({p['requests_per_s']}/s), "
-                     f"{p['errors']} errors {p['errors_by_kind'] or ''}; CPU (cores) server {p['cpu_share']['server']}, "
-                     f"clients {p['cpu_share']['clients']}")
+        lines.append(
+            f"{phase}: {p['requests']} requests in {p['seconds']} s ({p['requests_per_s']}/s), "
+            f"{p['errors']} errors {p['errors_by_kind'] or ''}; CPU (cores) server {p['cpu_share']['server']}, "
+            f"clients {p['cpu_share']['clients']}"
+        )
         for name in ("all_ms", "get_ms", "post_ms"):
             q = p[name]
             if q:
                 lines.append(f"  {name[:-3]:>4} ms: p50 {q['p50']}  p95 {q['p95']}  p99 {q['p99']}  max {q['max']}")
     s = res["send"]
-    lines.append(f"digest send --force: {s['seconds']} s, exit code {s['exit_code']}, {s['outbox_messages']} messages "
-                 f"in the outbox{'' if s['finished'] else ' (stopped at --max-seconds)'}")
+    lines.append(
+        f"digest send --force: {s['seconds']} s, exit code {s['exit_code']}, {s['outbox_messages']} messages "
+        f"in the outbox{'' if s['finished'] else ' (stopped at --max-seconds)'}"
+    )
     lines.append(f"server log: {res['server_faults']} 5xx answers or tracebacks")
     return "\n".join(lines)
 
@@ -304,7 +378,9 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=2000, help="Readers in the database (all get the send).")
     parser.add_argument("--clients", type=int, default=50, help="Concurrent web clients.")
     parser.add_argument("--new-papers", type=int, default=500, help="Today's new papers (the send's candidates).")
-    parser.add_argument("--max-seconds", type=float, default=600, help="The load stops after this even if the send has not.")
+    parser.add_argument(
+        "--max-seconds", type=float, default=600, help="The load stops after this even if the send has not."
+    )
     parser.add_argument("--baseline", type=float, default=0, help="Seconds of the same load without a send, first.")
     parser.add_argument("--seed", type=int, default=7, help="Random seed of the population and the clients.")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary data folder (its path is printed).")

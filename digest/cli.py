@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -37,8 +37,10 @@ ConfigOption = Annotated[
 ]
 NowOption = Annotated[
     str | None,
-    typer.Option(help="Run as of this moment, ISO 8601 with offset, e.g. 2026-11-23T08:00:00+00:00 (default: now); "
-                 "links are never signed, nor source checkpoints moved, past the real time."),
+    typer.Option(
+        help="Run as of this moment, ISO 8601 with offset, e.g. 2026-11-23T08:00:00+00:00 (default: now); "
+        "links are never signed, nor source checkpoints moved, past the real time."
+    ),
 ]
 
 
@@ -48,12 +50,12 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 
 def _parse_now(value: str | None) -> datetime:
     if value is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as e:
         raise ConfigError(f"--now {value!r} is not an ISO 8601 date-time such as 2026-11-23T08:00:00+00:00") from e
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class _Bar:
@@ -71,26 +73,37 @@ class _Bar:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=False, disable=not err_console.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+        disable=not err_console.is_terminal,
     )
 
 
-def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunReport, imported lazily
+def _print_report(report, *, show_picks: bool) -> None:
     for src in report.sources:
         if src.error:
             console.print(f"[red]source {escape(src.name)}: failed: {escape(src.error)}[/red]", highlight=False)
         else:
             c = src.counts
-            console.print(f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; "
-                          f"skipped: {src.skipped_line()}", markup=False, highlight=False)
+            console.print(
+                f"source {src.name}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged; "
+                f"skipped: {src.skipped_line()}",
+                markup=False,
+                highlight=False,
+            )
         for note in src.notes:
             console.print(f"  note: {note}", markup=False, highlight=False)
     if report.model is not None:
         console.print(str(report.model), highlight=False)
     for email, entries in report.unmatched_likes.items():
         for entry in entries:
-            console.print(f"[yellow]{escape(email)}: liked entry matches no known paper: {escape(repr(entry))}[/yellow]")
+            console.print(
+                f"[yellow]{escape(email)}: liked entry matches no known paper: {escape(repr(entry))}[/yellow]"
+            )
     for out in report.outcomes:
         line = f"{out.email}: {out.status}"
         if out.digest_date:
@@ -112,7 +125,9 @@ def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunRep
     if report.busy:
         console.print(f"[yellow]{escape(report.busy)}[/yellow]", highlight=False)
     if report.unreachable:
-        err_console.print(f"[yellow]mail server unreachable, the rest wait for the next run: {escape(report.unreachable)}[/yellow]")
+        err_console.print(
+            f"[yellow]mail server unreachable, the rest wait for the next run: {escape(report.unreachable)}[/yellow]"
+        )
     if report.fatal:
         err_console.print(f"[red]error: {escape(report.fatal)}[/red]")
 
@@ -120,7 +135,8 @@ def _print_report(report, *, show_picks: bool) -> None:  # noqa: ANN001 - RunRep
 @app.command()
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Folder for the demo's database and outbox (default: your user data folder/demo).")
+        Path | None,
+        typer.Option(help="Folder for the demo's database and outbox (default: your user data folder/demo)."),
     ] = None,
     now: NowOption = None,
 ) -> None:
@@ -158,7 +174,9 @@ def demo(
 def send(
     config: ConfigOption = None,
     now: NowOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Render and save HTML previews; send and record nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Render and save HTML previews; send and record nothing.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Ignore send times (still one digest a day).")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Only this subscriber (repeatable).")] = None,
 ) -> None:
@@ -167,12 +185,20 @@ def send(
 
     settings = _settings(config)
     with _progress() as progress:
-        report = run_daily(_parse_now(now), settings, dry_run=dry_run, force=force,
-                           only=[o.lower() for o in only] if only else None, progress=_Bar(progress))
+        report = run_daily(
+            _parse_now(now),
+            settings,
+            dry_run=dry_run,
+            force=force,
+            only=[o.lower() for o in only] if only else None,
+            progress=_Bar(progress),
+        )
     _print_report(report, show_picks=dry_run)
     counts = report.by_status()
     if not report.busy:
-        console.print("summary: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no subscribers"))
+        console.print(
+            "summary: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no subscribers")
+        )
     if report.fatal:
         raise typer.Exit(1)
 
@@ -185,8 +211,10 @@ def run(config: ConfigOption = None) -> None:
 
     path = config or default_config_path()
     settings = load_settings(path)
-    console.print(f"checking every minute who is due; Ctrl-C to stop, kill -HUP to re-read {path} now "
-                  f"(it is re-read every {settings.schedule.reload_minutes:g} min)")
+    console.print(
+        f"checking every minute who is due; Ctrl-C to stop, kill -HUP to re-read {path} now "
+        f"(it is re-read every {settings.schedule.reload_minutes:g} min)"
+    )
     run_forever(settings, path, log_line=lambda line: console.print(line, markup=False, highlight=False))
 
 
@@ -199,13 +227,16 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
     from digest.store import FAILED, PENDING, Store, aware
 
     settings = _settings(config)
-    moment = _parse_now(now).astimezone(timezone.utc)
+    moment = _parse_now(now).astimezone(UTC)
     store = Store(settings.database_url)
     try:
         lease = store.lease(RUN_LEASE)
         if lease is not None and aware(lease.expires) > moment:
-            console.print(f"a daily run is in progress: {lease.owner} (lease until {aware(lease.expires):%Y-%m-%d %H:%M:%S} UTC)",
-                          highlight=False, soft_wrap=True)
+            console.print(
+                f"a daily run is in progress: {lease.owner} (lease until {aware(lease.expires):%Y-%m-%d %H:%M:%S} UTC)",
+                highlight=False,
+                soft_wrap=True,
+            )
         known = {s.email for s in settings.subscribers}
         subscribers = list(settings.subscribers) + [s for s in store.subscribers() if s.email not in known]
         if not subscribers:
@@ -213,29 +244,47 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
         for sub in subscribers:
             zone = ZoneInfo(sub.timezone)
             days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day}s"}[sub.frequency]
-            console.print(f"[bold]{escape(sub.email)}[/bold]  {sub.send_at} {sub.timezone}, {days}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold]{escape(sub.email)}[/bold]  {sub.send_at} {sub.timezone}, {days}",
+                highlight=False,
+                soft_wrap=True,
+            )
             row = store.subscriber(email=sub.email)
             last = store.last_delivery(row.id) if row is not None else None
             if last is None:
                 console.print("  last digest: none yet", highlight=False, soft_wrap=True)
             else:
                 tries = f"{last.attempts} attempt{'s' if last.attempts != 1 else ''}"
-                console.print(f"  last digest: {last.digest_date} {last.status} ({tries}) {last.message_id}", highlight=False, soft_wrap=True)
+                console.print(
+                    f"  last digest: {last.digest_date} {last.status} ({tries}) {last.message_id}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             day = due_day(sub, moment, catch_up_hours=settings.schedule.catch_up_hours)
             if last is not None and last.status == PENDING:
                 retry = aware(last.next_attempt_at)
-                when = f"after {retry.astimezone(zone):%a %Y-%m-%d %H:%M} {sub.timezone}" if retry and retry > moment else "at the next run"
+                when = (
+                    f"after {retry.astimezone(zone):%a %Y-%m-%d %H:%M} {sub.timezone}"
+                    if retry and retry > moment
+                    else "at the next run"
+                )
                 console.print(f"  next digest: {last.digest_date} (retry {when})", highlight=False, soft_wrap=True)
             elif day is not None and (row is None or store.delivery(row.id, day) is None):
                 console.print(f"  next digest: {day} (due now)", highlight=False, soft_wrap=True)
             else:
                 upcoming = next_send(sub, moment).astimezone(zone)
-                console.print(f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True)
+                console.print(
+                    f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True
+                )
             if last is not None and last.status in (PENDING, FAILED) and last.error:
                 console.print(f"  [red]problem:[/red] {escape(last.error)}", highlight=False, soft_wrap=True)
             if last is not None and last.status == FAILED:
-                console.print(f"  to send it again: digest retry {sub.email} --date {last.digest_date}",
-                              markup=False, highlight=False, soft_wrap=True)
+                console.print(
+                    f"  to send it again: digest retry {sub.email} --date {last.digest_date}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
     finally:
         store.close()
 
@@ -245,7 +294,8 @@ def retry(
     email: Annotated[str, typer.Argument(help="The reader whose digest failed.")],
     config: ConfigOption = None,
     day: Annotated[
-        str | None, typer.Option("--date", help="The digest's date, YYYY-MM-DD (default: the reader's latest failed digest).")
+        str | None,
+        typer.Option("--date", help="The digest's date, YYYY-MM-DD (default: the reader's latest failed digest)."),
     ] = None,
 ) -> None:
     """Queue a failed digest again once its cause is fixed: same papers, same Message-ID.
@@ -270,15 +320,20 @@ def retry(
         if sub is None or sub.id is None:
             raise DigestError(f"{address} is not a reader in the database (digest status lists them)")
         try:
-            row = store.requeue_delivery(sub.id, digest_date, datetime.now(timezone.utc))
+            row = store.requeue_delivery(sub.id, digest_date, datetime.now(UTC))
         except StoreError:
             raise
         except DigestError as e:
             raise DigestError(f"{address}: {e}") from e
     finally:
         store.close()
-    console.print(f"{address}: the digest of {row.digest_date} is queued again ({len(row.papers)} papers, "
-                  f"{row.message_id}); the next digest send or digest run sends it", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"{address}: the digest of {row.digest_date} is queued again ({len(row.papers)} papers, "
+        f"{row.message_id}); the next digest send or digest run sends it",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -286,8 +341,11 @@ def migrate(
     config: ConfigOption = None,
     autogenerate: Annotated[
         str | None,
-        typer.Option("--autogenerate", metavar="MESSAGE",
-                     help="For developers: after upgrading, write a new revision for what the tables in digest/store.py have that the migrations lack."),
+        typer.Option(
+            "--autogenerate",
+            metavar="MESSAGE",
+            help="For developers: after upgrading, write a new revision for what the tables in digest/store.py have that the migrations lack.",
+        ),
     ] = None,
 ) -> None:
     """Upgrade the database's schema to this version of digest (Alembic; back the database up first)."""
@@ -300,7 +358,9 @@ def migrate(
         if autogenerate:
             console.print(f"new revision: {migrations.autogenerate(store.engine, autogenerate)}")
         else:
-            console.print(f"{settings.database_url}: schema at revision {migrations.head()} (up to date)", highlight=False)
+            console.print(
+                f"{settings.database_url}: schema at revision {migrations.head()} (up to date)", highlight=False
+            )
     finally:
         store.close()
 
@@ -310,7 +370,13 @@ def worker(
     config: ConfigOption = None,
     now: NowOption = None,
     batch: Annotated[int, typer.Option(min=1, help="Deliveries claimed at a time.")] = 500,
-    plan: Annotated[bool, typer.Option("--plan", help="First plan the day: ingest, rank everyone due, write their pending digests (run once, by one worker).")] = False,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="First plan the day: ingest, rank everyone due, write their pending digests (run once, by one worker).",
+        ),
+    ] = False,
 ) -> None:
     """Send planned digests until none is left (run several, on one machine or many, against one database)."""
     from digest.store import Store
@@ -350,10 +416,17 @@ def fit(config: ConfigOption = None, now: NowOption = None) -> None:
         data = train_data(store, store.subscribers())
     finally:
         store.close()
-    _, report = day_ranker(settings, data, _parse_now(now).astimezone(timezone.utc), refit=True)
-    console.print(f"{report} on {len(data.corpus)} papers, {len(data.users)} readers, {data.likes.nnz} likes; "
-                  + (f"; saved to {report.path}" if report.path else " (refit_days = 0 or a ranker without a saved fit: nothing saved)"),
-                  highlight=False, soft_wrap=True)
+    _, report = day_ranker(settings, data, _parse_now(now).astimezone(UTC), refit=True)
+    console.print(
+        f"{report} on {len(data.corpus)} papers, {len(data.users)} readers, {data.likes.nnz} likes; "
+        + (
+            f"; saved to {report.path}"
+            if report.path
+            else " (refit_days = 0 or a ranker without a saved fit: nothing saved)"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("check-config")
@@ -388,11 +461,14 @@ def import_listing(
 def ingest(
     config: ConfigOption = None,
     source: Annotated[
-        list[str] | None, typer.Option("--source", "-s", help="Only the source with this name (repeatable; default: all).")
+        list[str] | None,
+        typer.Option("--source", "-s", help="Only the source with this name (repeatable; default: all)."),
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option(help="Fetch from this date, YYYY-MM-DD, whatever the saved checkpoints say (default: since the last run)."),
+        typer.Option(
+            help="Fetch from this date, YYYY-MM-DD, whatever the saved checkpoints say (default: since the last run)."
+        ),
     ] = None,
     now: NowOption = None,
 ) -> None:
@@ -406,7 +482,9 @@ def ingest(
     labels = [s.label for s in settings.sources]
     unknown = [name for name in source or [] if name not in labels]
     if unknown:
-        raise ConfigError(f"no source named {unknown[0]!r} (configured: {', '.join(labels) or 'none'})", field="--source")
+        raise ConfigError(
+            f"no source named {unknown[0]!r} (configured: {', '.join(labels) or 'none'})", field="--source"
+        )
     try:
         start = date.fromisoformat(since) if since else None
     except ValueError as e:
@@ -449,20 +527,46 @@ def serve(
     from digest.web import create_app
 
     settings = _settings(config)
-    console.print(f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})", highlight=False, soft_wrap=True)
+    console.print(
+        f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})",
+        highlight=False,
+        soft_wrap=True,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True, log_level="info")
 
 
 @app.command("eval")
 def eval_(
-    data_dir: Annotated[Path, typer.Argument(help="Benchmark folder: papers.jsonl, train.csv, test.csv, optional candidates.txt.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Benchmark folder: papers.jsonl, train.csv, test.csv, optional candidates.txt.")
+    ],
     k: Annotated[str, typer.Option("--k", help="Cut-offs for recall@k, comma-separated.")] = "10,20,50,100,300",
-    methods: Annotated[str, typer.Option("--methods", help="Rankers to compare, comma-separated.")] = "popularity,random,content,svm,collaborative,hybrid",
+    methods: Annotated[
+        str, typer.Option("--methods", help="Rankers to compare, comma-separated.")
+    ] = "popularity,random,content,svm,collaborative,hybrid",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw recall@k curves to this PNG (needs matplotlib).")] = None,
-    svm_users: Annotated[int, typer.Option("--svm-users", help="svm fits one model per user: evaluate it on this many sampled users (0: all).")] = 500,
-    embeddings: Annotated[bool, typer.Option("--embeddings", help="Feed sentence embeddings of the papers to the hybrid (needs the embeddings extra).")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Embedding cache folder (default $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw recall@k curves to this PNG (needs matplotlib).")
+    ] = None,
+    svm_users: Annotated[
+        int,
+        typer.Option(
+            "--svm-users", help="svm fits one model per user: evaluate it on this many sampled users (0: all)."
+        ),
+    ] = 500,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            "--embeddings", help="Feed sentence embeddings of the papers to the hybrid (needs the embeddings extra)."
+        ),
+    ] = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Embedding cache folder (default $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings).",
+        ),
+    ] = None,
 ) -> None:
     """Measure the rankers on a benchmark folder: recall@k and nDCG@10 per method."""
     import json
@@ -488,8 +592,15 @@ def eval_(
                 tasks[method] = bar.add_task(f"eval {method}", total=total)
             bar.update(tasks[method], completed=done)
 
-        result = run_eval(data_dir, ks, names, progress=advance, svm_users=svm_users or None,
-                          embeddings=embeddings, cache_dir=cache_dir)
+        result = run_eval(
+            data_dir,
+            ks,
+            names,
+            progress=advance,
+            svm_users=svm_users or None,
+            embeddings=embeddings,
+            cache_dir=cache_dir,
+        )
     if plot is not None:
         plot_recall(result, plot, ks)
     if as_json:
@@ -504,7 +615,9 @@ def eval_(
     table.add_column("seconds", justify="right")
     for name, res in result["methods"].items():
         users = f"{res['users']}" + (" (sample)" if res.get("sampled") else "")
-        table.add_row(name, *(f"{res[f'recall@{kk}']:.4f}" for kk in ks), f"{res['ndcg@10']:.4f}", users, f"{res['seconds']:.1f}")
+        table.add_row(
+            name, *(f"{res[f'recall@{kk}']:.4f}" for kk in ks), f"{res['ndcg@10']:.4f}", users, f"{res['seconds']:.1f}"
+        )
     console.print(table)
     if plot is not None:
         console.print(f"plot: {plot}")

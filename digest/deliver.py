@@ -10,12 +10,12 @@ retries (exponential backoff with jitter) and the outgoing rate limit, over an i
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import os
 import random
 import re
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -24,8 +24,8 @@ from datetime import date, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as _SMTP_POLICY
-from functools import lru_cache
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -136,19 +136,21 @@ def message_bytes(
     for url in (unsubscribe_url, unsubscribe_mailto):
         _single_line(url, "unsubscribe link")
     boundary = f"==============={os.urandom(12).hex()}=="
-    head = b"".join((
-        _folded("From", str(envelope.sender)),
-        _folded("To", str(envelope.recipient)),
-        _folded("Subject", subject),
-        _folded("Date", format_datetime(envelope.when)),
-        f"Message-ID: {_single_line(envelope.message_id, 'message id')}\r\n"
-        f"List-Unsubscribe: <{unsubscribe_mailto}>,\r\n <{unsubscribe_url}>\r\n"
-        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        "Auto-Submitted: auto-generated\r\n"
-        f"X-Digest-Date: {envelope.digest_date.isoformat()}\r\n"
-        "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
-    ))
+    head = b"".join(
+        (
+            _folded("From", str(envelope.sender)),
+            _folded("To", str(envelope.recipient)),
+            _folded("Subject", subject),
+            _folded("Date", format_datetime(envelope.when)),
+            f"Message-ID: {_single_line(envelope.message_id, 'message id')}\r\n"
+            f"List-Unsubscribe: <{unsubscribe_mailto}>,\r\n <{unsubscribe_url}>\r\n"
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+            "Auto-Submitted: auto-generated\r\n"
+            f"X-Digest-Date: {envelope.digest_date.isoformat()}\r\n"
+            "MIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
+        )
+    )
     parts = [head]
     for subtype, body in (("plain", text), ("html", html)):
         body = body.replace("\r\n", "\n").replace("\r", "\n")
@@ -159,9 +161,12 @@ def message_bytes(
         elif short and eight_bit:
             cte, payload = "8bit", data
         else:
-            cte, payload = "base64", b"\r\n".join(_B64_LINES.findall(binascii.b2a_base64(data, newline=False))) + b"\r\n"
+            cte, payload = (
+                "base64",
+                b"\r\n".join(_B64_LINES.findall(binascii.b2a_base64(data, newline=False))) + b"\r\n",
+            )
         parts.append(
-            f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+            f'--{boundary}\r\nContent-Type: text/{subtype}; charset="utf-8"\r\n'
             f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode("ascii")
         )
         parts.append(payload + b"\r\n")  # the CRLF before a boundary is not content
@@ -230,9 +235,7 @@ class SmtpTransport:
         conn: smtplib.SMTP | None = None
         try:
             if cfg.ssl:
-                conn = _WireSMTP_SSL(
-                    cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
-                )
+                conn = _WireSMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context())
             else:
                 conn = _WireSMTP(cfg.host, cfg.port, timeout=cfg.timeout)
                 if cfg.starttls:
@@ -257,7 +260,7 @@ class SmtpTransport:
             ) from e
         except smtplib.SMTPNotSupportedError as e:
             raise AuthenticationError(f"the SMTP server {cfg.host}:{cfg.port} does not support {e}") from e
-        except (smtplib.SMTPException, OSError, socket.timeout) as e:
+        except (TimeoutError, smtplib.SMTPException, OSError) as e:
             raise ServerUnavailable(f"cannot connect to SMTP server {cfg.host}:{cfg.port}: {e}") from e
 
     def send(self, msg: EmailMessage | WireMessage) -> None:
@@ -293,10 +296,12 @@ class SmtpTransport:
                 if timed_out and body_sent:  # the server has the whole message; its answer never came
                     raise UnconfirmedDelivery(
                         f"the SMTP server {cfg.host}:{cfg.port} took the message but did not confirm it within "
-                        f"{cfg.timeout:g} s; it may have been delivered, so it is not sent again in this run") from e
+                        f"{cfg.timeout:g} s; it may have been delivered, so it is not sent again in this run"
+                    ) from e
                 if timed_out:
                     raise ServerNotAnswering(
-                        f"the SMTP server {cfg.host}:{cfg.port} did not answer within {cfg.timeout:g} s") from e
+                        f"the SMTP server {cfg.host}:{cfg.port} did not answer within {cfg.timeout:g} s"
+                    ) from e
                 if attempt == 2:
                     raise TransientDeliveryError(f"SMTP server closed the connection: {e}") from e
                 continue  # closed without an answer (idle, or before its 250): not accepted, so reconnect once
@@ -329,10 +334,8 @@ class SmtpTransport:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
                 self._conn.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
             self._drop()
 
 

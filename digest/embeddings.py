@@ -58,7 +58,7 @@ class Encoder:
         """Names what a cached vector depends on besides the text."""
         return f"{MODEL_NAME}-t{self.max_tokens}"
 
-    def _load(self):  # noqa: ANN202
+    def _load(self):
         if self._model is None:
             if not available():
                 raise EmbeddingsUnavailable(f"sentence embeddings need the embeddings extra: {INSTALL_HINT}")
@@ -88,8 +88,13 @@ class Encoder:
         with torch.inference_mode():
             for s in range(0, len(texts), step):
                 idx = order[s : s + step]
-                vecs = model.encode([texts[i] or " " for i in idx], batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+                vecs = model.encode(
+                    [texts[i] or " " for i in idx],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
                 out[idx] = vecs
                 if progress:
                     progress(min(s + step, len(texts)), len(texts))
@@ -97,7 +102,9 @@ class Encoder:
 
 
 def text_key(text: str, model_key: str) -> bytes:
-    return hashlib.blake2b(f"{model_key}\0{text}".encode(), digest_size=16).hexdigest().encode()  # hex: no NUL bytes for numpy to strip
+    return (
+        hashlib.blake2b(f"{model_key}\0{text}".encode(), digest_size=16).hexdigest().encode()
+    )  # hex: no NUL bytes for numpy to strip
 
 
 class EmbeddingCache:
@@ -149,8 +156,13 @@ class EmbeddingCache:
         os.replace(tmp, self.folder / name)
 
 
-def embed_texts(texts: Sequence[str], cache_dir: str | Path | None = None, *, encoder: Encoder | None = None,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def embed_texts(
+    texts: Sequence[str],
+    cache_dir: str | Path | None = None,
+    *,
+    encoder: Encoder | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Unit-length embeddings of `texts` (len(texts) x 384 float32); only texts not in the cache are encoded.
 
     Raises EmbeddingsUnavailable if the extra is missing and some text needs encoding.
@@ -185,7 +197,7 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser() / "cache" / "embeddings"
 
 
-def ranking_options(settings, corpus) -> dict:  # noqa: ANN001 - Settings, Corpus (kept import-light)
+def ranking_options(settings, corpus) -> dict:
     """Extra `make_ranker` options from [ranking]: the corpus embeddings when `embeddings = true` (hybrid only).
 
     Vectors come from the cache in <data_dir>/cache/embeddings; only papers not seen before are encoded.
@@ -195,6 +207,9 @@ def ranking_options(settings, corpus) -> dict:  # noqa: ANN001 - Settings, Corpu
     if not available():
         from digest.errors import ConfigError
 
-        raise ConfigError(f"embeddings = true needs the embeddings extra: {INSTALL_HINT}; or set it to false",
-                          path=str(settings.config_path or ""), field="ranking.embeddings")
+        raise ConfigError(
+            f"embeddings = true needs the embeddings extra: {INSTALL_HINT}; or set it to false",
+            path=str(settings.config_path or ""),
+            field="ranking.embeddings",
+        )
     return {"embeddings": embed_texts(corpus.texts(), default_cache_dir(settings.data_path))}

@@ -1,18 +1,18 @@
 """One error hierarchy, so the CLI can turn any of our failures into a one-line message.
 
-    DigestError                 anything we raise on purpose; the message says what to fix
-    ├── ConfigError             a preferences/config file is missing or malformed (names file + field)
-    ├── DataError               an input data file (sample, benchmark folder) is malformed
-    ├── SourceError             a paper source failed (network, bad feed); other sources go on
-    ├── StoreError              the database cannot be opened or used
-    ├── RenderError             one reader's digest could not be rendered: it waits for the next run
-    └── DeliveryError           a message could not be delivered
-        ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
-        │   ├── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
-        │   │   └── ServerNotAnswering   it stopped answering (a timeout): not tried again this run
-        │   └── UnconfirmedDelivery  the message went but no answer came: it may have arrived
-        ├── PermanentDeliveryError   not for this address (5xx): recorded, others go on
-        └── AuthenticationError      the SMTP login failed: stops the whole run once
+DigestError                 anything we raise on purpose; the message says what to fix
+├── ConfigError             a preferences/config file is missing or malformed (names file + field)
+├── DataError               an input data file (sample, benchmark folder) is malformed
+├── SourceError             a paper source failed (network, bad feed); other sources go on
+├── StoreError              the database cannot be opened or used
+├── RenderError             one reader's digest could not be rendered: it waits for the next run
+└── DeliveryError           a message could not be delivered
+    ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
+    │   ├── ServerUnavailable    cannot reach the server at all: the rest of the run waits too
+    │   │   └── ServerNotAnswering   it stopped answering (a timeout): not tried again this run
+    │   └── UnconfirmedDelivery  the message went but no answer came: it may have arrived
+    ├── PermanentDeliveryError   not for this address (5xx): recorded, others go on
+    └── AuthenticationError      the SMTP login failed: stops the whole run once
 """
 
 from __future__ import annotations

@@ -49,8 +49,9 @@ def ndcg_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
     return float(dcg / idcg)
 
 
-def hits_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], ndcg_k: int = 10,
-                 n_ideal: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def hits_metrics(
+    hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], ndcg_k: int = 10, n_ideal: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Per-user metrics from a users x ranks 0/1 `hits` array (the vectorised form of the two above).
 
     `n_relevant` is each user's number of held-out papers (recall's denominator); `n_ideal` the number
@@ -115,11 +116,15 @@ def _read_papers(path: Path) -> list[tuple[str, str, str]]:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)) or str(rec.get("id")).strip() == "":
-                raise DataError(f"{path}:{n}: each line needs a non-empty \"id\"")
+            if (
+                not isinstance(rec, dict)
+                or not isinstance(rec.get("id"), (str, int))
+                or str(rec.get("id")).strip() == ""
+            ):
+                raise DataError(f'{path}:{n}: each line needs a non-empty "id"')
             title, abstract = rec.get("title") or "", rec.get("abstract") or ""
             if not isinstance(title, str) or not isinstance(abstract, str):
-                raise DataError(f"{path}:{n}: \"title\" and \"abstract\" must be strings")
+                raise DataError(f'{path}:{n}: "title" and "abstract" must be strings')
             records.append((str(rec["id"]).strip(), title, abstract))
     return records
 
@@ -135,7 +140,9 @@ def load_bench(path: str | Path) -> Bench:
     test = _read_pairs(path / "test.csv")
     cand_ids = None
     if (path / "candidates.txt").is_file():
-        cand_ids = [line.strip() for line in (path / "candidates.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+        cand_ids = [
+            line.strip() for line in (path / "candidates.txt").read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
     known = {r[0] for r in records}
     extra = []
     for pid in [p for _, p in train] + [p for _, p in test] + (cand_ids or []):
@@ -154,8 +161,16 @@ def load_bench(path: str | Path) -> Bench:
 # -- evaluation ----------------------------------------------------------------------------------
 
 
-def evaluate(ranker: Ranker, bench: Bench, ks: Sequence[int] = DEFAULT_KS, *, users: np.ndarray | None = None,
-             fit: bool = True, block: int = 1000, progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate(
+    ranker: Ranker,
+    bench: Bench,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    users: np.ndarray | None = None,
+    fit: bool = True,
+    block: int = 1000,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Fit `ranker` on the bench's training data (unless fit=False) and measure it on test.csv.
 
     Returns {"recall@k": ..., "ndcg@10": ..., "users": n, "seconds": s}; `users` restricts (samples) the
@@ -183,7 +198,7 @@ def evaluate(ranker: Ranker, bench: Bench, ks: Sequence[int] = DEFAULT_KS, *, us
         if progress:
             progress(min(s + block, len(users)), len(users))
     out = {name: float(np.concatenate(v).mean()) if v else 0.0 for name, v in per_user.items()}
-    out["users"] = int(len(users))
+    out["users"] = len(users)
     out["seconds"] = round(time.perf_counter() - start, 2)
     return out
 
@@ -200,12 +215,22 @@ def default_cache_dir() -> Path:
     import os
 
     base = os.environ.get("DIGEST_DATA_DIR")
-    return Path(base).expanduser() / "cache" / "embeddings" if base else Path.home() / ".cache" / "digest" / "embeddings"
+    return (
+        Path(base).expanduser() / "cache" / "embeddings" if base else Path.home() / ".cache" / "digest" / "embeddings"
+    )
 
 
-def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence[str] = DEFAULT_METHODS, *,
-             progress: Callable[[str, int, int], None] | None = None, svm_users: int | None = 500, seed: int = 0,
-             embeddings: bool = False, cache_dir: str | Path | None = None) -> dict:
+def run_eval(
+    path: str | Path,
+    ks: Sequence[int] = DEFAULT_KS,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    svm_users: int | None = 500,
+    seed: int = 0,
+    embeddings: bool = False,
+    cache_dir: str | Path | None = None,
+) -> dict:
     """Evaluate each method on a benchmark folder.
 
     Returns {"bench": name, "users": N, "methods": {name: {"recall@k": ..., "ndcg@10": ..., "seconds": s,
@@ -218,14 +243,16 @@ def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence
 
     bench = load_bench(path)
     all_users = bench.eval_users
-    result: dict = {"bench": bench.name, "users": int(len(all_users)), "methods": {}}
+    result: dict = {"bench": bench.name, "users": len(all_users), "methods": {}}
     emb = None
     if embeddings and "hybrid" in methods:
         from digest.embeddings import embed_texts
 
         start = time.perf_counter()
         cb = (lambda done, total: progress("embeddings", done, total)) if progress else None
-        emb = embed_texts(bench.data.corpus.texts(), cache_dir if cache_dir is not None else default_cache_dir(), progress=cb)
+        emb = embed_texts(
+            bench.data.corpus.texts(), cache_dir if cache_dir is not None else default_cache_dir(), progress=cb
+        )
         result["embedding_seconds"] = round(time.perf_counter() - start, 2)
     for method in methods:
         ranker = make_ranker(method, **ranker_options(method, bench, emb))
@@ -250,15 +277,26 @@ def run_eval(path: str | Path, ks: Sequence[int] = DEFAULT_KS, methods: Sequence
 
 # Published / measured figures from the bench README: {split: [(label, k, recall)]}
 ANCHORS: dict[str, list[tuple[str, int, float]]] = {
-    "citeulike-a-cold": [("DropoutNet-WMF (abstracts)", 100, 0.645), ("shared_rep (abstracts)", 100, 0.671),
-                         ("TF-IDF titles centroid", 100, 0.49)],
-    "citeulike-a-p1": [("CTR", 100, 0.095), ("CTR", 300, 0.223), ("CDL", 100, 0.147), ("CDL", 300, 0.244),
-                       ("CVAE", 100, 0.163), ("CVAE", 300, 0.291), ("CDL+BERT", 300, 0.315), ("TF-IDF titles", 300, 0.141)],
+    "citeulike-a-cold": [
+        ("DropoutNet-WMF (abstracts)", 100, 0.645),
+        ("shared_rep (abstracts)", 100, 0.671),
+        ("TF-IDF titles centroid", 100, 0.49),
+    ],
+    "citeulike-a-p1": [
+        ("CTR", 100, 0.095),
+        ("CTR", 300, 0.223),
+        ("CDL", 100, 0.147),
+        ("CDL", 300, 0.244),
+        ("CVAE", 100, 0.163),
+        ("CVAE", 300, 0.291),
+        ("CDL+BERT", 300, 0.315),
+        ("TF-IDF titles", 300, 0.141),
+    ],
     "citeulike-a-p10": [("TF-IDF titles", 300, 0.351), ("popularity", 300, 0.105)],
 }
 
 
-def parse_list(value: str, *, cast=str) -> list:  # noqa: ANN001
+def parse_list(value: str, *, cast=str) -> list:
     """'10,20, 50' -> [10, 20, 50]; raises ValueError on an empty list or a bad item."""
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:

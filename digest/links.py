@@ -24,7 +24,6 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
-
 from digest.errors import DigestError
 from digest.settings import Settings
 
@@ -63,8 +62,12 @@ _TAG = 16  # bytes of MAC
 
 @lru_cache(maxsize=64)
 def _purpose_key(key: str, purpose: str) -> bytes:
-    return hashlib.blake2b(f"digest.{purpose}".encode(), key=hashlib.sha256(key.encode()).digest(), digest_size=32,
-                           person=b"digest-link-key").digest()
+    return hashlib.blake2b(
+        f"digest.{purpose}".encode(),
+        key=hashlib.sha256(key.encode()).digest(),
+        digest_size=32,
+        person=b"digest-link-key",
+    ).digest()
 
 
 def _b64(raw: bytes) -> str:
@@ -162,8 +165,10 @@ def nonce() -> str:
     return secrets.token_urlsafe(9)
 
 
-def feedback_url(settings: Settings, key: str, subscriber_id: int, paper_id: str, kind: str, *, clock: Clock | None = None) -> str:
-    """"More like this" (kind "like") or "fewer like this" ("dislike") for one paper; single-use."""
+def feedback_url(
+    settings: Settings, key: str, subscriber_id: int, paper_id: str, kind: str, *, clock: Clock | None = None
+) -> str:
+    """ "More like this" (kind "like") or "fewer like this" ("dislike") for one paper; single-use."""
     payload: dict[str, str | int] = {"s": subscriber_id, "p": paper_id, "k": kind, "n": nonce()}
     return _link(settings, "/feedback", make_token(key, FEEDBACK, payload, clock=clock))
 
@@ -173,7 +178,9 @@ def click_url(settings: Settings, key: str, subscriber_id: int, paper_id: str, *
     return _link(settings, "/click", make_token(key, CLICK, {"s": subscriber_id, "p": paper_id}, clock=clock))
 
 
-def manage_url(settings: Settings, key: str, email: str, *, clock: Clock | None = None, path: str = "/preferences") -> str:
+def manage_url(
+    settings: Settings, key: str, email: str, *, clock: Clock | None = None, path: str = "/preferences"
+) -> str:
     """The preferences page (or, with path="/digest", the digest in the browser) for one subscriber."""
     return _link(settings, path, make_token(key, MANAGE, {"e": email}, clock=clock))
 

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import scipy.sparse as sp
 
+from digest import links
 from digest.deliver import (
     Envelope,
     RetryPolicy,
@@ -38,6 +39,7 @@ from digest.deliver import (
     parse_sender,
     recipient,
 )
+from digest.embeddings import ranking_options
 from digest.errors import (
     AuthenticationError,
     DeliveryError,
@@ -49,30 +51,37 @@ from digest.errors import (
     TransientDeliveryError,
     UnconfirmedDelivery,
 )
-from digest import links
 from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
-from digest.embeddings import ranking_options
 from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.base import top_k_rows
-from digest.rank.saved import ModelReport, ranker_for_day
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
+from digest.rank.saved import ModelReport, ranker_for_day
 from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
-from digest.schedule import RunLease, due_day, owner_is_dead, is_send_day, next_send, send_moment, wall_clock, window_days
+from digest.schedule import (
+    RunLease,
+    due_day,
+    is_send_day,
+    next_send,
+    owner_is_dead,
+    send_moment,
+    wall_clock,
+    window_days,
+)
 from digest.settings import Settings, SubscriberSettings
 from digest.sources import FetchOptions, fetch
 from digest.sources.base import safe_unicode
 from digest.store import (
     CLICKED,
     DISLIKE,
-    Delivery,
     FAILED,
     LIKE,
     PENDING,
     SENT,
     SENT_STATUS,
+    UNCONFIRMED,
+    Delivery,
     Paper,
     Store,
-    UNCONFIRMED,
     Subscriber,
     UpsertCounts,
     aware,
@@ -197,9 +206,11 @@ def ingest(
             except DigestError as e:
                 report.error = str(e)
                 store.save_source_state(src.label, cursor=None, now=now, error=str(e))
-            except Exception as e:  # noqa: BLE001 - a source's bug on hostile input must not stop the others
+            except Exception as e:
                 log.exception("source %s failed unexpectedly", src.label)
-                report.error = f"failed unexpectedly ({e.__class__.__name__}: {str(e)[:200]}); the other sources went on"
+                report.error = (
+                    f"failed unexpectedly ({e.__class__.__name__}: {str(e)[:200]}); the other sources went on"
+                )
                 store.save_source_state(src.label, cursor=None, now=now, error=report.error)
             reports.append(report)
             advance()
@@ -269,12 +280,21 @@ def candidate_papers(store: Store, data: TrainData, since: datetime | set[str]) 
     return store.papers([pid for pid in data.corpus.ids.ids if pid in recent])
 
 
-def day_ranker(settings: Settings, data: TrainData, now: datetime, *, refit: bool = False,
-               save: bool = True) -> tuple[Ranker, ModelReport]:
+def day_ranker(
+    settings: Settings, data: TrainData, now: datetime, *, refit: bool = False, save: bool = True
+) -> tuple[Ranker, ModelReport]:
     """The configured ranker for today: the saved fit with today folded in, or a refit (`rank.saved`;
     `save` False: a refit is not written, for dry runs)."""
-    return ranker_for_day(settings.ranking.ranker, ranking_options(settings, data.corpus), data, now,
-                          data_dir=settings.data_path, refit_days=settings.ranking.refit_days, force=refit, save=save)
+    return ranker_for_day(
+        settings.ranking.ranker,
+        ranking_options(settings, data.corpus),
+        data,
+        now,
+        data_dir=settings.data_path,
+        refit_days=settings.ranking.refit_days,
+        force=refit,
+        save=save,
+    )
 
 
 def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:
@@ -282,7 +302,9 @@ def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.n
     if not keywords:
         return np.zeros(len(candidates), dtype=bool)
     pattern = re.compile("|".join(r"\b" + re.escape(k) for k in keywords), re.IGNORECASE)
-    return np.fromiter((bool(pattern.search(f"{p.title} {p.abstract}")) for p in candidates), dtype=bool, count=len(candidates))
+    return np.fromiter(
+        (bool(pattern.search(f"{p.title} {p.abstract}")) for p in candidates), dtype=bool, count=len(candidates)
+    )
 
 
 def rank_subscribers(
@@ -360,7 +382,14 @@ class _RankJob:
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """The picks of subscribers[start:stop], flat (cheap to send back from a forked process): each
         subscriber's pick count, then every pick's candidate position, score and reason in order."""
-        ranker, data, candidates, rows, sim, diversity = self.ranker, self.data, self.candidates, self.rows, self.sim, self.diversity
+        ranker, data, candidates, rows, sim, diversity = (
+            self.ranker,
+            self.data,
+            self.candidates,
+            self.rows,
+            self.sim,
+            self.diversity,
+        )
         if not self.position:
             self.position = {p.id: i for i, p in enumerate(candidates)}
         chunk = self.subscribers[start:stop]
@@ -412,8 +441,12 @@ class _RankJob:
         flat = [r for rs in reasons for r in rs]
         if not counts.sum():
             return counts, np.zeros(0, np.int64), np.zeros(0, np.float32), flat
-        return (counts, np.concatenate([best for best, _ in chosen]).astype(np.int64),
-                np.concatenate([sc for _, sc in chosen]).astype(np.float32), flat)
+        return (
+            counts,
+            np.concatenate([best for best, _ in chosen]).astype(np.int64),
+            np.concatenate([sc for _, sc in chosen]).astype(np.float32),
+            flat,
+        )
 
 
 _RANK_JOB: _RankJob | None = None
@@ -424,7 +457,9 @@ def _rank_block_forked(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, n
     return _RANK_JOB.block(*span)
 
 
-def _pick_one(row_scores: np.ndarray, size: int, sim: np.ndarray | None, diversity: float) -> tuple[np.ndarray, np.ndarray]:
+def _pick_one(
+    row_scores: np.ndarray, size: int, sim: np.ndarray | None, diversity: float
+) -> tuple[np.ndarray, np.ndarray]:
     """One reader's picks (candidate positions, scores) from a score row where -inf is not allowed."""
     pool = np.flatnonzero(np.isfinite(row_scores))
     if sim is None:
@@ -456,7 +491,9 @@ def _mmr_rows(scores: np.ndarray, sims: np.ndarray, k: int, lambda_: float) -> n
     return out
 
 
-def trending(data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE) -> list[tuple[Paper, int]]:
+def trending(
+    data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE
+) -> list[tuple[Paper, int]]:
     """The window's most upvoted (or most liked) papers not already picked, with their counts."""
     counted = []
     for p in candidates:
@@ -485,17 +522,38 @@ def is_due(sub: Subscriber | SubscriberSettings, now: datetime) -> bool:
 
 def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
     title, url, authors, abstract, day = _paper_fields(
-        paper.id, paper.title, paper.url, tuple(paper.authors), paper.abstract, paper.published, paper.first_seen,
+        paper.id,
+        paper.title,
+        paper.url,
+        tuple(paper.authors),
+        paper.abstract,
+        paper.published,
+        paper.first_seen,
         settings.ranking.abstract_chars,
     )
-    return PaperView(id=paper.id, title=title, url=url, authors=authors, abstract=abstract, date=day,
-                     reason=safe_unicode(reason), score=score, count=count)
+    return PaperView(
+        id=paper.id,
+        title=title,
+        url=url,
+        authors=authors,
+        abstract=abstract,
+        date=day,
+        reason=safe_unicode(reason),
+        score=score,
+        count=count,
+    )
 
 
 @lru_cache(maxsize=32768)
 def _paper_fields(
-    pid: str, title: str, url: str, authors: tuple[str, ...], abstract: str,
-    published: datetime | None, first_seen: datetime | None, abstract_chars: int,
+    pid: str,
+    title: str,
+    url: str,
+    authors: tuple[str, ...],
+    abstract: str,
+    published: datetime | None,
+    first_seen: datetime | None,
+    abstract_chars: int,
 ) -> tuple[str, str, str, str, str]:
     """A paper's shown fields, worked out once per run (the same papers recur across digests).
 
@@ -604,11 +662,15 @@ def run_daily(
     """
     if now.tzinfo is None:
         raise ValueError("run_daily needs an aware datetime (with a time zone)")
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     own_store = store is None
     store = store or Store(settings.database_url)
     report = RunReport(now)
-    lease = None if dry_run else RunLease(store, ttl=settings.schedule.lease_seconds, wait=lease_wait, clock=clock, sleep=sleep)
+    lease = (
+        None
+        if dry_run
+        else RunLease(store, ttl=settings.schedule.lease_seconds, wait=lease_wait, clock=clock, sleep=sleep)
+    )
     try:
         if lease is not None and not lease.start():
             report.busy = f"another daily run is in progress ({lease.holder()}); nothing done"
@@ -618,15 +680,38 @@ def run_daily(
         if not dry_run:
             free_dead_claims(store, now)
         subscribers = store.subscribers()
-        due = due_subscribers(store, subscribers, now, report, force=force, only=only, dry_run=dry_run,
-                              catch_up_hours=settings.schedule.catch_up_hours)
+        due = due_subscribers(
+            store,
+            subscribers,
+            now,
+            report,
+            force=force,
+            only=only,
+            dry_run=dry_run,
+            catch_up_hours=settings.schedule.catch_up_hours,
+        )
         if not due:
             return report
-        data, report.model, candidates = rank_due(store, settings, subscribers, due, now, save=not dry_run,
-                                                     progress=progress)
-        _deliver_all(store, settings, secret_key(settings), data, due, candidates, now, report,
-                     transport=transport, dry_run=dry_run, keep_html=keep_html, progress=progress,
-                     lease=lease, sleep=sleep, force=force)
+        data, report.model, candidates = rank_due(
+            store, settings, subscribers, due, now, save=not dry_run, progress=progress
+        )
+        _deliver_all(
+            store,
+            settings,
+            secret_key(settings),
+            data,
+            due,
+            candidates,
+            now,
+            report,
+            transport=transport,
+            dry_run=dry_run,
+            keep_html=keep_html,
+            progress=progress,
+            lease=lease,
+            sleep=sleep,
+            force=force,
+        )
     finally:
         if lease is not None:
             lease.stop()
@@ -665,8 +750,16 @@ def rank_due(
             if window_days(sub, default_days) < widest:
                 seen.setdefault(sub.id, set()).update(older)
     with _stage(progress, "Ranking", len(fresh)) as advance:
-        picks = rank_subscribers(ranker, data, fresh, candidates, seen, diversity=settings.ranking.diversity,
-                                 processes=processes, progress=advance)
+        picks = rank_subscribers(
+            ranker,
+            data,
+            fresh,
+            candidates,
+            seen,
+            diversity=settings.ranking.diversity,
+            processes=processes,
+            progress=advance,
+        )
     for d in due:
         d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
     return data, model, candidates
@@ -708,8 +801,9 @@ def due_subscribers(
     due = []
     if only is not None:
         subscribers = [s for s in subscribers if s.email in only]
-    recorded = store.deliveries_on({local_date(now, zone) + timedelta(days=k) for zone in {s.timezone for s in subscribers}
-                                    for k in (-1, 0)})  # today's and (catching up) yesterday's, in one query
+    recorded = store.deliveries_on(
+        {local_date(now, zone) + timedelta(days=k) for zone in {s.timezone for s in subscribers} for k in (-1, 0)}
+    )  # today's and (catching up) yesterday's, in one query
     for sub in subscribers:
         today = local_date(now, sub.timezone)
         retried = set()
@@ -719,25 +813,42 @@ def due_subscribers(
             if now > aware(row.created) + window:
                 reason = f"gave up: not delivered within {catch_up_hours:g} hours ({row.error or 'interrupted'})"
                 store.record_outcome(row, FAILED, now, worker="", error=reason, attempted=False)
-                report.outcomes.append(Outcome(sub.email, "failed", row.digest_date, message_id=row.message_id, detail=reason))
+                report.outcomes.append(
+                    Outcome(sub.email, "failed", row.digest_date, message_id=row.message_id, detail=reason)
+                )
             elif retry_at is not None and retry_at > now and not force:
-                report.outcomes.append(Outcome(sub.email, "pending", row.digest_date, message_id=row.message_id,
-                                               detail=f"next try after {retry_at:%Y-%m-%d %H:%M} UTC ({row.error})"))
+                report.outcomes.append(
+                    Outcome(
+                        sub.email,
+                        "pending",
+                        row.digest_date,
+                        message_id=row.message_id,
+                        detail=f"next try after {retry_at:%Y-%m-%d %H:%M} UTC ({row.error})",
+                    )
+                )
             else:
                 due.append(Due(sub, row.digest_date, row))
         day = today if force else due_day(sub, now, catch_up_hours=catch_up_hours)
         if day is None:
             upcoming = next_send(sub, now).astimezone(ZoneInfo(sub.timezone))
-            report.outcomes.append(Outcome(sub.email, "not-due", today,
-                                           detail=f"next digest {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}"))
+            report.outcomes.append(
+                Outcome(sub.email, "not-due", today, detail=f"next digest {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}")
+            )
             continue
         if day in retried:
             continue
         existing = recorded.get((sub.id, day))
         if existing is not None and existing.status in (SENT_STATUS, FAILED):
             status = "skipped" if day == today else "not-due"
-            report.outcomes.append(Outcome(sub.email, status, day, message_id=existing.message_id,
-                                           detail=f"already {existing.status} for {day}"))
+            report.outcomes.append(
+                Outcome(
+                    sub.email,
+                    status,
+                    day,
+                    message_id=existing.message_id,
+                    detail=f"already {existing.status} for {day}",
+                )
+            )
             continue
         due.append(Due(sub, day, None if dry_run else existing))
     return due
@@ -784,8 +895,16 @@ def _deliver_all(
     transport = transport or (None if dry_run else make_transport(settings))
     worker = sender_name()
     cfg = settings.delivery
-    sender = None if transport is None else Sender(
-        transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second, sleep=sleep
+    sender = (
+        None
+        if transport is None
+        else Sender(
+            transport,
+            attempts=cfg.attempts_per_run,
+            backoff=cfg.retry_backoff,
+            per_second=cfg.max_per_second,
+            sleep=sleep,
+        )
     )
     try:
         with _stage(progress, "Sending" if not dry_run else "Rendering (dry run)", len(due)) as advance:
@@ -799,9 +918,22 @@ def _deliver_all(
                     if lease is not None and lease.lost.is_set():
                         outcome.detail = "not attempted: this run lost its lease to another run"
                         continue
-                    _one_subscriber(store, settings, key, data, d, candidates, now, outcome,
-                                    transport=sender, dry_run=dry_run, keep_html=keep_html,
-                                    unreachable=report.unreachable, worker=worker, force=force)
+                    _one_subscriber(
+                        store,
+                        settings,
+                        key,
+                        data,
+                        d,
+                        candidates,
+                        now,
+                        outcome,
+                        transport=sender,
+                        dry_run=dry_run,
+                        keep_html=keep_html,
+                        unreachable=report.unreachable,
+                        worker=worker,
+                        force=force,
+                    )
                 except AuthenticationError as e:
                     report.fatal = str(e)
                     outcome.status, outcome.detail = "pending", str(e)
@@ -840,28 +972,43 @@ def _one_subscriber(
     sub, day, picks = due.subscriber, due.day, due.picks
     if not picks and settings.delivery.on_empty == "skip":
         since = (now - timedelta(days=settings.ranking.window_days)).date()
-        outcome.status, outcome.detail = "no-papers", f"no new papers since {since} (nothing sent; on_empty = \"skip\")"
+        outcome.status, outcome.detail = "no-papers", f'no new papers since {since} (nothing sent; on_empty = "skip")'
         return
     trend = trending(data, candidates, {p.paper.id for p in picks})
-    mid = due.existing.message_id if due.existing is not None and due.existing.message_id else \
-        message_id(parse_sender(settings.smtp.sender), sub.email, day)
+    mid = (
+        due.existing.message_id
+        if due.existing is not None and due.existing.message_id
+        else message_id(parse_sender(settings.smtp.sender), sub.email, day)
+    )
     outcome.message_id = mid
     if dry_run:
         try:
             _, _, html, _ = compose(settings, key, sub, day, picks, trend, len(candidates), now)
-        except Exception as e:  # noqa: BLE001 - said for this reader; the others go on
+        except Exception as e:
             outcome.status, outcome.detail = "failed", str(as_render_error(e, sub.email))
             return
         outcome.html_path = _save_html(settings, day, sub.email, html)
         outcome.status = "dry-run"
         return
-    row = due.existing or store.create_delivery(sub.id, day, [p.paper.id for p in picks], mid, now,
-                                                reasons=[p.reason for p in picks], trending=[[p.id, c] for p, c in trend])
+    row = due.existing or store.create_delivery(
+        sub.id,
+        day,
+        [p.paper.id for p in picks],
+        mid,
+        now,
+        reasons=[p.reason for p in picks],
+        trending=[[p.id, c] for p, c in trend],
+    )
     policy = RetryPolicy.of(settings)
     if unreachable:  # recorded (so the same papers go later), not attempted
         retry_at = now + policy.retry_after
-        store.record_outcome(row, PENDING, now, worker=worker, error=unreachable, attempted=False, next_attempt_at=retry_at)
-        outcome.status, outcome.detail = PENDING, f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC"
+        store.record_outcome(
+            row, PENDING, now, worker=worker, error=unreachable, attempted=False, next_attempt_at=retry_at
+        )
+        outcome.status, outcome.detail = (
+            PENDING,
+            f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC",
+        )
         return
     claimed = store.claim_deliveries(worker, now, ids=[row.id], limit=1, ignore_wait=force)
     if not claimed:
@@ -874,8 +1021,13 @@ def _one_subscriber(
         envelope = replace(envelope, message_id=mid)  # a retry is the same message
         if keep_html:
             outcome.html_path = _save_html(settings, day, sub.email, html)
-        return build_message(envelope, text, html, unsubscribe_url=unsub,
-                             unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email))
+        return build_message(
+            envelope,
+            text,
+            html,
+            unsubscribe_url=unsub,
+            unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email),
+        )
 
     result = send_claimed(store, transport, claimed[0], build, now, worker=worker, policy=policy, email=sub.email)
     outcome.status, outcome.detail = result.status, result.detail
@@ -949,14 +1101,15 @@ def send_claimed(
         return _failed_attempt(store, row, e, now, worker, policy)
     except StoreError:
         raise
-    except Exception as e:  # noqa: BLE001 - a digest that cannot be built: this reader's waits, the others go on
+    except Exception as e:
         return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
     store.record_outcome(row, SENT_STATUS, now, worker=worker, sent_later=sent_later)
     return SendResult(SENT_STATUS)
 
 
-def _failed_attempt(store: Store, row: Delivery, error: DigestError, now: datetime, worker: str,
-                    policy: RetryPolicy) -> SendResult:
+def _failed_attempt(
+    store: Store, row: Delivery, error: DigestError, now: datetime, worker: str, policy: RetryPolicy
+) -> SendResult:
     """A digest that did not go out this time: pending with a doubling wait, or failed after the
     policy's attempts."""
     attempts = row.attempts + 1

@@ -142,7 +142,7 @@ def render_digest(view: DigestView, *, templates_dir: Path | None = None) -> tup
         if pieces.ok(view):
             env = environment(templates_dir)
             return env.get_template("email/digest.txt").render(d=view), pieces.html(view)
-    except Exception:  # noqa: BLE001 - never a reader's digest lost to the fast path: the whole template instead
+    except Exception:
         log.exception("the pre-inlined pieces failed for %s; rendering the whole template", view.email)
     return render_digest_reference(view, templates_dir=templates_dir)
 
@@ -156,8 +156,10 @@ def render_digest_reference(view: DigestView, *, templates_dir: Path | None = No
         text = env.get_template("email/digest.txt").render(d=view)
         html = env.get_template("email/digest.html").render(d=view)
         return text, _INLINER.inline(html)
-    except Exception as e:  # noqa: BLE001 - a template fault or text the inliner refuses: this reader only
-        raise RenderError(f"could not render the digest for {view.email}: {e.__class__.__name__}: {str(e)[:200]}") from e
+    except Exception as e:
+        raise RenderError(
+            f"could not render the digest for {view.email}: {e.__class__.__name__}: {str(e)[:200]}"
+        ) from e
 
 
 # -- the HTML from pre-inlined pieces -----------------------------------------------------------
@@ -174,7 +176,13 @@ _ROW_SLOTS = ("href", "reason", "more_url", "fewer_url")
 
 def _serialized(value: str, attribute: bool) -> str:
     """`value` as it comes out of autoescape -> HTML parse -> serialize (what the inliner does)."""
-    value = value.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "\ufffd").replace("&", "&amp;").replace("\xa0", "&nbsp;")
+    value = (
+        value.replace("\r\n", "\n")
+        .replace("\r", "\n")
+        .replace("\x00", "\ufffd")
+        .replace("&", "&amp;")
+        .replace("\xa0", "&nbsp;")
+    )
     if attribute:
         return value.replace('"', "&quot;")
     return value.replace("<", "&lt;").replace(">", "&gt;")
@@ -212,8 +220,10 @@ class _Pieces:
     def ok(self, view: DigestView) -> bool:
         if self.checked is None:
             try:
-                self.checked = self.html(view) == _INLINER.inline(self.env.get_template("email/digest.html").render(d=view))
-            except Exception:  # noqa: BLE001 - any surprise: the reference path for this template
+                self.checked = self.html(view) == _INLINER.inline(
+                    self.env.get_template("email/digest.html").render(d=view)
+                )
+            except Exception:
                 self.checked = False
         return self.checked
 
@@ -223,8 +233,20 @@ class _Pieces:
         return found.group(0) if found else ""
 
     def row(self, p: PaperView, label: str) -> list:
-        key = (p.id, p.title, p.url, p.authors, p.abstract, p.date, p.count, label,
-               bool(p.reason), bool(p.click_url), bool(p.more_url), bool(p.fewer_url))
+        key = (
+            p.id,
+            p.title,
+            p.url,
+            p.authors,
+            p.abstract,
+            p.date,
+            p.count,
+            label,
+            bool(p.reason),
+            bool(p.click_url),
+            bool(p.more_url),
+            bool(p.fewer_url),
+        )
         parts = self.rows.get(key)
         if parts is None:
             if len(self.rows) > 100_000:
@@ -234,10 +256,13 @@ class _Pieces:
         return parts
 
     def _inline_row(self, p: PaperView, label: str) -> str:
-        slotted = replace(p, reason=_MARK.format("reason") if p.reason else "",
-                          click_url=_MARK.format("href"),
-                          more_url=_MARK.format("more_url") if p.more_url else "",
-                          fewer_url=_MARK.format("fewer_url") if p.fewer_url else "")
+        slotted = replace(
+            p,
+            reason=_MARK.format("reason") if p.reason else "",
+            click_url=_MARK.format("href"),
+            more_url=_MARK.format("more_url") if p.more_url else "",
+            fewer_url=_MARK.format("fewer_url") if p.fewer_url else "",
+        )
         row = self.env.get_template("email/_paper.html").render(p=slotted, label=label)
         if not hasattr(self, "style"):
             self.style = self._style()
@@ -247,16 +272,29 @@ class _Pieces:
 
     def page(self, view: DigestView) -> tuple[list, list, list] | None:
         """(before the picks, between picks and trending, after) for this view's layout."""
-        key = (view.digest_date, view.new_count, len(view.picks), bool(view.trending), view.trending_label,
-               view.origin, bool(view.name), bool(view.manage_url), bool(view.browser_url))
+        key = (
+            view.digest_date,
+            view.new_count,
+            len(view.picks),
+            bool(view.trending),
+            view.trending_label,
+            view.origin,
+            bool(view.name),
+            bool(view.manage_url),
+            bool(view.browser_url),
+        )
         if key in self.pages:
             return self.pages[key]
         pick = PaperView(id="\ue000p", title="\ue000pick", url="", authors="", abstract="", date="")
         hot = PaperView(id="\ue000t", title="\ue000hot", url="", authors="", abstract="", date="", count=1)
         slotted = replace(
-            view, picks=[pick] * len(view.picks), trending=[hot] if view.trending else [],
-            **{n: _MARK.format(n) if getattr(view, n) or n in ("email", "subject", "unsubscribe_url") else ""
-               for n in _PAGE_SLOTS},
+            view,
+            picks=[pick] * len(view.picks),
+            trending=[hot] if view.trending else [],
+            **{
+                n: _MARK.format(n) if getattr(view, n) or n in ("email", "subject", "unsubscribe_url") else ""
+                for n in _PAGE_SLOTS
+            },
         )
         out = _INLINER.inline(self.env.get_template("email/digest.html").render(d=slotted))
         rows = ["".join(_fill(self.row(pick, ""), {"href": ""}))] * len(view.picks)
@@ -297,19 +335,24 @@ class _Pieces:
         values = {n: getattr(view, n) for n in _PAGE_SLOTS}
         out = _fill(before, values)
         for p in view.picks:
-            out += _fill(self.row(p, ""), {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url})
+            out += _fill(
+                self.row(p, ""), {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url}
+            )
         if view.trending:
             out += _fill(middle, values)
             for p in view.trending:
-                out += _fill(self.row(p, view.trending_label),
-                             {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url})
+                out += _fill(
+                    self.row(p, view.trending_label),
+                    {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url},
+                )
         out += _fill(after, values)
         return "".join(out)
 
 
 def _sample_view() -> DigestView:
-    return DigestView(name="", email="a@b", digest_date=date(2000, 1, 1), picks=[], new_count=0,
-                      unsubscribe_url="", subject="")
+    return DigestView(
+        name="", email="a@b", digest_date=date(2000, 1, 1), picks=[], new_count=0, unsubscribe_url="", subject=""
+    )
 
 
 @lru_cache(maxsize=4)

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -46,7 +46,7 @@ Clock = Callable[[], datetime]
 
 
 def wall_clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # -- the due rule -------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def send_moment(sub: Timed, day: date) -> datetime:
     """
     hour, minute = (int(x) for x in sub.send_at.split(":"))
     local = datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZoneInfo(sub.timezone), fold=0)
-    return local.astimezone(timezone.utc)
+    return local.astimezone(UTC)
 
 
 def due_day(sub: Timed, now: datetime, *, catch_up_hours: float) -> date | None:
@@ -118,7 +118,9 @@ def window_days(sub: Timed, default: int) -> int:
 
 def describe(sub: Timed) -> str:
     """When the digests go out, in words: "07:30 Europe/Berlin, every day" (or "Monday to Friday", "Fridays")."""
-    days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day.capitalize()}s"}[sub.frequency]
+    days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day.capitalize()}s"}[
+        sub.frequency
+    ]
     return f"{sub.send_at} {sub.timezone}, {days}"
 
 
@@ -192,10 +194,15 @@ class RunLease:
             if self.store.acquire_lease(self.name, self.owner, now=self.clock(), ttl=self.ttl):
                 return True
             holder = self.store.lease(self.name)
-            if holder is not None and owner_is_dead(holder.owner):
-                if self.store.take_over_lease(self.name, self.owner, previous=holder.owner, now=self.clock(), ttl=self.ttl):
-                    log.warning("took over the run lease from %s (process gone)", holder.owner)
-                    return True
+            if (
+                holder is not None
+                and owner_is_dead(holder.owner)
+                and self.store.take_over_lease(
+                    self.name, self.owner, previous=holder.owner, now=self.clock(), ttl=self.ttl
+                )
+            ):
+                log.warning("took over the run lease from %s (process gone)", holder.owner)
+                return True
             if time.monotonic() >= deadline:
                 return False
             self.sleep(min(1.0, max(0.05, self.ttl / 20)))
@@ -238,7 +245,7 @@ class RunLease:
                     return
             except StoreError as e:  # the run itself meets the same failure and stops
                 log.warning("could not renew the run lease: %s", e)
-            except Exception:  # noqa: BLE001 - a failed renewal is retried; expiry is the backstop
+            except Exception:
                 log.exception("could not renew the run lease")
 
     def __exit__(self, *exc: object) -> None:
@@ -349,11 +356,12 @@ class Scheduler:
 
         settings = self.settings
         try:
-            report = run_daily(now, settings, store=self.store, lease_wait=settings.schedule.lease_seconds * 5,
-                               clock=self.clock)
+            report = run_daily(
+                now, settings, store=self.store, lease_wait=settings.schedule.lease_seconds * 5, clock=self.clock
+            )
         except StoreError:
             raise
-        except Exception:  # noqa: BLE001 - said, and the next due digest starts a run again
+        except Exception:
             log.exception("the daily run failed")
             return True
         if report.busy:
@@ -446,6 +454,16 @@ class _LineHandler(logging.Handler):
 
 
 __all__ = [
-    "LeaseBusy", "RunLease", "Scheduler", "When", "due_day", "is_send_day", "next_send", "retries_due",
-    "run_forever", "send_moment", "sends_due", "window_days",
+    "LeaseBusy",
+    "RunLease",
+    "Scheduler",
+    "When",
+    "due_day",
+    "is_send_day",
+    "next_send",
+    "retries_due",
+    "run_forever",
+    "send_moment",
+    "sends_due",
+    "window_days",
 ]

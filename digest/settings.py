@@ -14,9 +14,9 @@ import string
 import tomllib
 from collections.abc import Mapping
 from datetime import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 import platformdirs
@@ -63,7 +63,7 @@ def check_template(value: str, fields: Mapping[str, object]) -> str:
     except ValueError as e:  # a lone "{" or "}"
         raise ValueError(f"{e} (write {{{{ and }}}} for literal braces)") from e
     known = ", ".join("{" + name + "}" for name in fields)
-    for _, name, spec, conversion in parts:
+    for _, name, _spec, conversion in parts:
         if name is None:
             continue
         if name not in fields:
@@ -139,8 +139,10 @@ def check_database_url(url: str, *, folder: bool = False) -> str:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:
-        raise ValueError(f"{url!r} is not a database URL (e.g. sqlite:///{{data_dir}}/digest.db or "
-                         "postgresql+psycopg://user@host/dbname)") from e
+        raise ValueError(
+            f"{url!r} is not a database URL (e.g. sqlite:///{{data_dir}}/digest.db or "
+            "postgresql+psycopg://user@host/dbname)"
+        ) from e
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ValueError(f"{url!r}: the database must be sqlite or postgresql, not {backend!r}")
@@ -215,13 +217,15 @@ class DeliverySettings(_Section):
         "smtp", description='"smtp" sends through [smtp]; "outbox" writes .eml files to outbox_dir instead.'
     )
     outbox_dir: str = Field(
-        "{data_dir}/outbox", description="Folder for .eml files when method = \"outbox\"; {data_dir} is replaced."
+        "{data_dir}/outbox", description='Folder for .eml files when method = "outbox"; {data_dir} is replaced.'
     )
     subject: str = Field(
         "Your paper digest for {date}",
         description="Subject line; {date} is the subscriber's local date, {count} the number of papers.",
     )
-    max_attempts: int = Field(5, ge=1, le=50, description="Delivery attempts for one digest before it is marked failed.")
+    max_attempts: int = Field(
+        5, ge=1, le=50, description="Delivery attempts for one digest before it is marked failed."
+    )
     on_empty: Literal["skip", "send"] = Field(
         "skip",
         description='With no new papers for a reader: "skip" sends nothing (the run report says why), '
@@ -261,7 +265,10 @@ class WebSettings(_Section):
         5, ge=1, le=10_000, description="Sign-up attempts allowed per client IP address in 10 minutes."
     )
     link_limit: int = Field(
-        60, ge=1, le=100_000, description="Uses of signed links (feedback, unsubscribe, preferences) per client IP per minute."
+        60,
+        ge=1,
+        le=100_000,
+        description="Uses of signed links (feedback, unsubscribe, preferences) per client IP per minute.",
     )
     allow_signups: bool = Field(True, description="Show the subscribe page; false serves only the links in emails.")
 
@@ -282,8 +289,11 @@ class ScheduleSettings(_Section):
         "hours of it, once; later, that day's digest is skipped.",
     )
     reload_minutes: float = Field(
-        5.0, gt=0, le=1440, description="`digest run` re-reads this file this often and follows its new, changed or "
-        "removed subscribers (web sign-ups are seen within a minute)."
+        5.0,
+        gt=0,
+        le=1440,
+        description="`digest run` re-reads this file this often and follows its new, changed or "
+        "removed subscribers (web sign-ups are seen within a minute).",
     )
     lease_seconds: int = Field(
         120,
@@ -339,9 +349,12 @@ class SourceSettings(_Section):
         '"arxiv" (the arXiv API, new papers in `categories`), "hf_daily" (Hugging Face Daily Papers, with upvotes).'
     )
     name: str = Field("", description="A name for progress and reports; defaults to the kind.")
-    path: str = Field("", description="File for jsonl; file or folder of .txt pages for listing (relative to this config file).")
+    path: str = Field(
+        "", description="File for jsonl; file or folder of .txt pages for listing (relative to this config file)."
+    )
     categories: list[str] = Field(
-        default_factory=list, description='arxiv: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for arxiv).'
+        default_factory=list,
+        description='arxiv: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for arxiv).',
     )
     base_url: str = Field(
         "",
@@ -360,13 +373,22 @@ class SourceSettings(_Section):
     )
     timeout: float = Field(30.0, gt=0, le=600, description="arxiv / hf_daily: seconds to wait for one answer.")
     max_attempts: int = Field(
-        4, ge=1, le=20, description="arxiv / hf_daily: tries per request on timeouts, 429 and 5xx before the source fails."
+        4,
+        ge=1,
+        le=20,
+        description="arxiv / hf_daily: tries per request on timeouts, 429 and 5xx before the source fails.",
     )
     backoff: float = Field(
-        2.0, ge=0, le=600, description="arxiv / hf_daily: seconds before the first retry, doubled after each (Retry-After wins)."
+        2.0,
+        ge=0,
+        le=600,
+        description="arxiv / hf_daily: seconds before the first retry, doubled after each (Retry-After wins).",
     )
     max_wait: float = Field(
-        60.0, ge=0, le=3600, description="arxiv / hf_daily: the longest single wait between retries, Retry-After included."
+        60.0,
+        ge=0,
+        le=3600,
+        description="arxiv / hf_daily: the longest single wait between retries, Retry-After included.",
     )
     contact_email: str = Field(
         "", description="arxiv / hf_daily: an address put in our User-Agent so the API's operators can reach you."
@@ -683,18 +705,23 @@ def load_settings(
         "smtp_password": env.get(ENV_SMTP_PASSWORD) or None,
         "secret_key": env.get(ENV_SECRET_KEY) or None,
     }
-    return settings.model_copy(
-        update={k: SecretStr(v) if isinstance(v, str) else v for k, v in secrets.items()}
-    )
+    return settings.model_copy(update={k: SecretStr(v) if isinstance(v, str) else v for k, v in secrets.items()})
 
 
 def _places(settings: Settings, path: Path) -> list[ConfigError]:
     """The folders a run writes to must exist or be makeable, checked before the run changes anything."""
-    checks = [("data_dir", "", lambda: check_folder(settings.data_path, "the folder")),
-              ("database.url", settings.database.url, lambda: check_database_url(settings.database_url, folder=True))]
+    checks = [
+        ("data_dir", "", lambda: check_folder(settings.data_path, "the folder")),
+        ("database.url", settings.database.url, lambda: check_database_url(settings.database_url, folder=True)),
+    ]
     if settings.delivery.method == "outbox":
-        checks.append(("delivery.outbox_dir", settings.delivery.outbox_dir,
-                       lambda: check_folder(settings.outbox_path, "the outbox folder")))
+        checks.append(
+            (
+                "delivery.outbox_dir",
+                settings.delivery.outbox_dir,
+                lambda: check_folder(settings.outbox_path, "the outbox folder"),
+            )
+        )
     out: list[ConfigError] = []
     for field, template, check in checks:
         if out and "{data_dir}" in template:

@@ -8,19 +8,33 @@ for confirmation.  Times go in and come out as aware UTC datetimes (SQLModel's U
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from enum import StrEnum
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, bindparam, delete, event, func, insert, inspect, or_, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    Index,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -45,8 +59,12 @@ class DeliveryStatus(StrEnum):
     UNCONFIRMED = "unconfirmed"
 
 
-PENDING, SENT_STATUS, FAILED, UNCONFIRMED = (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED,
-                                             DeliveryStatus.UNCONFIRMED)
+PENDING, SENT_STATUS, FAILED, UNCONFIRMED = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENT,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.UNCONFIRMED,
+)
 WAITING = (PENDING, UNCONFIRMED)  # rows a sender may claim
 
 
@@ -55,15 +73,15 @@ def _utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def aware(moment: datetime | None) -> datetime | None:
     """A stored naive-UTC time as an aware UTC datetime."""
     if moment is None:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Paper(SQLModel, table=True):
@@ -287,12 +305,12 @@ MARKER_SUFFIX = ".created"
 _SQLITE_FIXES = {  # by SQLite's primary result code
     sqlite3.SQLITE_FULL: "its disk is full (or a file-size limit was reached): free some space, then run again",
     sqlite3.SQLITE_IOERR: "the disk could not read or write it (full, failing or removed, or a file-size limit): "
-                          "check the disk and free some space, then run again",
+    "check the disk and free some space, then run again",
     sqlite3.SQLITE_READONLY: "it is read-only: let this user write the file and its folder (SQLite writes NAME-wal "
-                             "and NAME-shm beside it), then run again",
+    "and NAME-shm beside it), then run again",
     sqlite3.SQLITE_PERM: "this user may not write it: let this user write the file and its folder, then run again",
     sqlite3.SQLITE_CANTOPEN: "it cannot be opened: check that its folder exists and that this user may read and "
-                             "write the folder and the file, then run again",
+    "write the folder and the file, then run again",
     sqlite3.SQLITE_BUSY: "another process kept it locked for over 30 s: look for a stuck digest process, then run again",
     sqlite3.SQLITE_LOCKED: "another process kept it locked: look for a stuck digest process, then run again",
     sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
@@ -303,8 +321,13 @@ _POSTGRES_FIXES = (  # by SQLSTATE prefix, the first that matches
     ("08", "the connection to the server failed: check that it is running and reachable, then run again"),
     ("53100", "the server's disk is full: free space on it, then run again"),
     ("53", "the server ran out of resources (memory, connections): check the server, then run again"),
-    ("25006", ("the database is read-only (a standby, or default_transaction_read_only): point the database "
-               "URL at the primary server, then run again")),
+    (
+        "25006",
+        (
+            "the database is read-only (a standby, or default_transaction_read_only): point the database "
+            "URL at the primary server, then run again"
+        ),
+    ),
     ("57P", "the server is shutting down or restarting: run again once it is back"),
     ("58", "the server had an I/O error: check its disk and its log"),
 )
@@ -368,8 +391,10 @@ def database_trouble(error: BaseException, dbapi: Any) -> str | None:
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or ""
     if not state or getattr(error, "connection_invalidated", False):
         return _POSTGRES_FIXES[0][1]
-    return next((fix for prefix, fix in _POSTGRES_FIXES if state.startswith(prefix)),
-                "check the database server and its log, then run again")
+    return next(
+        (fix for prefix, fix in _POSTGRES_FIXES if state.startswith(prefix)),
+        "check the database server and its log, then run again",
+    )
 
 
 _DELIVERIES = Delivery.__table__
@@ -377,13 +402,19 @@ _DELIVERIES = Delivery.__table__
 _OUTCOME = (
     update(_DELIVERIES)
     .where(_DELIVERIES.c.id == bindparam("row_id"), _DELIVERIES.c.claimed_by.in_([bindparam("worker"), ""]))
-    .values(status=bindparam("new_status"), error=bindparam("new_error"),
-            attempts=_DELIVERIES.c.attempts + bindparam("tried"), claimed_by="", claimed_until=None,
-            next_attempt_at=bindparam("next_at"),
-            sent_at=func.coalesce(bindparam("sent_at", type_=_DELIVERIES.c.sent_at.type), _DELIVERIES.c.sent_at))
+    .values(
+        status=bindparam("new_status"),
+        error=bindparam("new_error"),
+        attempts=_DELIVERIES.c.attempts + bindparam("tried"),
+        claimed_by="",
+        claimed_until=None,
+        next_attempt_at=bindparam("next_at"),
+        sent_at=func.coalesce(bindparam("sent_at", type_=_DELIVERIES.c.sent_at.type), _DELIVERIES.c.sent_at),
+    )
 )
-_SENT_PAPERS = insert(Interaction.__table__).values(subscriber_id=bindparam("sid"), paper_id=bindparam("pid"),
-                                                     kind=SENT, origin="digest", at=bindparam("at"))
+_SENT_PAPERS = insert(Interaction.__table__).values(
+    subscriber_id=bindparam("sid"), paper_id=bindparam("pid"), kind=SENT, origin="digest", at=bindparam("at")
+)
 
 
 class Store:
@@ -508,10 +539,15 @@ class Store:
             now = None
         if now == self._opened:
             return
-        what, fix = ("deleted", "restore it from a backup, then run again") if now is None else (
-            "replaced", "run digest again to use the file now there")
-        raise StoreError(f"the database {self.path} was {what} while this digest process was using it, "
-                         f"so it stopped before writing more: {fix}")
+        what, fix = (
+            ("deleted", "restore it from a backup, then run again")
+            if now is None
+            else ("replaced", "run digest again to use the file now there")
+        )
+        raise StoreError(
+            f"the database {self.path} was {what} while this digest process was using it, "
+            f"so it stopped before writing more: {fix}"
+        )
 
     def _failed(self, error: BaseException, what: str) -> StoreError:
         """The StoreError for a database failure: `what` happened to which database ({}), the
@@ -529,10 +565,13 @@ class Store:
     def _missing(self, *, empty: bool = False) -> str:
         assert self.path is not None
         marker = _marker(self.path)
-        since = datetime.fromtimestamp(marker.stat().st_mtime, timezone.utc)
+        since = datetime.fromtimestamp(marker.stat().st_mtime, UTC)
         # A deleted database's write-ahead log stays beside it, and SQLite would replay it into a restored copy
-        left = [p.name for p in (self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm"))
-                if p.exists()]
+        left = [
+            p.name
+            for p in (self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm"))
+            if p.exists()
+        ]
         away = f", move away {' and '.join(left)} (left by the deleted file)" if left and not empty else ""
         return (
             f"the database {self.path} is {'empty' if empty else 'missing'}, but digest kept its data there "
@@ -548,15 +587,13 @@ class Store:
         marker = _marker(self.path)
         if marker.exists():
             return
-        try:
+        with contextlib.suppress(OSError):  # a read-only folder: written by the first run that can write here
             marker.write_text(
                 f"digest keeps its database in {self.path.name} here.  While this file exists, digest refuses to\n"
                 "run if that database is missing or empty (restore it from a backup); delete this file to start\n"
                 "afresh with an empty database on purpose (every reader is then new).\n",
                 encoding="utf-8",
             )
-        except OSError:  # a read-only folder: written by the first run that can write here
-            pass
 
     def close(self) -> None:
         self.engine.dispose()
@@ -641,7 +678,11 @@ class Store:
         with self.session() as s:
             if ids is None:
                 return list(s.exec(select(Paper).order_by(Paper.first_seen, Paper.id)))
-            found = {p.id: p for chunk in _chunks(list(ids), 500) for p in s.exec(select(Paper).where(Paper.id.in_(list(chunk))))}
+            found = {
+                p.id: p
+                for chunk in _chunks(list(ids), 500)
+                for p in s.exec(select(Paper).where(Paper.id.in_(list(chunk))))
+            }
         return [found[i] for i in ids if i in found]
 
     def corpus_rows(self) -> list[tuple[str, str, str, float]]:
@@ -731,7 +772,14 @@ class Store:
     # -- interactions ---------------------------------------------------------------------------
 
     def add_interactions(
-        self, subscriber_id: int, paper_ids: Iterable[str], kind: str, now: datetime, *, origin: str, unique: bool = True
+        self,
+        subscriber_id: int,
+        paper_ids: Iterable[str],
+        kind: str,
+        now: datetime,
+        *,
+        origin: str,
+        unique: bool = True,
     ) -> int:
         """Record interactions; with `unique`, one of a kind per (subscriber, paper). Returns how many were new."""
         added = 0
@@ -775,7 +823,9 @@ class Store:
                     s.delete(r)
             for pid in wanted:
                 if pid not in have:
-                    s.add(Interaction(subscriber_id=subscriber_id, paper_id=pid, kind=kind, origin=origin, at=_utc(now)))
+                    s.add(
+                        Interaction(subscriber_id=subscriber_id, paper_id=pid, kind=kind, origin=origin, at=_utc(now))
+                    )
             s.commit()
 
     def interactions(self, kinds: Sequence[str]) -> list[LikeRow]:
@@ -793,8 +843,10 @@ class Store:
         chunks of `size` rows straight from the driver (millions of rows at scale: SQLAlchemy's row
         objects cost 3x the query, and all rows at once ~1 GB)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        sql = ("SELECT i.subscriber_id, i.paper_id FROM interactions i JOIN subscribers s ON s.id = i.subscriber_id "
-               f"WHERE i.kind = {mark} AND s.active")
+        sql = (
+            "SELECT i.subscriber_id, i.paper_id FROM interactions i JOIN subscribers s ON s.id = i.subscriber_id "
+            f"WHERE i.kind = {mark} AND s.active"
+        )
         with self.session() as s:
             cursor = s.connection().connection.cursor()
             try:
@@ -846,8 +898,15 @@ class Store:
             ).first()
 
     def create_delivery(
-        self, subscriber_id: int, digest_date: date, papers: list[str], message_id: str, now: datetime, *,
-        reasons: list[str] | None = None, trending: list[list[Any]] | None = None,
+        self,
+        subscriber_id: int,
+        digest_date: date,
+        papers: list[str],
+        message_id: str,
+        now: datetime,
+        *,
+        reasons: list[str] | None = None,
+        trending: list[list[Any]] | None = None,
     ) -> Delivery:
         """The pending delivery row, written before the message leaves; returns the existing one if any.
         `reasons` (one per paper) and `trending` ([paper id, count]) let the web page show the digest as sent."""
@@ -880,11 +939,17 @@ class Store:
                     found[(row.subscriber_id, row.digest_date)] = row
         return found
 
-    def pending_deliveries(self, subscriber_ids: Sequence[int] | None = None, *, now: datetime | None = None) -> list[Delivery]:
+    def pending_deliveries(
+        self, subscriber_ids: Sequence[int] | None = None, *, now: datetime | None = None
+    ) -> list[Delivery]:
         """Deliveries recorded but not yet sent (oldest first): a crash or a transient failure left
         them, or a planner wrote them.  With `now`, rows a sender holds (an unlapsed claim) are left out."""
         with self.session() as s:
-            query = select(Delivery).where(Delivery.status.in_([str(w) for w in WAITING])).order_by(Delivery.digest_date, Delivery.id)
+            query = (
+                select(Delivery)
+                .where(Delivery.status.in_([str(w) for w in WAITING]))
+                .order_by(Delivery.digest_date, Delivery.id)
+            )
             if now is not None:
                 query = query.where((Delivery.claimed_until == None) | (Delivery.claimed_until <= _utc(now)))  # noqa: E711
             if subscriber_ids is not None:
@@ -916,16 +981,28 @@ class Store:
                 query = query.where(Delivery.digest_date == digest_date)
             row = s.exec(query.order_by(Delivery.digest_date.desc(), Delivery.id.desc())).first()
             if row is None:
-                raise DigestError("no failed digest to send again" if digest_date is None else f"no digest for {digest_date}")
+                raise DigestError(
+                    "no failed digest to send again" if digest_date is None else f"no digest for {digest_date}"
+                )
             if row.status == SENT_STATUS:
                 when = f" at {aware(row.sent_at):%Y-%m-%d %H:%M} UTC" if row.sent_at else ""
                 raise DigestError(f"the digest of {row.digest_date} was sent{when}: nothing to send again")
             if row.status != FAILED:
-                raise DigestError(f"the digest of {row.digest_date} is {row.status}, not failed: a run sends it by itself")
+                raise DigestError(
+                    f"the digest of {row.digest_date} is {row.status}, not failed: a run sends it by itself"
+                )
             done = s.execute(
-                update(table).where(table.c.id == row.id, table.c.status == str(FAILED)).values(
-                    status=str(PENDING), attempts=0, error="", created=stamp, next_attempt_at=stamp,
-                    claimed_by="", claimed_until=None, sent_at=None,
+                update(table)
+                .where(table.c.id == row.id, table.c.status == str(FAILED))
+                .values(
+                    status=str(PENDING),
+                    attempts=0,
+                    error="",
+                    created=stamp,
+                    next_attempt_at=stamp,
+                    claimed_by="",
+                    claimed_until=None,
+                    sent_at=None,
                 )
             ).rowcount
             s.commit()
@@ -1003,7 +1080,9 @@ class Store:
 
     # -- at scale: bulk writes, and deliveries shared by many workers ----------------------------
 
-    def add_subscribers(self, rows: Iterable[dict[str, Any]], now: datetime, *, origin: str = "import") -> dict[str, int]:
+    def add_subscribers(
+        self, rows: Iterable[dict[str, Any]], now: datetime, *, origin: str = "import"
+    ) -> dict[str, int]:
         """Insert many new subscribers in one transaction (an import, a benchmark); returns email -> id."""
         stamp = _utc(now)
         with self.session() as s:
@@ -1012,12 +1091,12 @@ class Store:
             s.commit()
             return {row.email: row.id for row in added}
 
-    def add_interactions_many(
-        self, pairs: Iterable[tuple[int, str]], kind: str, now: datetime, *, origin: str
-    ) -> int:
+    def add_interactions_many(self, pairs: Iterable[tuple[int, str]], kind: str, now: datetime, *, origin: str) -> int:
         """Record many (subscriber id, paper id) interactions in one transaction, without checking for repeats."""
         stamp = _utc(now)
-        rows = [{"subscriber_id": sid, "paper_id": pid, "kind": kind, "origin": origin, "at": stamp} for sid, pid in pairs]
+        rows = [
+            {"subscriber_id": sid, "paper_id": pid, "kind": kind, "origin": origin, "at": stamp} for sid, pid in pairs
+        ]
         with self.session() as s:
             for chunk in _chunks(rows, 20_000):
                 s.execute(insert(Interaction.__table__), chunk)
@@ -1042,8 +1121,14 @@ class Store:
             s.commit()
 
     def claim_deliveries(
-        self, worker: str, now: datetime, *, limit: int = 100, lease: timedelta = timedelta(minutes=15),
-        ids: Sequence[int] | None = None, ignore_wait: bool = False,
+        self,
+        worker: str,
+        now: datetime,
+        *,
+        limit: int = 100,
+        lease: timedelta = timedelta(minutes=15),
+        ids: Sequence[int] | None = None,
+        ignore_wait: bool = False,
     ) -> list[Delivery]:
         """Take up to `limit` waiting deliveries (of `ids`, if given) for `worker`: pending or
         unconfirmed, held by nobody (or by a claim that lapsed), and due (`next_attempt_at` passed).
@@ -1065,14 +1150,24 @@ class Store:
         claim = {"claimed_by": worker, "claimed_until": stamp + lease}
         with self.session() as s:
             if self.engine.dialect.name == "postgresql":
-                found = list(s.execute(select(table.c.id).where(free).order_by(table.c.id).limit(limit)
-                                       .with_for_update(skip_locked=True)).scalars())
+                found = list(
+                    s.execute(
+                        select(table.c.id)
+                        .where(free)
+                        .order_by(table.c.id)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    ).scalars()
+                )
                 if found:
                     s.execute(update(table).where(table.c.id.in_(found)).values(**claim))
             else:
                 oldest = select(table.c.id).where(free).order_by(table.c.id).limit(limit).scalar_subquery()
-                found = list(s.execute(update(table).where(table.c.id.in_(oldest), free).values(**claim)
-                                       .returning(table.c.id)).scalars())
+                found = list(
+                    s.execute(
+                        update(table).where(table.c.id.in_(oldest), free).values(**claim).returning(table.c.id)
+                    ).scalars()
+                )
             s.commit()
             if not found:
                 return []
@@ -1097,8 +1192,12 @@ class Store:
         a busy worker's ten index updates per digest cost more than the outcome itself."""
         stamp = _utc(now)
         params = {
-            "row_id": row.id, "worker": worker, "new_status": str(status), "new_error": error[:2000],
-            "tried": 1 if attempted else 0, "next_at": _utc(next_attempt_at) if status in WAITING else None,
+            "row_id": row.id,
+            "worker": worker,
+            "new_status": str(status),
+            "new_error": error[:2000],
+            "tried": 1 if attempted else 0,
+            "next_at": _utc(next_attempt_at) if status in WAITING else None,
             "sent_at": stamp if status == SENT_STATUS else None,
         }
         with self._begin() as conn:  # one transaction, statements built once: a sender writes one per message
@@ -1106,8 +1205,10 @@ class Store:
             if status == SENT_STATUS and row.papers and sent_later is not None:
                 sent_later.extend((row.subscriber_id, pid) for pid in dict.fromkeys(row.papers))
             elif status == SENT_STATUS and row.papers:
-                conn.execute(_SENT_PAPERS, [{"sid": row.subscriber_id, "pid": pid, "at": stamp}
-                                            for pid in dict.fromkeys(row.papers)])
+                conn.execute(
+                    _SENT_PAPERS,
+                    [{"sid": row.subscriber_id, "pid": pid, "at": stamp} for pid in dict.fromkeys(row.papers)],
+                )
 
     def subscribers_by_id(self, ids: Sequence[int]) -> list[Subscriber]:
         """The given subscribers (active or not), in no particular order."""
@@ -1120,8 +1221,13 @@ class Store:
     def claim_holders(self, now: datetime) -> list[str]:
         """The senders holding unlapsed claims on deliveries now."""
         with self.session() as s:
-            return list(s.exec(select(Delivery.claimed_by).where(
-                Delivery.claimed_by != "", Delivery.claimed_until > _utc(now)).distinct()))
+            return list(
+                s.exec(
+                    select(Delivery.claimed_by)
+                    .where(Delivery.claimed_by != "", Delivery.claimed_until > _utc(now))
+                    .distinct()
+                )
+            )
 
     def drop_claims_of(self, workers: Sequence[str]) -> int:
         """Give back every claim these senders hold (they are known to be dead); returns how many."""
@@ -1129,8 +1235,9 @@ class Store:
             return 0
         table = Delivery.__table__
         with self.session() as s:
-            done = s.execute(update(table).where(table.c.claimed_by.in_(list(workers)))
-                             .values(claimed_by="", claimed_until=None)).rowcount
+            done = s.execute(
+                update(table).where(table.c.claimed_by.in_(list(workers))).values(claimed_by="", claimed_until=None)
+            ).rowcount
             s.commit()
         return int(done or 0)
 
@@ -1180,7 +1287,9 @@ class Store:
             raise ValueError(f"rate-limit windows are at most {RATE_HIT_KEEP:g} s")
         key = key[:200]
         with self.session() as s:
-            recent = s.exec(select(func.count()).select_from(RateHit).where(RateHit.key == key, RateHit.at > now - window)).one()
+            recent = s.exec(
+                select(func.count()).select_from(RateHit).where(RateHit.key == key, RateHit.at > now - window)
+            ).one()
             if recent >= limit:
                 return False
             s.add(RateHit(key=key, at=now))
@@ -1220,7 +1329,9 @@ class Store:
                     s.delete(r)
             changed = not any(r.kind == kind for r in rows)
             if changed:
-                s.add(Interaction(subscriber_id=subscriber_id, paper_id=paper_id, kind=kind, origin=origin, at=_utc(now)))
+                s.add(
+                    Interaction(subscriber_id=subscriber_id, paper_id=paper_id, kind=kind, origin=origin, at=_utc(now))
+                )
             s.commit()
         return changed
 
@@ -1293,8 +1404,11 @@ class Store:
                     for pid in liked:
                         s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=LIKE, origin="web", at=stamp))
                 if nonce:
-                    s.add(PendingSignup(nonce=nonce, email=email, fields=fields, liked=liked, new_reader=new_reader,
-                                        created=stamp))
+                    s.add(
+                        PendingSignup(
+                            nonce=nonce, email=email, fields=fields, liked=liked, new_reader=new_reader, created=stamp
+                        )
+                    )
                 s.commit()
             except IntegrityError:
                 if not new_reader:
@@ -1323,11 +1437,18 @@ class Store:
             if chosen is not None and row.origin == "web":
                 for key, value in chosen.fields.items():
                     setattr(row, key, value)
-                mine = list(s.exec(select(Interaction).where(
-                    Interaction.subscriber_id == row.id, Interaction.kind.in_([LIKE, DISLIKE]))))
+                mine = list(
+                    s.exec(
+                        select(Interaction).where(
+                            Interaction.subscriber_id == row.id, Interaction.kind.in_([LIKE, DISLIKE])
+                        )
+                    )
+                )
                 placeholder = any(p.new_reader and p is not chosen for p in pending)
                 for r in mine:
-                    if (r.kind == DISLIKE and r.paper_id in chosen.liked) or (placeholder and r.kind == LIKE and r.origin == "web"):
+                    if (r.kind == DISLIKE and r.paper_id in chosen.liked) or (
+                        placeholder and r.kind == LIKE and r.origin == "web"
+                    ):
                         s.delete(r)
                 kept = {r.paper_id for r in mine if r.kind == LIKE and not (placeholder and r.origin == "web")}
                 for pid in chosen.liked:

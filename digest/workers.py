@@ -18,17 +18,26 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from digest.deliver import RetryPolicy, Sender, Transport, WireMessage, make_transport, message_bytes, message_id, parse_sender
+from digest.deliver import (
+    RetryPolicy,
+    Sender,
+    Transport,
+    WireMessage,
+    make_transport,
+    message_bytes,
+    message_id,
+    parse_sender,
+)
 from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
     TRENDING_SIZE,
+    Due,
     Pick,
     Progress,
-    SendResult,
-    Due,
     RunReport,
+    SendResult,
     compose,
     due_subscribers,
     free_dead_claims,
@@ -67,9 +76,10 @@ class WorkReport:
 def peak_rss_mb() -> float:
     """This process's resident-set high-water mark (VmHWM: unlike ru_maxrss, not inherited across exec)."""
     try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     import resource
@@ -153,7 +163,7 @@ def plan_day(
 
     report = PlanReport()
     clock = time.perf_counter
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     start = clock()
     if ingest_sources:
         ingest(store, settings, now, progress)
@@ -163,13 +173,32 @@ def plan_day(
     start = clock()
     subscribers = store.subscribers()
     run = RunReport(now)
-    due = [d for d in due_subscribers(store, subscribers, now, run, force=force, only=None, dry_run=False,
-                                      catch_up_hours=settings.schedule.catch_up_hours) if d.existing is None]
+    due = [
+        d
+        for d in due_subscribers(
+            store,
+            subscribers,
+            now,
+            run,
+            force=force,
+            only=None,
+            dry_run=False,
+            catch_up_hours=settings.schedule.catch_up_hours,
+        )
+        if d.existing is None
+    ]
     report.not_due = len(subscribers) - len(due)
     if not due:
         return report
-    data, report.model, candidates = rank_due(store, settings, subscribers, due, now, progress=progress,
-                                                 processes=settings.ranking.processes or os.cpu_count() or 1)
+    data, report.model, candidates = rank_due(
+        store,
+        settings,
+        subscribers,
+        due,
+        now,
+        progress=progress,
+        processes=settings.ranking.processes or os.cpu_count() or 1,
+    )
     report.timings["rank"] = clock() - start
     start = clock()
     trend = trending_lists(data, candidates, {d.subscriber.id: d.picks for d in due})
@@ -186,7 +215,7 @@ def work(
     worker: str | None = None,
     transport: Transport | None = None,
     batch: int = 50,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[int], None] | None = None,
 ) -> WorkReport:
@@ -198,15 +227,26 @@ def work(
     retry time, a refused login stops it.  Rows whose retry time has not come are not claimed.
     """
     worker = worker or sender_name()
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     own_transport = transport is None
     transport = transport or make_transport(settings)
     cfg = settings.delivery
     job = _Sending(
-        store, settings, secret_key(settings), transport,
-        Sender(transport, attempts=cfg.attempts_per_run, backoff=cfg.retry_backoff, per_second=cfg.max_per_second,
-               sleep=sleep),
-        RetryPolicy.of(settings), now, clock, WorkReport(worker),
+        store,
+        settings,
+        secret_key(settings),
+        transport,
+        Sender(
+            transport,
+            attempts=cfg.attempts_per_run,
+            backoff=cfg.retry_backoff,
+            per_second=cfg.max_per_second,
+            sleep=sleep,
+        ),
+        RetryPolicy.of(settings),
+        now,
+        clock,
+        WorkReport(worker),
         new_count=len(store.recent_paper_ids(now - timedelta(days=settings.ranking.window_days))),
     )
     free_dead_claims(store, clock())
@@ -254,8 +294,9 @@ class _Sending:
         if wanted:
             self.papers.update((p.id, p) for p in self.store.papers(sorted(wanted)))
 
-    def send_batch(self, claimed: Sequence[Delivery], sent: list[tuple[int, str]],
-                   progress: Callable[[int], None] | None) -> None:
+    def send_batch(
+        self, claimed: Sequence[Delivery], sent: list[tuple[int, str]], progress: Callable[[int], None] | None
+    ) -> None:
         """Send one claimed batch, each outcome recorded as it happens; after an unreachable server
         or a refused login the rest go back untried (after the retry wait, or at once)."""
         report = self.report
@@ -263,8 +304,15 @@ class _Sending:
             if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
                 wait = None if report.fatal else self.clock() + self.policy.retry_after
                 for rest in claimed[i:]:
-                    self.store.record_outcome(rest, PENDING, self.clock(), worker=report.worker, attempted=False,
-                                              error=report.fatal or report.unreachable, next_attempt_at=wait)
+                    self.store.record_outcome(
+                        rest,
+                        PENDING,
+                        self.clock(),
+                        worker=report.worker,
+                        attempted=False,
+                        error=report.fatal or report.unreachable,
+                        next_attempt_at=wait,
+                    )
                 return
             result = self.send_one(row, sent)
             counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
@@ -279,27 +327,46 @@ class _Sending:
         worker = self.report.worker
         sub = self.subscribers.get(row.subscriber_id)
         if sub is None or not sub.active:
-            self.store.record_outcome(row, FAILED, self.clock(), worker=worker, error="subscriber no longer active",
-                                      attempted=False)
+            self.store.record_outcome(
+                row, FAILED, self.clock(), worker=worker, error="subscriber no longer active", attempted=False
+            )
             return SendResult(FAILED, "subscriber no longer active")
-        picks = [Pick(self.papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in self.papers]
+        picks = [
+            Pick(self.papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in self.papers
+        ]
         trend = [(self.papers[pid], int(count)) for pid, count in row.trending if pid in self.papers]
 
         def build() -> WireMessage:
             report = self.report
             if report.eight_bit is None:
                 report.eight_bit = bool(getattr(self.transport, "takes_8bit", lambda: False)())
-            envelope, text, html, unsub = compose(self.settings, self.key, sub, row.digest_date, picks, trend,
-                                                  self.new_count, self.now)
+            envelope, text, html, unsub = compose(
+                self.settings, self.key, sub, row.digest_date, picks, trend, self.new_count, self.now
+            )
             envelope = replace(envelope, message_id=row.message_id or envelope.message_id)
             mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)
-            data = message_bytes(envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto,
-                                 eight_bit=report.eight_bit)
-            return WireMessage(envelope.sender.addr_spec, envelope.recipient.addr_spec, data, row.digest_date,
-                               eight_bit=report.eight_bit)
+            data = message_bytes(
+                envelope, text, html, unsubscribe_url=unsub, unsubscribe_mailto=mailto, eight_bit=report.eight_bit
+            )
+            return WireMessage(
+                envelope.sender.addr_spec,
+                envelope.recipient.addr_spec,
+                data,
+                row.digest_date,
+                eight_bit=report.eight_bit,
+            )
 
-        return send_claimed(self.store, self.sender, row, build, self.clock(), worker=worker, policy=self.policy,
-                            email=sub.email, sent_later=sent)
+        return send_claimed(
+            self.store,
+            self.sender,
+            row,
+            build,
+            self.clock(),
+            worker=worker,
+            policy=self.policy,
+            email=sub.email,
+            sent_later=sent,
+        )
 
 
 def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:

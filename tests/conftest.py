@@ -47,7 +47,7 @@ class Inbox:
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 - aiosmtpd's hook
+    async def handle_DATA(self, server, session, envelope) -> str:
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 OK"
@@ -76,8 +76,23 @@ def digest_serve(config: Path, port: int, *, key: str, data: Path, log: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     env |= {"DIGEST_SECRET_KEY": key, "DIGEST_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "digest", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                    "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "digest",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -123,7 +138,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
     url = os.environ.get(POSTGRES_URL_VAR)
     if not url:
-        pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_VAR} (eval \"$(.ci/postgres)\" starts one, as .ci/run does)")
+        pytest.skip(
+            f'no PostgreSQL server: set {POSTGRES_URL_VAR} (eval "$(.ci/postgres)" starts one, as .ci/run does)'
+        )
     reset_postgres(url)
     return url
 
@@ -141,15 +158,20 @@ def store(database_url: str) -> Iterator[Store]:
 ConfigFactory = Callable[..., Settings]
 
 
-def write_config(folder: Path, body: str = "", *, smtp_port: int | None = None, method: str = "outbox",
-                 name: str = "digest.toml") -> Settings:
+def write_config(
+    folder: Path, body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml"
+) -> Settings:
     """Write a TOML config into `folder` (data in folder/data) and load it; `body` is appended to a minimal base."""
     path = folder / name
-    smtp = f"\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsender = \"Digest <digest@example.org>\"\ntimeout = 5\n" if smtp_port else ""
+    smtp = (
+        f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsender = "Digest <digest@example.org>"\ntimeout = 5\n'
+        if smtp_port
+        else ""
+    )
     path.write_text(
         textwrap.dedent(
             f"""
-            data_dir = "{(folder / 'data').as_posix()}"
+            data_dir = "{(folder / "data").as_posix()}"
             [delivery]
             method = "{method}"
             {smtp}
@@ -165,7 +187,9 @@ def write_config(folder: Path, body: str = "", *, smtp_port: int | None = None, 
 def make_config(tmp_path: Path) -> ConfigFactory:
     """Write a TOML config into tmp_path and load it; `body` is appended to a minimal base."""
 
-    def factory(body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml") -> Settings:
+    def factory(
+        body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml"
+    ) -> Settings:
         return write_config(tmp_path, body, smtp_port=smtp_port, method=method, name=name)
 
     return factory

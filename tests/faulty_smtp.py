@@ -30,14 +30,14 @@ class FaultyInbox:
         self.release = threading.Event()
         self.delay = 0.0  # seconds before each 250 (a slow server: longer than the client's timeout)
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: ANN001
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         codes = self.rcpt_codes.get(address) or ["250 OK"]
         reply = codes.pop(0) if len(codes) > 1 else codes[0]  # the last reply repeats
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
         return reply
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope) -> str:
         to = envelope.rcpt_tos[0]
         if to in self.drop_once:
             self.drop_once.discard(to)

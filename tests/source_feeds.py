@@ -4,12 +4,12 @@ plus the config snippets that point a source at the local test server."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 DATA = Path(__file__).parent / "data" / "sources"
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def atom_entry(
@@ -42,9 +42,7 @@ def atom_feed(entries: list[str], *, total: int | None = None, start: int = 0) -
         '<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/">'
         "<id>https://arxiv.org/api/test</id><title>arXiv Query</title><updated>2026-11-23T00:00:00Z</updated>"
         f"<opensearch:totalResults>{len(entries) if total is None else total}</opensearch:totalResults>"
-        f"<opensearch:startIndex>{start}</opensearch:startIndex>"
-        + "".join(entries)
-        + "</feed>"
+        f"<opensearch:startIndex>{start}</opensearch:startIndex>" + "".join(entries) + "</feed>"
     )
 
 

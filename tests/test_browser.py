@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,16 @@ from .conftest import REPO, ConfigFactory, Inbox, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LANGUAGE = re.compile(r"language|llm|text|token|sentence|retrieval|translation|bert|word|document|query|nlp", re.I)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
@@ -55,21 +63,25 @@ class Clock:
 
     @property
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, timezone.utc)
+        return datetime.fromtimestamp(self.t, UTC)
 
 
 @pytest.fixture
-def server(make_config: ConfigFactory, smtp_server: tuple[Inbox, int]) -> Iterator[tuple[str, Store, Clock, Inbox, object]]:
+def server(
+    make_config: ConfigFactory, smtp_server: tuple[Inbox, int]
+) -> Iterator[tuple[str, Store, Clock, Inbox, object]]:
     import uvicorn
 
     inbox, smtp_port = smtp_server
     port = free_port()
     settings = make_config(CONFIG.format(port=port), smtp_port=smtp_port, method="smtp")
     store = Store(settings.database_url)
-    clock = Clock(datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
     run_daily(clock.now, settings, store=store, force=True)  # papers in, Lev's likes make the trending list
     inbox.messages.clear()
-    config = uvicorn.Config(create_app(settings, store=store, clock=clock), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(settings, store=store, clock=clock), host="127.0.0.1", port=port, log_level="warning"
+    )
     web = uvicorn.Server(config)
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()
@@ -85,7 +97,7 @@ def server(make_config: ConfigFactory, smtp_server: tuple[Inbox, int]) -> Iterat
         store.close()
 
 
-def _similarity(store: Store, target: str):  # noqa: ANN202
+def _similarity(store: Store, target: str):
     """Mean TF-IDF cosine similarity of some titles' papers to the target paper."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -95,11 +107,11 @@ def _similarity(store: Store, target: str):  # noqa: ANN202
     return lambda titles: float((vectorizer.transform([papers[t] for t in titles]) @ goal.T).mean())
 
 
-def _titles(page) -> list[str]:  # noqa: ANN001 - playwright Page
+def _titles(page) -> list[str]:
     return [t.strip() for t in page.locator("td.paper a.title").all_inner_texts()]
 
 
-def test_subscribe_confirm_digest_more_like_this_unsubscribe(server) -> None:  # noqa: ANN001
+def test_subscribe_confirm_digest_more_like_this_unsubscribe(server) -> None:
     base, store, clock, inbox, settings = server
     ARTIFACTS.mkdir(exist_ok=True)
     started = time.monotonic()
@@ -124,7 +136,9 @@ def test_subscribe_confirm_digest_more_like_this_unsubscribe(server) -> None:  #
 
             # Confirm through the link the SMTP server caught.
             (confirm,) = inbox.to("ida@example.org")
-            link = re.search(r"http://127\.0\.0\.1:\d+/confirm\?t=\S+", confirm.get_body(("plain",)).get_content()).group(0)
+            link = re.search(
+                r"http://127\.0\.0\.1:\d+/confirm\?t=\S+", confirm.get_body(("plain",)).get_content()
+            ).group(0)
             phone.goto(link)
             phone.click("button:has-text('Confirm my subscription')")
             assert "You are subscribed" in phone.inner_text("h1")

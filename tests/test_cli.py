@@ -14,7 +14,9 @@ from digest.cli import app
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "digest", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "digest", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_reader_config(tmp_path: Path) -> Path:
@@ -52,12 +54,16 @@ def test_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: {bad}: subscribers[0].timezone: unknown time zone 'Nowhere/City' (use an IANA name such as Europe/Berlin)"]
+    assert lines == [
+        f"error: {bad}: subscribers[0].timezone: unknown time zone 'Nowhere/City' (use an IANA name such as Europe/Berlin)"
+    ]
 
 
 def test_bad_now_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("send", "--now", "yesterday", cwd=tmp_path)
-    assert result.returncode == 2 and "is not an ISO 8601 date-time" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2 and "is not an ISO 8601 date-time" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 def test_send_dry_run_and_check_config(tmp_path: Path) -> None:
@@ -99,13 +105,17 @@ def test_fit_saves_the_ranker_and_the_next_run_folds_in(tmp_path: Path) -> None:
 def test_a_config_that_would_break_the_run_stops_before_anything_is_written(tmp_path: Path) -> None:
     """A bad subject template or ranker used to pass check-config, ingest into the database, then crash."""
     config = _one_reader_config(tmp_path)
-    config.write_text(config.read_text().replace('method = "outbox"\n', 'method = "outbox"\nsubject = "Hi {name}"\n')
-                      + '[ranking]\nranker = "nonsense"\n')
+    config.write_text(
+        config.read_text().replace('method = "outbox"\n', 'method = "outbox"\nsubject = "Hi {name}"\n')
+        + '[ranking]\nranker = "nonsense"\n'
+    )
     for command in ("check-config", "send", "ingest"):
         result = run_cli(command, "--config", str(config), cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert lines == [f"error: {config}: delivery.subject: unknown placeholder {{name}}; use {{date}}, {{count}}",
-                         f"error: {config}: ranking.ranker: Input should be 'hybrid', 'content', 'collaborative', "
-                         "'trending', 'popularity', 'random' or 'svm'"], lines
+        assert lines == [
+            f"error: {config}: delivery.subject: unknown placeholder {{name}}; use {{date}}, {{count}}",
+            f"error: {config}: ranking.ranker: Input should be 'hybrid', 'content', 'collaborative', "
+            "'trending', 'popularity', 'random' or 'svm'",
+        ], lines
     assert not (tmp_path / "d").exists()  # no database, no folder: nothing was written

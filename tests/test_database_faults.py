@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -58,10 +58,16 @@ def read_only(path: Path) -> Iterator[None]:
         finally:
             path.chmod(mode)
         return
-    done = subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True, text=True) if shutil.which("chattr") else None
+    done = (
+        subprocess.run(["chattr", "+i", str(path)], check=False, capture_output=True, text=True)
+        if shutil.which("chattr")
+        else None
+    )
     if done is None or done.returncode != 0:
-        pytest.skip(f"running as root, and chattr +i does not work here ({done.stderr.strip() if done else 'no chattr'}): "
-                    "nothing else makes a file read-only for root")
+        pytest.skip(
+            f"running as root, and chattr +i does not work here ({done.stderr.strip() if done else 'no chattr'}): "
+            "nothing else makes a file read-only for root"
+        )
     try:
         yield
     finally:
@@ -74,10 +80,16 @@ def small_disk(folder: Path, size: str = "16m") -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     done = None
     if os.geteuid() == 0 and shutil.which("mount"):
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
     if done is None or done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() if done else 'not root'}); the file-size-limit case covers a full disk")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() if done else 'not root'}); the file-size-limit case covers a full disk"
+        )
     try:
         yield folder
     finally:
@@ -111,7 +123,10 @@ def test_a_deleted_database_is_noticed_and_never_made_anew_in_silence(tmp_path: 
     store.close()
     assert not path.exists()
 
-    with pytest.raises(StoreError, match=f"{re.escape(str(path))} is missing, but digest kept its data there.*delete {re.escape(str(marker))}"):
+    with pytest.raises(
+        StoreError,
+        match=f"{re.escape(str(path))} is missing, but digest kept its data there.*delete {re.escape(str(marker))}",
+    ):
         Store(db_url(path))  # a new process: refused, not a new empty database
     assert not path.exists()
     path.write_bytes(b"")
@@ -156,7 +171,9 @@ def test_a_full_disk_is_a_store_error_that_says_so(tmp_path: Path) -> None:
         try:
             store.sync_subscribers([], NOW)
             fill(disk)
-            with pytest.raises(StoreError, match=r"database .*digest.db failed: database or disk is full.*free some space") as e:
+            with pytest.raises(
+                StoreError, match=r"database .*digest.db failed: database or disk is full.*free some space"
+            ) as e:
                 store.add_subscribers([{"email": f"r{i}@example.org", "name": "x" * 200} for i in range(2000)], NOW)
             assert e.value.__cause__ is not None  # raised from the driver's error
         finally:
@@ -172,12 +189,18 @@ def test_a_read_only_database_is_a_store_error_that_says_so(tmp_path: Path, what
             store = Store(db_url(path))  # reading still works
             try:
                 assert store.subscribers() == []
-                with pytest.raises(StoreError, match=f"{re.escape(str(path))} failed: attempt to write a readonly database.*let this user write"):
+                with pytest.raises(
+                    StoreError,
+                    match=f"{re.escape(str(path))} failed: attempt to write a readonly database.*let this user write",
+                ):
                     store.unsubscribe("a@example.org", NOW)
             finally:
                 store.close()
         else:
-            with pytest.raises(StoreError, match=f"cannot open the database {re.escape(str(path))}: unable to open database file.*folder"):
+            with pytest.raises(
+                StoreError,
+                match=f"cannot open the database {re.escape(str(path))}: unable to open database file.*folder",
+            ):
                 Store(db_url(path))
     store = Store(db_url(path))  # writable again: as it was
     assert store.unsubscribe("a@example.org", NOW) is False
@@ -193,7 +216,10 @@ def test_postgresql_read_only_and_a_lost_connection_are_store_errors(tmp_path: P
     read_only_url = url + ("&" if "?" in url else "?") + "options=-c%20default_transaction_read_only%3Don"
     store = Store(read_only_url)
     try:
-        with pytest.raises(StoreError, match=r"\*\*\*@.*failed: cannot execute INSERT in a read-only transaction; the database is read-only"):
+        with pytest.raises(
+            StoreError,
+            match=r"\*\*\*@.*failed: cannot execute INSERT in a read-only transaction; the database is read-only",
+        ):
             store.unsubscribe("a@example.org", NOW)
     finally:
         store.close()
@@ -210,14 +236,19 @@ def test_postgresql_read_only_and_a_lost_connection_are_store_errors(tmp_path: P
             def take() -> None:
                 try:
                     store.acquire_lease("run", "me", now=NOW, ttl=60)
-                except BaseException as e:  # noqa: BLE001 - handed to the test
+                except BaseException as e:
                     failure.append(e)
 
             thread = threading.Thread(target=take)
             thread.start()
             for _ in range(100):  # until the store's statement is waiting for the lock
-                waiting = conn.exec_driver_sql(
-                    f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}' AND wait_event_type = 'Lock'").scalars().all()
+                waiting = (
+                    conn.exec_driver_sql(
+                        f"SELECT pid FROM pg_stat_activity WHERE application_name = '{name}' AND wait_event_type = 'Lock'"
+                    )
+                    .scalars()
+                    .all()
+                )
                 if waiting:
                     break
                 time.sleep(0.05)
@@ -243,7 +274,7 @@ class BreakingInbox(FaultyInbox):
         super().__init__()
         self.hook = hook
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope) -> str:
         reply = await super().handle_DATA(server, session, envelope)
         if self.hook is not None:
             hook, self.hook = self.hook, None
@@ -331,7 +362,9 @@ def test_disk_full_mid_run_then_freed(tmp_path: Path, how: str) -> None:
         server.start()
         try:
             env = {**child_env(tmp_path), "COLUMNS": "400"}
-            proc = subprocess.Popen(send_cmd(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                send_cmd(config), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             child["pid"] = proc.pid
             out, err = proc.communicate(timeout=120)
             line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
@@ -377,13 +410,20 @@ def test_read_only_database_fails_the_run_before_anything_is_sent(tmp_path: Path
 
 
 def test_digest_run_stops_when_its_database_is_deleted(tmp_path: Path) -> None:
-    later = (datetime.now(timezone.utc) + timedelta(hours=12)).strftime("%H:%M")  # no digest due meanwhile
+    later = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")  # no digest due meanwhile
     config = write_config(tmp_path, free_port(), emails=[])
-    config.write_text(config.read_text() + f'[[subscribers]]\nemail = "a@example.org"\nsend_at = "{later}"\n', encoding="utf-8")
+    config.write_text(
+        config.read_text() + f'[[subscribers]]\nemail = "a@example.org"\nsend_at = "{later}"\n', encoding="utf-8"
+    )
     db = tmp_path / "data" / "digest.db"
     env = {**child_env(tmp_path), "COLUMNS": "400", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "digest", "run", "--config", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digest", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(60, proc.kill)  # never a hung test
     watchdog.start()
     try:

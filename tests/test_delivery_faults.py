@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -26,21 +26,29 @@ from digest.store import FAILED, PENDING, SENT_STATUS, Store
 from .conftest import REPO
 from .faulty_smtp import Server
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 EMAILS = [f"reader{i}@example.org" for i in range(5)]
 
 
 def write_config(tmp_path: Path, port: int, *, extra: str = "", emails: list[str] = EMAILS) -> Path:
     papers = [
-        {"id": f"2611.{i:05d}", "title": f"Paper {i} on {topic}", "published": (NOW - timedelta(hours=6)).isoformat(),
-         "abstract": f"A study of {topic} number {i}, with experiments and analysis of {topic}."}
+        {
+            "id": f"2611.{i:05d}",
+            "title": f"Paper {i} on {topic}",
+            "published": (NOW - timedelta(hours=6)).isoformat(),
+            "abstract": f"A study of {topic} number {i}, with experiments and analysis of {topic}.",
+        }
         for i, topic in enumerate(["graph neural networks", "image segmentation", "language models", "robotics"] * 3)
     ]
     (tmp_path / "papers.jsonl").write_text("\n".join(json.dumps(p) for p in papers) + "\n", encoding="utf-8")
-    subs = "".join(f'[[subscribers]]\nemail = "{e}"\nsend_at = "08:00"\nmax_papers = 3\nkeywords = ["segmentation"]\n' for e in emails)
+    subs = "".join(
+        f'[[subscribers]]\nemail = "{e}"\nsend_at = "08:00"\nmax_papers = 3\nkeywords = ["segmentation"]\n'
+        for e in emails
+    )
     path = tmp_path / "digest.toml"
-    path.write_text(f"""
-data_dir = "{(tmp_path / 'data').as_posix()}"
+    path.write_text(
+        f"""
+data_dir = "{(tmp_path / "data").as_posix()}"
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -54,7 +62,9 @@ retry_after_minutes = 10
 [[sources]]
 kind = "jsonl"
 path = "papers.jsonl"
-{subs}""", encoding="utf-8")
+{subs}""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -145,14 +155,17 @@ def test_421_until_attempts_run_out_stays_pending_for_the_next_run(tmp_path: Pat
     assert rows(settings)[EMAILS[3]][:2] == (FAILED, 2)
 
 
-def test_login_refused_is_one_error_for_the_whole_run(tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_login_refused_is_one_error_for_the_whole_run(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from aiosmtpd.smtp import AuthResult
 
-    def refuse(server_, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+    def refuse(server_, session, envelope, mechanism, auth_data) -> AuthResult:
         return AuthResult(success=False, handled=False)
 
-    server.controller = Controller(server.inbox, hostname="127.0.0.1", port=server.port, auth_require_tls=False,
-                                   authenticator=refuse)
+    server.controller = Controller(
+        server.inbox, hostname="127.0.0.1", port=server.port, auth_require_tls=False, authenticator=refuse
+    )
     server.controller.start()
     monkeypatch.setenv("DIGEST_SMTP_USERNAME", "digest")
     monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "wrong")
@@ -204,7 +217,9 @@ def test_killed_mid_batch_then_restarted_every_reader_gets_exactly_one(tmp_path:
     server.start()
     server.inbox.hang_after = 2  # the third message is accepted, then the server goes silent
     config = write_config(tmp_path, server.port)
-    child = subprocess.Popen(send_cmd(config), env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        send_cmd(config), env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         assert server.inbox.hanging.wait(30), child.communicate(timeout=5)[0]
         child.send_signal(signal.SIGKILL)
@@ -216,8 +231,13 @@ def test_killed_mid_batch_then_restarted_every_reader_gets_exactly_one(tmp_path:
     server.inbox.release.set()
     assert len(server.inbox.messages) == 3
 
-    again = subprocess.run(send_cmd(config, NOW + timedelta(minutes=1)), env=child_env(tmp_path),
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        send_cmd(config, NOW + timedelta(minutes=1)),
+        env=child_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     counts = server.inbox.count()
     assert set(counts) == set(EMAILS)
@@ -232,8 +252,12 @@ def test_killed_mid_batch_then_restarted_every_reader_gets_exactly_one(tmp_path:
 def test_two_runs_started_at_once_send_one_set(tmp_path: Path, server: Server) -> None:
     server.start()
     config = write_config(tmp_path, server.port)
-    children = [subprocess.Popen(send_cmd(config), env=child_env(tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    children = [
+        subprocess.Popen(
+            send_cmd(config), env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [c.communicate(timeout=60)[0] for c in children]
     assert [c.returncode for c in children] == [0, 0], outputs
     assert server.inbox.count() == {e: 1 for e in EMAILS}, outputs
@@ -268,14 +292,17 @@ def test_tls_to_a_real_tls_server_and_the_certificate_is_checked(
     ca, context = tls
     logins: list[tuple[str, bool]] = []
 
-    def check(server_, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+    def check(server_, session, envelope, mechanism, auth_data) -> AuthResult:
         logins.append((auth_data.login.decode(), server_.transport.get_extra_info("ssl_object") is not None))
         return AuthResult(success=auth_data.password == b"s3cret")
 
     # aiosmtpd hides AUTH on implicit TLS unless told not to require TLS for it (aio-libs/aiosmtpd#281);
     # the authenticator checks the connection is TLS either way
-    options = (dict(tls_context=context, require_starttls=True) if mode == "starttls"
-               else dict(ssl_context=context, auth_require_tls=False))
+    options = (
+        dict(tls_context=context, require_starttls=True)
+        if mode == "starttls"
+        else dict(ssl_context=context, auth_require_tls=False)
+    )
     server.controller = Controller(server.inbox, hostname="127.0.0.1", port=server.port, authenticator=check, **options)
     server.controller.start()
     monkeypatch.setenv("DIGEST_SMTP_USERNAME", "digest")

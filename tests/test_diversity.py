@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from digest.pipeline import rank_subscribers
 from digest.rank import Corpus, IdMap, TrainData, make_ranker
 from digest.store import Paper, Subscriber
 
-NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 # A reader who likes graph neural networks and protein folding; the day brings eight near-copies
 # of one graph paper and a few papers on the reader's other interest.
@@ -19,8 +19,11 @@ LIKED = [
     ("l2", "Protein structure prediction with deep learning", "protein folding structure prediction from sequence"),
 ]
 COPIES = [
-    (f"g{i}", f"Message passing graph neural networks variant {i}",
-     "message passing graph neural networks molecular graphs message passing graph neural networks")
+    (
+        f"g{i}",
+        f"Message passing graph neural networks variant {i}",
+        "message passing graph neural networks molecular graphs message passing graph neural networks",
+    )
     for i in range(8)
 ]
 PROTEIN = [
@@ -36,7 +39,9 @@ def _setup(ranker_name: str) -> tuple[TrainData, list[Paper], Subscriber]:
     records = LIKED + COPIES + PROTEIN + OTHER
     corpus = Corpus.from_records(records)
     data = TrainData.from_pairs(corpus, IdMap(["r@example.org"]), [("r@example.org", "l1"), ("r@example.org", "l2")])
-    papers = [Paper(id=i, title=t, title_key=t.lower(), abstract=a, first_seen=NOW, last_changed=NOW) for i, t, a in records]
+    papers = [
+        Paper(id=i, title=t, title_key=t.lower(), abstract=a, first_seen=NOW, last_changed=NOW) for i, t, a in records
+    ]
     candidates = [p for p in papers if not p.id.startswith("l")]
     sub = Subscriber(id=1, email="r@example.org", max_papers=5, created=NOW)
     return data, candidates, sub
@@ -71,4 +76,3 @@ def test_diversity_keeps_order_when_items_are_unrelated() -> None:
 
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     assert list(mmr_order(scores, np.eye(4, dtype=np.float32), 4, 0.5)) == [0, 1, 2, 3]
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 from digest.pipeline import run_daily
@@ -38,7 +38,7 @@ exclude_keywords = ["vision"]
 VISION = re.compile(r"image|vision|visual|convolution|segmentation|detection|video|pixel|3d|point cloud|imagenet", re.I)
 LANGUAGE = re.compile(r"language|llm|text|token|sentence|retrieval|translation|bert|word|document|query|nlp", re.I)
 # 08:00 in Berlin and 07:00 in New York: both are due.
-DAY_ONE = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+DAY_ONE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def picks_of(msg: EmailMessage) -> list[str]:
@@ -62,7 +62,10 @@ def test_two_subscribers_two_days(make_config: ConfigFactory, smtp_server: tuple
     assert len(inbox.messages) == 2
 
     store = Store(settings.database_url)
-    for address, topic, other in (("vision@example.org", VISION, LANGUAGE), ("language@example.org", LANGUAGE, VISION)):
+    for address, topic, _other in (
+        ("vision@example.org", VISION, LANGUAGE),
+        ("language@example.org", LANGUAGE, VISION),
+    ):
         (msg,) = inbox.to(address)
         assert msg.get_content_type() == "multipart/alternative"
         assert {p.get_content_type() for p in msg.iter_parts()} == {"text/plain", "text/html"}
@@ -102,15 +105,17 @@ def test_not_due_before_the_local_send_time(make_config: ConfigFactory, smtp_ser
     inbox, port = smtp_server
     settings = make_config(SUBSCRIBERS, smtp_port=port, method="smtp")
     # 06:30 in Berlin (not yet 07:00), 00:30 in New York.
-    report = run_daily(datetime(2026, 11, 23, 5, 30, tzinfo=timezone.utc), settings)
+    report = run_daily(datetime(2026, 11, 23, 5, 30, tzinfo=UTC), settings)
     assert report.by_status() == {"not-due": 2}
     assert inbox.messages == []
     # 07:00 Berlin: only the Berlin subscriber.
-    report = run_daily(datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc), settings)
+    report = run_daily(datetime(2026, 11, 23, 6, 0, tzinfo=UTC), settings)
     assert [(o.email, o.status) for o in report.outcomes if o.status == "sent"] == [("vision@example.org", "sent")]
 
 
-def test_dry_run_renders_without_sending_or_recording(make_config: ConfigFactory, smtp_server: tuple[Inbox, int]) -> None:
+def test_dry_run_renders_without_sending_or_recording(
+    make_config: ConfigFactory, smtp_server: tuple[Inbox, int]
+) -> None:
     inbox, port = smtp_server
     settings = make_config(SUBSCRIBERS, smtp_port=port, method="smtp")
     report = run_daily(DAY_ONE, settings, dry_run=True)

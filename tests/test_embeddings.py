@@ -15,7 +15,10 @@ from digest import embeddings as emb
 from digest.errors import ConfigError
 from digest.rank import Corpus, IdMap, TrainData, make_ranker
 
-needs_extra = pytest.mark.skipif(not emb.available(), reason="embeddings extra not installed (pip install 'digest[embeddings]'); CI skips it on purpose")
+needs_extra = pytest.mark.skipif(
+    not emb.available(),
+    reason="embeddings extra not installed (pip install 'digest[embeddings]'); CI skips it on purpose",
+)
 
 
 class FakeEncoder(emb.Encoder):
@@ -25,9 +28,13 @@ class FakeEncoder(emb.Encoder):
         super().__init__()
         self.encoded: list[str] = []
 
-    def encode(self, texts, *, progress=None):  # noqa: ANN001, ANN201
+    def encode(self, texts, *, progress=None):
         self.encoded.extend(texts)
-        out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=emb.DIM) for t in texts]) if texts else np.zeros((0, emb.DIM))
+        out = (
+            np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=emb.DIM) for t in texts])
+            if texts
+            else np.zeros((0, emb.DIM))
+        )
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -55,7 +62,7 @@ def test_cache_survives_a_broken_shard_and_compacts(tmp_path: Path) -> None:
     assert enc.encoded == []
 
 
-def _settings(tmp_path: Path, on: bool):  # noqa: ANN202
+def _settings(tmp_path: Path, on: bool):
     from digest.settings import Settings
 
     return Settings.model_validate({"data_dir": str(tmp_path), "ranking": {"embeddings": on}})
@@ -74,7 +81,13 @@ def test_setting_on_without_extra_is_a_config_error(tmp_path: Path, monkeypatch:
 
 
 def test_hybrid_with_embeddings_keeps_the_contract() -> None:
-    titles = ["protein folding dynamics", "protein structure prediction", "galaxy dark matter halo", "galaxy cluster lensing", ""]
+    titles = [
+        "protein folding dynamics",
+        "protein structure prediction",
+        "galaxy dark matter halo",
+        "galaxy cluster lensing",
+        "",
+    ]
     corpus = Corpus.from_records([(f"p{i}", t, "") for i, t in enumerate(titles)])
     data = TrainData.from_pairs(corpus, IdMap(["a", "b"]), [("a", "p0"), ("b", "p2"), ("b", "p3")])
     vecs = FakeEncoder().encode(corpus.texts())
@@ -89,7 +102,12 @@ def test_hybrid_with_embeddings_keeps_the_contract() -> None:
 
 @needs_extra
 def test_encoder_is_offline_unit_and_meaningful(tmp_path: Path) -> None:
-    texts = ["Protein folding with deep networks", "Deep learning predicts protein structure", "Dark matter halos of dwarf galaxies", ""]
+    texts = [
+        "Protein folding with deep networks",
+        "Deep learning predicts protein structure",
+        "Dark matter halos of dwarf galaxies",
+        "",
+    ]
     v = emb.embed_texts(texts, tmp_path)
     assert v.shape == (4, emb.DIM) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, atol=1e-4)
@@ -115,7 +133,7 @@ def test_setting_on_uses_the_cache_under_data_dir(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(emb, "available", lambda: True)
     calls = {}
 
-    def fake(texts, cache_dir, **_):  # noqa: ANN001, ANN202
+    def fake(texts, cache_dir, **_):
         calls["dir"] = Path(cache_dir)
         return FakeEncoder().encode(list(texts))
 
@@ -126,5 +144,7 @@ def test_setting_on_uses_the_cache_under_data_dir(tmp_path: Path, monkeypatch: p
     assert calls["dir"] == tmp_path / "cache" / "embeddings"
     from digest.settings import Settings
 
-    content_only = Settings.model_validate({"data_dir": str(tmp_path), "ranking": {"embeddings": True, "ranker": "content"}})
+    content_only = Settings.model_validate(
+        {"data_dir": str(tmp_path), "ranking": {"embeddings": True, "ranker": "content"}}
+    )
     assert emb.ranking_options(content_only, corpus) == {}

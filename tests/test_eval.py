@@ -60,7 +60,9 @@ def test_run_eval_shape_and_sense() -> None:
 
 
 def test_cli_eval_json() -> None:
-    result = CliRunner().invoke(app, ["eval", str(TINY), "--k", "1,5", "--methods", "popularity,content,hybrid", "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", str(TINY), "--k", "1,5", "--methods", "popularity,content,hybrid", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["users"] == 6
@@ -80,7 +82,9 @@ def test_cli_eval_table_and_errors() -> None:
 def test_cli_eval_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "r.png"
-    result = CliRunner().invoke(app, ["eval", str(TINY), "--k", "1,5", "--methods", "random,content", "--plot", str(png)])
+    result = CliRunner().invoke(
+        app, ["eval", str(TINY), "--k", "1,5", "--methods", "random,content", "--plot", str(png)]
+    )
     assert result.exit_code == 0, result.output
     assert png.stat().st_size > 1000
 

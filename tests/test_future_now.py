@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html import unescape
 
 from pytest_httpserver import HTTPServer
@@ -25,7 +25,7 @@ def test_a_send_two_days_ahead_signs_links_that_open_now_and_keeps_the_checkpoin
     httpserver: HTTPServer, make_config: ConfigFactory, smtp_server: tuple[Inbox, int]
 ) -> None:
     inbox, port = smtp_server
-    real = datetime.now(timezone.utc)
+    real = datetime.now(UTC)
     asked: list[str] = []
 
     def papers(request: Request) -> Response:
@@ -35,16 +35,22 @@ def test_a_send_two_days_ahead_signs_links_that_open_now_and_keeps_the_checkpoin
         return Response(hf_json(*items), content_type="application/json")
 
     httpserver.expect_request("/api/daily_papers").respond_with_handler(papers)
-    settings = make_config(f"""
+    settings = make_config(
+        f"""
 [web]
 base_url = "https://digest.example.org"
 {hf_source(httpserver.url_for(""), max_days=3)}
 [[subscribers]]
 email = "ada@example.org"
 keywords = ["diffusion"]
-""", smtp_port=port, method="smtp")
+""",
+        smtp_port=port,
+        method="smtp",
+    )
     ahead = real + timedelta(days=2)
-    result = CliRunner().invoke(app, ["send", "--config", str(settings.config_path), "--force", "--now", ahead.isoformat()])
+    result = CliRunner().invoke(
+        app, ["send", "--config", str(settings.config_path), "--force", "--now", ahead.isoformat()]
+    )
     assert result.exit_code == 0, result.output
     assert f"ada@example.org: sent ({ahead.date()})" in result.output
 
@@ -56,7 +62,7 @@ keywords = ["diffusion"]
         assert store.source_cursor("hf") == (today - timedelta(days=1)).isoformat()
         assert max(asked) == today.isoformat()
         asked.clear()
-        ingest(store, settings, datetime.now(timezone.utc), sleep=lambda s: None)  # the next real run
+        ingest(store, settings, datetime.now(UTC), sleep=lambda s: None)  # the next real run
         assert asked == [today.isoformat()]  # today is fetched again, not skipped
     finally:
         store.close()

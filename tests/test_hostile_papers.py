@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,13 @@ from digest.store import Store
 
 from .conftest import ConfigFactory, Inbox
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ABSTRACT = "We study quokkas, small marsupials, and what they teach us about learning from very few examples. " * 3
 
 # One JSON line each; the raw text is written as is (lone surrogate escapes, 1e999 and all).
 HOSTILE_LINES = [
     '{"id": "q-inf", "title": "Quokka infinity upvotes", "abstract": "%s", "upvotes": 1e999}',
-    '{"id": "q-big", "title": "Quokka huge upvotes", "abstract": "%s", "upvotes": %d}' % ("{}", 10**30),
+    '{"id": "q-big", "title": "Quokka huge upvotes", "abstract": "{}", "upvotes": ' + str(10**30) + "}",
     '{"id": "q-nan", "title": "Quokka negative comments", "abstract": "%s", "upvotes": -5, "comments": "lots"}',
     '{"id": "q-sur", "title": "Quokka lone \\ud800 surrogate", "abstract": "%s"}',
     '{"id": "q-emoji", "title": "Quokka cut mid-emoji \\ud83d", "abstract": "%s"}',
@@ -93,9 +93,21 @@ keywords = ["graph neural networks"]
 def test_clean_values_at_the_edge() -> None:
     assert clean_text("Quokka \ue000zzz\ue001 \ud800x \u202eevil\x00", 100) == "Quokka zzz x evil"
     assert clean_text(["a list"], 100) == "" and clean_text(3.5, 10) == "3.5" and clean_text(float("inf"), 10) == ""
-    assert [clean_count(v) for v in (1e999, float("nan"), 10**30, -3, "12", "²", True, [1], 7.9)] == [0, 0, 2**31 - 1, 0, 12, 0, 0, 0, 7]
+    assert [clean_count(v) for v in (1e999, float("nan"), 10**30, -3, "12", "²", True, [1], 7.9)] == [
+        0,
+        0,
+        2**31 - 1,
+        0,
+        12,
+        0,
+        0,
+        0,
+        7,
+    ]
     assert clean_url("javascript:alert(1)") == "" and clean_url("https://a.org/x y") == ""
-    assert clean_url("https://user@evil.org/") == "" and clean_url("https://arxiv.org/abs/1") == "https://arxiv.org/abs/1"
+    assert (
+        clean_url("https://user@evil.org/") == "" and clean_url("https://arxiv.org/abs/1") == "https://arxiv.org/abs/1"
+    )
     with pytest.raises(ValueError, match="nested more than"):
         load_json("[" * 100_000 + "]" * 100_000)
     assert load_json('{"a": "[[[[[[[[" , "b": [1]}') == {"a": "[[[[[[[[", "b": [1]}  # brackets in strings do not count
@@ -107,7 +119,9 @@ def test_hostile_jsonl_records_are_cleaned_or_skipped_and_named(tmp_path: Path) 
     assert len(result.records) == len(HOSTILE_LINES)
     assert sum(result.skipped.values()) == len(SKIPPED_LINES)
     named = [where for places in result.examples.values() for where in places]
-    assert "hostile.jsonl line 2" in named and "hostile.jsonl line 3" in named  # the 100,000-deep and the 5,000-deep lines
+    assert (
+        "hostile.jsonl line 2" in named and "hostile.jsonl line 3" in named
+    )  # the 100,000-deep and the 5,000-deep lines
     for rec in result.records:
         for text in (rec.id, rec.title, rec.abstract, *rec.authors, rec.url, rec.pdf_url, *rec.categories):
             text.encode("utf-8")  # no lone surrogates
@@ -121,15 +135,16 @@ def test_hostile_jsonl_records_are_cleaned_or_skipped_and_named(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_one_bad_record_never_stops_the_day(make_config: ConfigFactory, smtp_server: tuple[Inbox, int], tmp_path: Path,
-                                            backend: str) -> None:
+def test_one_bad_record_never_stops_the_day(
+    make_config: ConfigFactory, smtp_server: tuple[Inbox, int], tmp_path: Path, backend: str
+) -> None:
     inbox, port = smtp_server
     hostile_file(tmp_path)
     body = READERS
     if backend == "postgresql":
         url = os.environ.get("DIGEST_TEST_POSTGRES_URL")
         if not url:
-            pytest.skip("no PostgreSQL server (eval \"$(.ci/postgres)\")")
+            pytest.skip('no PostgreSQL server (eval "$(.ci/postgres)")')
         from .conftest import reset_postgres
 
         reset_postgres(url)
@@ -159,9 +174,11 @@ def test_one_bad_record_never_stops_the_day(make_config: ConfigFactory, smtp_ser
 def test_records_the_database_refuses_are_named_and_the_rest_stored(store: Store) -> None:
     """Records made without the cleaning (another tool, an older version) that a backend cannot hold."""
     good = [PaperRecord(id=f"g{i}", title=f"Good paper {i}") for i in range(300)]
-    bad = [PaperRecord(id="b-big", title="Too many upvotes", upvotes=10**30),
-           PaperRecord(id="b-sur", title="Lone \ud800 surrogate"),
-           PaperRecord(id="b-" + "x" * 300, title="Id too long for PostgreSQL")]
+    bad = [
+        PaperRecord(id="b-big", title="Too many upvotes", upvotes=10**30),
+        PaperRecord(id="b-sur", title="Lone \ud800 surrogate"),
+        PaperRecord(id="b-" + "x" * 300, title="Id too long for PostgreSQL"),
+    ]
     records = good[:100] + bad[:2] + good[100:] + bad[2:]
     counts = store.upsert_papers(records, NOW)
     stored = {p.id for p in store.papers()}
@@ -176,21 +193,36 @@ def test_records_the_database_refuses_are_named_and_the_rest_stored(store: Store
 def test_stored_bad_text_renders_for_every_reader(make_config: ConfigFactory, tmp_path: Path) -> None:
     """Rows written before the sources cleaned (lone surrogates, private-use slot look-alikes) still
     render, in the fast renderer and the whole-template one, for the first reader and the second."""
-    settings = make_config('[[subscribers]]\nemail = "a@example.org"\n'
-                           '[[subscribers]]\nemail = "b@example.org"\n')
+    settings = make_config('[[subscribers]]\nemail = "a@example.org"\n[[subscribers]]\nemail = "b@example.org"\n')
     store = Store(settings.database_url)
     try:
-        store.upsert_papers([
-            PaperRecord(id="r1", title="Quokka \ue000zzz\ue001 and \ue000href\ue001", abstract="Abstract \ue000pick\ue001 here",
-                        authors=["Ana \udc80 Lopez"]),
-            PaperRecord(id="r2", title="Plain paper", abstract="Nothing odd."),
-        ], NOW)
+        store.upsert_papers(
+            [
+                PaperRecord(
+                    id="r1",
+                    title="Quokka \ue000zzz\ue001 and \ue000href\ue001",
+                    abstract="Abstract \ue000pick\ue001 here",
+                    authors=["Ana \udc80 Lopez"],
+                ),
+                PaperRecord(id="r2", title="Plain paper", abstract="Nothing odd."),
+            ],
+            NOW,
+        )
         sync_subscribers(store, settings, NOW)
         papers = store.papers(["r1", "r2"])
         from digest.pipeline import Pick
 
         for sub in store.subscribers():
-            _, text, html, _ = compose(settings, "k" * 32, sub, NOW.date(), [Pick(p, 1.0, "matches keyword quokka") for p in papers], [], 2, NOW)
+            _, text, html, _ = compose(
+                settings,
+                "k" * 32,
+                sub,
+                NOW.date(),
+                [Pick(p, 1.0, "matches keyword quokka") for p in papers],
+                [],
+                2,
+                NOW,
+            )
             assert "Quokka zzz and href" in html and "Quokka zzz and href" in text
             assert "Ana  Lopez" in html  # the lone surrogate is gone, nothing else changed
             html.encode("utf-8")
@@ -200,30 +232,54 @@ def test_stored_bad_text_renders_for_every_reader(make_config: ConfigFactory, tm
 
 def test_the_fast_renderer_falls_back_instead_of_crashing() -> None:
     """A paper view holding a slot look-alike (no nonce) renders as text in both renderers, the same."""
+
     def view(email: str) -> DigestView:
-        p = PaperView(id="x", title="Quokka \ue000zzz\ue001", url="https://arxiv.org/abs/1", authors="A",
-                      abstract="text \ue000href\ue001", date="1 Nov 2026", reason="because")
-        return DigestView(name="", email=email, digest_date=NOW.date(), picks=[p], new_count=1,
-                          unsubscribe_url="https://x.org/u", subject="s")
+        p = PaperView(
+            id="x",
+            title="Quokka \ue000zzz\ue001",
+            url="https://arxiv.org/abs/1",
+            authors="A",
+            abstract="text \ue000href\ue001",
+            date="1 Nov 2026",
+            reason="because",
+        )
+        return DigestView(
+            name="",
+            email=email,
+            digest_date=NOW.date(),
+            picks=[p],
+            new_count=1,
+            unsubscribe_url="https://x.org/u",
+            subject="s",
+        )
+
     for email in ("a@example.org", "b@example.org", "c@example.org"):
         assert render_digest(view(email)) == render_digest_reference(view(email))
 
 
 def test_a_reader_whose_digest_cannot_be_built_waits_and_the_others_get_theirs(
-        make_config: ConfigFactory, smtp_server: tuple[Inbox, int]) -> None:
+    make_config: ConfigFactory, smtp_server: tuple[Inbox, int]
+) -> None:
     """A reader row no message can be built for (a name with a line break, as an older version or
     another tool could have stored it): that reader's digest is recorded pending with the reason and
     retried on the next run; the readers before and after are sent theirs."""
     inbox, port = smtp_server
-    settings = make_config('[[sources]]\nkind = "sample"\n'
-                           + "".join(f'[[subscribers]]\nemail = "{c}@example.org"\nsend_at = "07:00"\n' for c in "ac"),
-                           smtp_port=port, method="smtp")
+    settings = make_config(
+        '[[sources]]\nkind = "sample"\n'
+        + "".join(f'[[subscribers]]\nemail = "{c}@example.org"\nsend_at = "07:00"\n' for c in "ac"),
+        smtp_port=port,
+        method="smtp",
+    )
     store = Store(settings.database_url)
     try:
-        store.add_subscribers([{"email": "b@example.org", "name": "B\nBcc: victim@example.org", "send_at": "07:00"}], NOW)
+        store.add_subscribers(
+            [{"email": "b@example.org", "name": "B\nBcc: victim@example.org", "send_at": "07:00"}], NOW
+        )
         report = run_daily(NOW, settings, store=store)
         statuses = {o.email: o.status for o in report.outcomes}
-        assert statuses == {"a@example.org": "sent", "b@example.org": "pending", "c@example.org": "sent"}, report.outcomes
+        assert statuses == {"a@example.org": "sent", "b@example.org": "pending", "c@example.org": "sent"}, (
+            report.outcomes
+        )
         detail = next(o.detail for o in report.outcomes if o.email == "b@example.org")
         assert "line break" in detail and "next try" in detail
         assert sorted(m["To"].addresses[0].addr_spec for m in inbox.messages) == ["a@example.org", "c@example.org"]

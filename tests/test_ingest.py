@@ -94,7 +94,9 @@ def test_only_and_since(httpserver: HTTPServer, make_config: ConfigFactory, stor
 def test_digest_ingest_command(httpserver: HTTPServer, make_config: ConfigFactory, tmp_path: Path) -> None:
     serve(
         httpserver,
-        arxiv=atom_feed([ARXIV_LORA, atom_entry("2611.10002v1", "<b>Sparse</b> Adapters", published="1900-01-01T00:00:00Z")]),
+        arxiv=atom_feed(
+            [ARXIV_LORA, atom_entry("2611.10002v1", "<b>Sparse</b> Adapters", published="1900-01-01T00:00:00Z")]
+        ),
         hf=hf_json(HF_LORA, hf_item("2611.20005", "World Models that Plan", upvotes=7)),
     )
     url = httpserver.url_for("")
@@ -136,7 +138,12 @@ exclude_keywords = ["gardening"]
 
 @pytest.mark.parametrize("on_empty", ["skip", "send"])
 def test_a_day_without_new_papers(on_empty: str, make_config: ConfigFactory, tmp_path: Path) -> None:
-    paper = {"id": "2611.30000", "title": "Gardening with Transformers", "abstract": "About gardening.", "published": "2026-11-22"}
+    paper = {
+        "id": "2611.30000",
+        "title": "Gardening with Transformers",
+        "abstract": "About gardening.",
+        "published": "2026-11-22",
+    }
     (tmp_path / "papers.jsonl").write_text(json.dumps(paper) + "\n")
     settings = make_config(EMPTY_DAY.replace("[[sources]]", f'on_empty = "{on_empty}"\n\n[[sources]]', 1))
     report = run_daily(NOW, settings, force=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,14 @@ def test_bundled_sample_is_what_the_importer_makes() -> None:
 
 
 def test_ids_are_stable_and_duplicates_merge_to_the_longest_abstract() -> None:
-    page_one = "Subscribe\nA Paper About Graphs\n" + "Short abstract about graphs and their many uses in learning. " * 3 + "\n"
-    page_two = "new\nMar 14\nA paper about graphs\n" + "A longer abstract about graphs and their many uses in learning and beyond. " * 4 + "\n"
+    page_one = (
+        "Subscribe\nA Paper About Graphs\n" + "Short abstract about graphs and their many uses in learning. " * 3 + "\n"
+    )
+    page_two = (
+        "new\nMar 14\nA paper about graphs\n"
+        + "A longer abstract about graphs and their many uses in learning and beyond. " * 4
+        + "\n"
+    )
     one, two = parse_listing(page_one), parse_listing(page_two)
     assert one.records[0].id == two.records[0].id  # case and spacing do not change the id
     tmp = [one.records[0], two.records[0]]
@@ -94,13 +101,16 @@ def test_a_file_that_is_not_a_listing_page_is_refused_not_ingested(tmp_path: Pat
     good.write_text("Subscribe\nFirst Paper\n" + "words of an abstract " * 20 + "\n")
     result = read_listings([junk, good, prose])  # a folder with one good page: that page is read
     assert [r.title for r in result.records] == ["First Paper"]
-    assert result.skipped["not a listing page"] == 2 and result.examples["not a listing page"] == ["random.txt", "notes.txt"]
+    assert result.skipped["not a listing page"] == 2 and result.examples["not a listing page"] == [
+        "random.txt",
+        "notes.txt",
+    ]
     assert any("random.txt: binary data" in n for n in result.notes)
 
 
 def test_a_junk_listing_source_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None:
     import os
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from digest.pipeline import ingest
     from digest.settings import load_settings
@@ -108,12 +118,14 @@ def test_a_junk_listing_source_fails_alone_and_the_run_goes_on(tmp_path: Path) -
 
     (tmp_path / "junk.txt").write_bytes(os.urandom(100_000))
     config = tmp_path / "digest.toml"
-    config.write_text(f'data_dir = "{(tmp_path / "d").as_posix()}"\n[[sources]]\nkind = "listing"\npath = "junk.txt"\n'
-                      '[[sources]]\nkind = "sample"\n')
+    config.write_text(
+        f'data_dir = "{(tmp_path / "d").as_posix()}"\n[[sources]]\nkind = "listing"\npath = "junk.txt"\n'
+        '[[sources]]\nkind = "sample"\n'
+    )
     settings = load_settings(config)
     store = Store(settings.database_url)
     try:
-        reports = ingest(store, settings, datetime(2026, 11, 23, tzinfo=timezone.utc))
+        reports = ingest(store, settings, datetime(2026, 11, 23, tzinfo=UTC))
         assert "not a saved listing page" in reports[0].error and reports[0].counts.new == 0
         assert reports[1].counts.new == 879 and store.paper_count() == 879
     finally:

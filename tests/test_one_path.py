@@ -88,7 +88,10 @@ def test_a_refusing_server_is_not_hammered(tmp_path: Path, mode: str) -> None:
     assert time.monotonic() - started < 30
     recorded = rows(settings)
     tried = sum(attempts for _, attempts, _ in recorded.values())
-    assert tried == 1 if mode == "daily" else tried <= 4, (tried, recorded)  # one digest per sender tried, the rest wait untried
+    assert tried == 1 if mode == "daily" else tried <= 4, (
+        tried,
+        recorded,
+    )  # one digest per sender tried, the rest wait untried
     assert all(status == "pending" for status, _, _ in recorded.values())
 
 
@@ -96,13 +99,18 @@ def test_weekly_readers_get_the_week_from_the_planner(tmp_path: Path, server: Se
     """A weekly reader's planned digest picks from the whole week, as the daily run's does."""
     server.start()
     config = write_config(tmp_path, server.port, emails=["weekly@example.org"])
-    text = config.read_text().replace('send_at = "08:00"\n', 'send_at = "08:00"\nfrequency = "weekly"\nweekly_day = "monday"\n')
+    text = config.read_text().replace(
+        'send_at = "08:00"\n', 'send_at = "08:00"\nfrequency = "weekly"\nweekly_day = "monday"\n'
+    )
     config.write_text(text.replace("max_papers = 3", "max_papers = 12"))
     import json
 
     lines = (tmp_path / "papers.jsonl").read_text().splitlines()
-    old = json.loads(lines[0]) | {"id": "2611.99999", "title": "Five days old segmentation paper",
-                                 "published": (NOW - timedelta(days=5)).isoformat()}
+    old = json.loads(lines[0]) | {
+        "id": "2611.99999",
+        "title": "Five days old segmentation paper",
+        "published": (NOW - timedelta(days=5)).isoformat(),
+    }
     (tmp_path / "papers.jsonl").write_text("\n".join([*lines, json.dumps(old)]) + "\n")
     settings = load_settings(config)
     assert NOW.strftime("%A") == "Monday"
@@ -125,9 +133,22 @@ def test_a_cron_send_beside_running_workers_sends_each_digest_once(tmp_path: Pat
         assert plan_day(store, settings, NOW).planned == 12
     finally:
         store.close()
-    worker = [sys.executable, "-m", "digest", "worker", "--config", str(config), "--now", NOW.isoformat(), "--batch", "3"]
-    workers = [subprocess.Popen(worker, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for _ in range(2)]
+    worker = [
+        sys.executable,
+        "-m",
+        "digest",
+        "worker",
+        "--config",
+        str(config),
+        "--now",
+        NOW.isoformat(),
+        "--batch",
+        "3",
+    ]
+    workers = [
+        subprocess.Popen(worker, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(2)
+    ]
     try:
         deadline = time.monotonic() + 30
         while not server.inbox.messages and time.monotonic() < deadline:
@@ -159,7 +180,18 @@ def test_a_worker_killed_mid_batch_has_recorded_what_it_sent(tmp_path: Path, ser
         plan_day(store, settings, NOW)
     finally:
         store.close()
-    worker = [sys.executable, "-m", "digest", "worker", "--config", str(config), "--now", NOW.isoformat(), "--batch", "8"]
+    worker = [
+        sys.executable,
+        "-m",
+        "digest",
+        "worker",
+        "--config",
+        str(config),
+        "--now",
+        NOW.isoformat(),
+        "--batch",
+        "8",
+    ]
     child = subprocess.Popen(worker, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert server.inbox.hanging.wait(30), child.communicate(timeout=5)[0]

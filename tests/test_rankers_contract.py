@@ -13,20 +13,41 @@ from digest.rank import RANKERS, Corpus, IdMap, TrainData, make_ranker
 from digest.rank.base import top_k
 from digest.rank.diversity import mmr
 
-A = [f"protein folding {w} structure" for w in ("dynamics", "kinetics", "energy", "prediction", "network", "simulation", "alignment", "design")]
-B = [f"galaxy dark matter {w} survey" for w in ("halo", "cluster", "lensing", "rotation", "formation", "redshift", "energy", "cosmology")]
+A = [
+    f"protein folding {w} structure"
+    for w in ("dynamics", "kinetics", "energy", "prediction", "network", "simulation", "alignment", "design")
+]
+B = [
+    f"galaxy dark matter {w} survey"
+    for w in ("halo", "cluster", "lensing", "rotation", "formation", "redshift", "energy", "cosmology")
+]
 TOPICAL = {"content", "svm", "hybrid"}  # rankers that must find the cluster from text alone
 FLOORS = {"popularity", "random", "trending"}
 
 
 def synthetic() -> TrainData:
-    corpus = Corpus.from_records([(f"a{i}", t, "") for i, t in enumerate(A)] + [(f"b{i}", t, "") for i, t in enumerate(B)] + [("e", "", "")])
+    corpus = Corpus.from_records(
+        [(f"a{i}", t, "") for i, t in enumerate(A)] + [(f"b{i}", t, "") for i, t in enumerate(B)] + [("e", "", "")]
+    )
     users = IdMap(["ua1", "ua2", "ub1", "ub2", "nobody", "kw"])
-    likes = [("ua1", "a0"), ("ua1", "a1"), ("ua1", "a2"), ("ua2", "a0"), ("ua2", "a1"), ("ua2", "a3"),
-             ("ub1", "b0"), ("ub1", "b1"), ("ub1", "b2"), ("ub2", "b0"), ("ub2", "b1"), ("ub2", "b3")]
+    likes = [
+        ("ua1", "a0"),
+        ("ua1", "a1"),
+        ("ua1", "a2"),
+        ("ua2", "a0"),
+        ("ua2", "a1"),
+        ("ua2", "a3"),
+        ("ub1", "b0"),
+        ("ub1", "b1"),
+        ("ub1", "b2"),
+        ("ub2", "b0"),
+        ("ub2", "b1"),
+        ("ub2", "b3"),
+    ]
     counts = np.arange(len(corpus), dtype=np.float32)
-    return TrainData.from_pairs(corpus, users, likes, dislikes=[("ua1", "b4")],
-                                keywords=[[], [], [], [], [], ["protein"]], counts=counts)
+    return TrainData.from_pairs(
+        corpus, users, likes, dislikes=[("ua1", "b4")], keywords=[[], [], [], [], [], ["protein"]], counts=counts
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +75,7 @@ def test_contract(name: str, data: TrainData) -> None:
         reasons = ranker.explain(int(u), cands[:5])
         assert len(reasons) == 5 and all(isinstance(r, str) and r for r in reasons)
     assert ranker.explain(0, cands[:0]) == []
-    rows, scores = ranker.recommend(0, cands, 3, exclude=data.likes[0].indices)
+    rows, _scores = ranker.recommend(0, cands, 3, exclude=data.likes[0].indices)
     assert len(rows) == 3 and not np.isin(rows, data.likes[0].indices).any()
     # fit again on new data works
     ranker.fit(data)
@@ -92,7 +113,9 @@ def test_hybrid_explains_with_component_reasons(data: TrainData) -> None:
     ranker = make_ranker("hybrid").fit(data)
     u = data.users.index("ua1")
     reasons = ranker.explain(u, np.array([3, 4, 5]))
-    assert all(r.startswith(("close to ", "matches keyword ", "liked by readers", "trending: ", "popular")) for r in reasons)
+    assert all(
+        r.startswith(("close to ", "matches keyword ", "liked by readers", "trending: ", "popular")) for r in reasons
+    )
     trend = make_ranker("hybrid", weights={"content": 0.0, "lsa": 0.0, "cf": 0.0, "trend": 1.0}).fit(data)
     assert trend.explain(u, np.array([10]))[0] == "trending: 10 upvotes"
 
@@ -194,8 +217,10 @@ def test_sparse_products_shared_among_threads_are_bit_identical() -> None:
 
     rng = np.random.default_rng(1)
     n, per = 20_000, 30
-    A = sp.csr_matrix((rng.random(n * per, dtype=np.float32), rng.integers(0, 30_000, n * per), np.arange(0, n * per + 1, per)),
-                      shape=(n, 30_000))
+    A = sp.csr_matrix(
+        (rng.random(n * per, dtype=np.float32), rng.integers(0, 30_000, n * per), np.arange(0, n * per + 1, per)),
+        shape=(n, 30_000),
+    )
     B = rng.standard_normal((30_000, 101)).astype(np.float32)
     C = rng.standard_normal((20_000, 101)).astype(np.float32)
     assert A.nnz * B.shape[1] >= 50_000_000  # large enough to be split

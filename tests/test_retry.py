@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
         assert "broken@example.org: failed" in first and "550" in first
         assert server.inbox.count() == {"ok@example.org": 1}
         status = cli("status", "--config", config)
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         assert f"to send it again: digest retry broken@example.org --date {today}" in status
 
         store = Store(f"sqlite:///{tmp_path / 'data' / 'digest.db'}")
@@ -66,8 +66,24 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
 
     # Asked again, for the one now sent: said so (one line, exit 2), and nothing changes.
     env = {**os.environ, "COLUMNS": "200"}
-    refused = subprocess.run([sys.executable, "-m", "digest", "retry", "broken@example.org", "--config", config,
-                              "--date", today.isoformat()], env=env, capture_output=True, text=True, timeout=120, check=False)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digest",
+            "retry",
+            "broken@example.org",
+            "--config",
+            config,
+            "--date",
+            today.isoformat(),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert refused.stderr.startswith(f"error: broken@example.org: the digest of {today} was sent at "), refused.stderr
     assert refused.stderr.rstrip().endswith("UTC: nothing to send again"), refused.stderr
@@ -80,7 +96,7 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
 
 def test_requeue_refuses_what_is_not_failed_and_finds_the_latest_failed(store: Store) -> None:
     """The store's half, on SQLite and PostgreSQL."""
-    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     sub_id = store.sync_subscribers([_Reader("r@example.org")], now)["r@example.org"]
     with pytest.raises(DigestError, match="no failed digest to send again"):
         store.requeue_delivery(sub_id, None, now)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ TOPICS = {
     "astro": "galaxy dark matter halo lensing redshift survey cosmology supernova telescope stellar",
     "ml": "neural network transformer attention gradient descent training dataset benchmark language model",
 }
-NOW = datetime(2026, 11, 24, 6, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
 
 
 def _papers(rng: random.Random, per_topic: int, start: int) -> list[tuple[str, str, str, str]]:
@@ -113,26 +113,40 @@ def test_a_changed_reader_is_folded_in() -> None:
 
 def test_saved_fit_is_reused_then_refitted(tmp_path) -> None:
     data = community()
-    ranker, report = ranker_for_day("hybrid", {}, data, NOW, data_dir=tmp_path, refit_days=7)
+    _, report = ranker_for_day("hybrid", {}, data, NOW, data_dir=tmp_path, refit_days=7)
     assert report.refit and report.reason == "no saved fit"
     path = model_path(tmp_path, "hybrid")
     saved = path.read_bytes()
     assert data.corpus.abstracts[0].encode() not in saved and data.corpus.titles[1].encode() not in saved  # no texts
     # the next day: folded in, not refitted
-    ranker, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    _ranker, report = ranker_for_day(
+        "hybrid", {}, community(new_papers=5), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7
+    )
     assert not report.refit and report.new_papers == 15 and report.fitted_at == NOW
     assert "updated" in str(report)
     # a week later: refitted, and the new fit is saved
-    _, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=7), data_dir=tmp_path, refit_days=7)
+    _, report = ranker_for_day(
+        "hybrid", {}, community(new_papers=5), NOW + timedelta(days=7), data_dir=tmp_path, refit_days=7
+    )
     assert report.refit and "7 day(s) old" in report.reason
-    _, report = ranker_for_day("hybrid", {}, community(new_papers=5), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7)
+    _, report = ranker_for_day(
+        "hybrid", {}, community(new_papers=5), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7
+    )
     assert not report.refit and report.fitted_at == NOW + timedelta(days=7)
     # other settings: refitted
-    _, report = ranker_for_day("hybrid", {"dislike_weight": 0.2}, community(), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7)
+    _, report = ranker_for_day(
+        "hybrid", {"dislike_weight": 0.2}, community(), NOW + timedelta(days=8), data_dir=tmp_path, refit_days=7
+    )
     assert report.refit and report.reason == "ranking settings changed"
     # a community that doubled: refitted
-    _, report = ranker_for_day("hybrid", {"dislike_weight": 0.2}, community(new_papers=100), NOW + timedelta(days=9),
-                               data_dir=tmp_path, refit_days=7)
+    _, report = ranker_for_day(
+        "hybrid",
+        {"dislike_weight": 0.2},
+        community(new_papers=100),
+        NOW + timedelta(days=9),
+        data_dir=tmp_path,
+        refit_days=7,
+    )
     assert report.refit and "grew" in report.reason
 
 
@@ -159,10 +173,15 @@ def test_forked_ranking_picks_the_same() -> None:
 
     data = community(new_papers=10)
     ranker = HybridRanker().fit(data)
-    candidates = [Paper(id=pid, title=t, title_key=t, abstract=a, first_seen=NOW, last_changed=NOW)
-                  for pid, t, a in zip(data.corpus.ids.ids, data.corpus.titles, data.corpus.abstracts) if pid.split("-")[1] >= "1000"]
-    subs = [Subscriber(id=i, email=e, max_papers=3 + i % 3, exclude_keywords=["galaxy"] if i % 4 == 0 else [], created=NOW)
-            for i, e in enumerate(data.users.ids)]
+    candidates = [
+        Paper(id=pid, title=t, title_key=t, abstract=a, first_seen=NOW, last_changed=NOW)
+        for pid, t, a in zip(data.corpus.ids.ids, data.corpus.titles, data.corpus.abstracts)
+        if pid.split("-")[1] >= "1000"
+    ]
+    subs = [
+        Subscriber(id=i, email=e, max_papers=3 + i % 3, exclude_keywords=["galaxy"] if i % 4 == 0 else [], created=NOW)
+        for i, e in enumerate(data.users.ids)
+    ]
     seen = {subs[1].id: {candidates[0].id}}
     one = rank_subscribers(ranker, data, subs, candidates, seen, block=5, processes=1)
     two = rank_subscribers(ranker, data, subs, candidates, seen, block=5, processes=2)

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -29,7 +29,7 @@ from .conftest import ConfigFactory, Inbox
 from .source_feeds import hf_item, hf_json, hf_source
 
 BERLIN = ZoneInfo("Europe/Berlin")
-UTC = timezone.utc
+UTC = UTC
 SPRING = date(2026, 3, 29)  # Europe: clocks go 02:00 -> 03:00
 AUTUMN = date(2026, 10, 25)  # Europe: clocks go 03:00 -> 02:00
 
@@ -81,17 +81,28 @@ def test_frequencies_and_zones() -> None:
 def write_corpus(path: Path, now: datetime, ages_days: list[float]) -> None:
     lines = []
     for i, age in enumerate(ages_days):
-        lines.append(json.dumps({
-            "id": f"2611.{i:05d}",
-            "title": f"Paper {i} on graph neural networks and segmentation",
-            "abstract": f"We study topic {i} with graph neural networks, segmentation and transformers in depth.",
-            "published": (now - timedelta(days=age)).isoformat(),
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"2611.{i:05d}",
+                    "title": f"Paper {i} on graph neural networks and segmentation",
+                    "abstract": f"We study topic {i} with graph neural networks, segmentation and transformers in depth.",
+                    "published": (now - timedelta(days=age)).isoformat(),
+                }
+            )
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def tiny_config(make_config: ConfigFactory, tmp_path: Path, subscribers: str, *, now: datetime,
-                ages: list[float] | None = None, extra: str = "") -> Settings:
+def tiny_config(
+    make_config: ConfigFactory,
+    tmp_path: Path,
+    subscribers: str,
+    *,
+    now: datetime,
+    ages: list[float] | None = None,
+    extra: str = "",
+) -> Settings:
     write_corpus(tmp_path / "papers.jsonl", now, ages or [0.5] * 8)
     return make_config(f"""
 [ranking]
@@ -106,12 +117,17 @@ path = "papers.jsonl"
 
 def test_one_digest_on_the_spring_forward_day_whatever_the_cron(make_config: ConfigFactory, tmp_path: Path) -> None:
     start = datetime(2026, 3, 28, 20, 30, tzinfo=UTC)
-    settings = tiny_config(make_config, tmp_path, """
+    settings = tiny_config(
+        make_config,
+        tmp_path,
+        """
 [[subscribers]]
 email = "b@example.org"
 timezone = "Europe/Berlin"
 send_at = "02:30"
-""", now=start)
+""",
+        now=start,
+    )
     sent = []
     for minutes in range(0, 24 * 60, 60):  # a run every hour through the day of the change
         report = run_daily(start + timedelta(minutes=minutes), settings)
@@ -121,7 +137,10 @@ send_at = "02:30"
 
 def test_weekly_digest_covers_the_week_and_daily_only_its_window(make_config: ConfigFactory, tmp_path: Path) -> None:
     monday = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
-    settings = tiny_config(make_config, tmp_path, """
+    settings = tiny_config(
+        make_config,
+        tmp_path,
+        """
 [[subscribers]]
 email = "week@example.org"
 frequency = "weekly"
@@ -132,7 +151,10 @@ max_papers = 20
 email = "day@example.org"
 send_at = "08:00"
 max_papers = 20
-""", now=monday, ages=[0.5, 1.0, 3.0, 5.0, 6.5, 9.0])
+""",
+        now=monday,
+        ages=[0.5, 1.0, 3.0, 5.0, 6.5, 9.0],
+    )
     store = Store(settings.database_url)  # each paper first seen when it was published
     for record in read_jsonl(tmp_path / "papers.jsonl").records:
         store.upsert_papers([record], record.published)
@@ -144,16 +166,25 @@ max_papers = 20
     assert picked["day@example.org"] == {"2611.00000", "2611.00001"}
     # Not due on the other days of the week.
     tuesday = run_daily(monday + timedelta(days=1), settings)
-    assert {o.email: o.status for o in tuesday.outcomes} == {"week@example.org": "not-due", "day@example.org": "no-papers"}
+    assert {o.email: o.status for o in tuesday.outcomes} == {
+        "week@example.org": "not-due",
+        "day@example.org": "no-papers",
+    }
 
 
 def test_a_missed_send_time_is_caught_up_within_the_window_only(make_config: ConfigFactory, tmp_path: Path) -> None:
     day = datetime(2026, 11, 23, tzinfo=UTC)
-    settings = tiny_config(make_config, tmp_path, """
+    settings = tiny_config(
+        make_config,
+        tmp_path,
+        """
 [[subscribers]]
 email = "a@example.org"
 send_at = "07:00"
-""", now=day, extra="[schedule]\ncatch_up_hours = 3\n")
+""",
+        now=day,
+        extra="[schedule]\ncatch_up_hours = 3\n",
+    )
     late = run_daily(day + timedelta(hours=10, minutes=1), settings)  # 3 h window long gone
     assert late.by_status() == {"not-due": 1}
     assert "next digest Tue 2026-11-24 07:00" in late.outcomes[0].detail
@@ -179,7 +210,9 @@ def test_lease_one_holder_expiry_renewal_and_a_dead_process(tmp_path: Path) -> N
     assert store.lease("run") is None
 
     # A lease left by a process on this host that no longer exists is taken over at once.
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     import socket
 
     dead_owner = f"{socket.gethostname()}:{gone.stdout.strip()}:deadbeef"
@@ -223,8 +256,9 @@ class FakeClock:
 def scheduler_config(tmp_path: Path, subscribers: str, *, now: datetime, extra: str = "") -> Path:
     write_corpus(tmp_path / "papers.jsonl", now, [0.2] * 6)
     path = tmp_path / "sched.toml"
-    path.write_text(f"""
-data_dir = "{(tmp_path / 'data').as_posix()}"
+    path.write_text(
+        f"""
+data_dir = "{(tmp_path / "data").as_posix()}"
 [delivery]
 method = "outbox"
 {extra}
@@ -234,7 +268,9 @@ window_days = 2
 kind = "jsonl"
 path = "papers.jsonl"
 {subscribers}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -247,7 +283,9 @@ def test_a_process_down_at_send_time_catches_up_once_restarts_and_follows_the_co
 ) -> None:
     caplog.set_level(logging.INFO, logger="digest")
     clock = FakeClock(datetime(2026, 11, 23, 8, 0, tzinfo=UTC))
-    path = scheduler_config(tmp_path, """
+    path = scheduler_config(
+        tmp_path,
+        """
 [[subscribers]]
 email = "a@example.org"
 send_at = "07:00"
@@ -255,7 +293,9 @@ send_at = "07:00"
 email = "b@example.org"
 timezone = "Asia/Tokyo"
 send_at = "20:00"
-""", now=clock())
+""",
+        now=clock(),
+    )
     settings = load_settings(path)
     store = Store(settings.database_url)
     try:
@@ -297,8 +337,12 @@ send_at = "20:00"
 def test_a_digest_a_run_leaves_undone_on_purpose_does_not_start_a_run_every_minute(tmp_path: Path) -> None:
     """No new papers with on_empty = "skip": one run at the send time, not one (and an ingest) a minute."""
     clock = FakeClock(datetime(2026, 11, 23, 7, 0, tzinfo=UTC))
-    path = scheduler_config(tmp_path, '[[subscribers]]\nemail = "a@example.org"\nsend_at = "07:00"\n',
-                            now=clock(), extra='on_empty = "skip"')
+    path = scheduler_config(
+        tmp_path,
+        '[[subscribers]]\nemail = "a@example.org"\nsend_at = "07:00"\n',
+        now=clock(),
+        extra='on_empty = "skip"',
+    )
     (tmp_path / "papers.jsonl").write_text("", encoding="utf-8")  # no papers at all
     settings = load_settings(path)
     store = Store(settings.database_url)
@@ -328,12 +372,20 @@ def test_a_web_sign_up_confirmed_while_digest_run_runs_gets_its_digest_at_its_ho
 
     def papers(request: Request) -> Response:
         asked.append(request.args.get("date", ""))
-        items = [hf_item(f"2611.1000{i}", f"World models that plan, part {i}", published="2026-11-23T08:00:00.000Z",
-                         summary="World models for planning and control.") for i in range(6)]
+        items = [
+            hf_item(
+                f"2611.1000{i}",
+                f"World models that plan, part {i}",
+                published="2026-11-23T08:00:00.000Z",
+                summary="World models for planning and control.",
+            )
+            for i in range(6)
+        ]
         return Response(hf_json(*items), content_type="application/json")
 
     httpserver.expect_request("/api/daily_papers").respond_with_handler(papers)
-    settings = make_config(f"""
+    settings = make_config(
+        f"""
 [web]
 base_url = "https://digest.example.org"
 {hf_source(httpserver.url_for(""), max_days=1)}
@@ -341,7 +393,10 @@ base_url = "https://digest.example.org"
 email = "file@example.org"
 timezone = "Europe/Berlin"
 send_at = "18:00"
-""", smtp_port=port, method="smtp")
+""",
+        smtp_port=port,
+        method="smtp",
+    )
     clock = FakeClock(T0)
     lines: list[str] = []
     seen: list[tuple[str, int, int]] = []  # after each tick: Berlin time, digests to nia, digests to the file's reader
@@ -349,19 +404,33 @@ send_at = "18:00"
     def digests(address: str) -> int:
         return len([m for m in inbox.to(address) if m["Subject"] != "Confirm your paper digest"])
 
-    with TestClient(create_app(settings, clock=lambda: clock().timestamp()), base_url="https://digest.example.org") as web:
+    with TestClient(
+        create_app(settings, clock=lambda: clock().timestamp()), base_url="https://digest.example.org"
+    ) as web:
 
         def wait(seconds: float) -> None:
-            seen.append((f"{clock().astimezone(BERLIN):%H:%M}", digests("nia@example.org"), digests("file@example.org")))
+            seen.append(
+                (f"{clock().astimezone(BERLIN):%H:%M}", digests("nia@example.org"), digests("file@example.org"))
+            )
             clock.moment += timedelta(seconds=seconds)
             if clock().astimezone(BERLIN).strftime("%H:%M") == "17:52":
                 form = web.get("/subscribe")
                 csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
-                answer = web.post("/subscribe", data={"csrf": csrf, "email": "nia@example.org", "timezone": "Europe/Berlin",
-                                                      "send_at": "17:56", "keywords": "world models"})
+                answer = web.post(
+                    "/subscribe",
+                    data={
+                        "csrf": csrf,
+                        "email": "nia@example.org",
+                        "timezone": "Europe/Berlin",
+                        "send_at": "17:56",
+                        "keywords": "world models",
+                    },
+                )
                 assert "Check your inbox" in answer.text
                 (confirm,) = inbox.to("nia@example.org")
-                link = re.search(r"https://digest\.example\.org(/confirm\?t=\S+)", confirm.get_body(("plain",)).get_content()).group(1)  # type: ignore[union-attr]
+                link = re.search(
+                    r"https://digest\.example\.org(/confirm\?t=\S+)", confirm.get_body(("plain",)).get_content()
+                ).group(1)  # type: ignore[union-attr]
                 page = web.get(link)
                 csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
                 assert "You are subscribed" in web.post(link, data={"csrf": csrf}).text
@@ -371,7 +440,8 @@ send_at = "18:00"
         run_forever(settings, tmp_path / "digest.toml", lines.append, clock=clock, wait=wait)
 
     assert seen == [(f"17:{m:02d}", int(m >= 56), int(m >= 60)) for m in range(50, 60)] + [
-        (f"18:{m:02d}", 1, 1) for m in range(3)]
+        (f"18:{m:02d}", 1, 1) for m in range(3)
+    ]
     (msg,) = [m for m in inbox.to("nia@example.org") if m["Subject"] != "Confirm your paper digest"]
     assert "World models that plan" in msg.get_body(("plain",)).get_content()
     assert any("scheduled nia@example.org (17:56 Europe/Berlin, every day)" in line for line in lines), lines

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -53,13 +53,17 @@ def test_pages_back_and_parses_every_field(httpserver: HTTPServer, make_config: 
     assert [int(r.args["start"]) for r in seen] == [0, 2]
     first = seen[0]
     assert first.args["search_query"] == "cat:cs.LG OR cat:cs.CV"
-    assert (first.args["sortBy"], first.args["sortOrder"], first.args["max_results"]) == ("submittedDate", "descending", "2")
+    assert (first.args["sortBy"], first.args["sortOrder"], first.args["max_results"]) == (
+        "submittedDate",
+        "descending",
+        "2",
+    )
     assert first.headers["User-Agent"].startswith("digest/") and "mailto:ops@example.org" in first.headers["User-Agent"]
     [lora] = store.papers(["2611.10001"])
     assert lora.title == "LoRA Revisited" and lora.authors == ["Grace Hopper"] and lora.categories == ["cs.LG"]
     assert lora.url == "http://arxiv.org/abs/2611.10001v2" and lora.pdf_url == "http://arxiv.org/pdf/2611.10001v2"
-    assert lora.published == datetime(2026, 11, 22, 9, tzinfo=timezone.utc)
-    assert lora.updated == datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+    assert lora.published == datetime(2026, 11, 22, 9, tzinfo=UTC)
+    assert lora.updated == datetime(2026, 11, 22, 12, tzinfo=UTC)
     [sparse] = store.papers(["2611.10002"])
     assert sparse.title == "Sparse Mixture of Adapters for Vision Transformers"  # whitespace of the feed folded
     assert sparse.abstract.startswith("We adapt") and sparse.categories == ["cs.CV", "cs.LG"]
@@ -87,7 +91,11 @@ def test_a_new_version_updates_the_paper(httpserver: HTTPServer, make_config: Co
     assert first.counts.new == 1
     httpserver.clear()
     v2 = atom_entry(
-        "2611.00001v2", "Final Title", published="2026-11-22T10:00:00Z", updated="2026-11-23T09:00:00Z", summary="Second."
+        "2611.00001v2",
+        "Final Title",
+        published="2026-11-22T10:00:00Z",
+        updated="2026-11-23T09:00:00Z",
+        summary="Second.",
     )
     serve_pages(httpserver, {0: atom_feed([v2])})
     [second] = ingest(store, settings, NOW + timedelta(hours=2), sleep=lambda s: None)
@@ -95,7 +103,7 @@ def test_a_new_version_updates_the_paper(httpserver: HTTPServer, make_config: Co
     [paper] = store.papers()
     assert (paper.id, paper.title, paper.abstract) == ("2611.00001", "Final Title", "Second.")
     assert paper.url.endswith("2611.00001v2")
-    assert paper.updated == datetime(2026, 11, 23, 9, tzinfo=timezone.utc)
+    assert paper.updated == datetime(2026, 11, 23, 9, tzinfo=UTC)
 
 
 def test_page_cap_is_reported(httpserver: HTTPServer, make_config: ConfigFactory, store: Store) -> None:
@@ -148,7 +156,9 @@ def test_truncated_page_keeps_good_entries_but_not_the_checkpoint(
 
 
 def test_429_waits_as_asked_then_succeeds(httpserver: HTTPServer, make_config: ConfigFactory, store: Store) -> None:
-    httpserver.expect_ordered_request("/api/query").respond_with_data("slow down", status=429, headers={"Retry-After": "7"})
+    httpserver.expect_ordered_request("/api/query").respond_with_data(
+        "slow down", status=429, headers={"Retry-After": "7"}
+    )
     httpserver.expect_ordered_request("/api/query").respond_with_data(
         atom_feed([atom_entry("2611.00003v1", "Patience")]), content_type="application/atom+xml"
     )
@@ -170,7 +180,9 @@ def test_rate_limit_pauses_between_requests(httpserver: HTTPServer, make_config:
     assert len(sleeps) == 1 and 2.5 < sleeps[0] <= 3  # one pause, before the second page
 
 
-def test_a_failed_run_resumes_from_its_checkpoint(httpserver: HTTPServer, make_config: ConfigFactory, store: Store) -> None:
+def test_a_failed_run_resumes_from_its_checkpoint(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
     first = atom_feed([atom_entry("2611.00100v1", "Monday", published="2026-11-20T10:00:00Z")])
     serve_pages(httpserver, {0: first})
     settings = make_config(arxiv_source(httpserver.url_for("")))
@@ -178,8 +190,10 @@ def test_a_failed_run_resumes_from_its_checkpoint(httpserver: HTTPServer, make_c
     checkpoint = store.source_cursor("arxiv")
     httpserver.clear()
     page_1 = atom_feed(
-        [atom_entry("2611.00103v1", "Thursday", published="2026-11-23T10:00:00Z"),
-         atom_entry("2611.00102v1", "Wednesday", published="2026-11-22T10:00:00Z")],
+        [
+            atom_entry("2611.00103v1", "Thursday", published="2026-11-23T10:00:00Z"),
+            atom_entry("2611.00102v1", "Wednesday", published="2026-11-22T10:00:00Z"),
+        ],
         total=4,
     )
     serve_pages(httpserver, {0: page_1, 2: Response("overloaded", status=503)})
@@ -188,8 +202,10 @@ def test_a_failed_run_resumes_from_its_checkpoint(httpserver: HTTPServer, make_c
     assert store.source_cursor("arxiv") == checkpoint  # but the checkpoint stays
     httpserver.clear()
     page_2 = atom_feed(
-        [atom_entry("2611.00101v1", "Tuesday", published="2026-11-21T10:00:00Z"),
-         atom_entry("2611.00100v1", "Monday", published="2026-11-20T10:00:00Z")],
+        [
+            atom_entry("2611.00101v1", "Tuesday", published="2026-11-21T10:00:00Z"),
+            atom_entry("2611.00100v1", "Monday", published="2026-11-20T10:00:00Z"),
+        ],
         total=4,
     )
     serve_pages(httpserver, {0: page_1, 2: page_2})
@@ -229,9 +245,20 @@ def test_the_checkpoint_never_passes_the_real_clock(httpserver: HTTPServer, make
     from digest.sources.arxiv import fetch_arxiv
 
     tomorrow = (NOW + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    serve_pages(httpserver, {0: atom_feed([atom_entry("2611.30001v1", "Dated Ahead", published=tomorrow),
-                                           atom_entry("2611.30002v1", "Of Today", published="2026-11-23T09:00:00Z")])})
+    serve_pages(
+        httpserver,
+        {
+            0: atom_feed(
+                [
+                    atom_entry("2611.30001v1", "Dated Ahead", published=tomorrow),
+                    atom_entry("2611.30002v1", "Of Today", published="2026-11-23T09:00:00Z"),
+                ]
+            )
+        },
+    )
     settings = make_config(arxiv_source(httpserver.url_for("")))
-    result = fetch_arxiv(settings.sources[0], None, NOW + timedelta(days=2), FetchOptions(sleep=lambda s: None, clock=lambda: NOW))
+    result = fetch_arxiv(
+        settings.sources[0], None, NOW + timedelta(days=2), FetchOptions(sleep=lambda s: None, clock=lambda: NOW)
+    )
     assert len(result.records) == 2
     assert result.cursor == NOW.isoformat()

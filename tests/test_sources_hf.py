@@ -51,7 +51,12 @@ def test_each_day_since_the_checkpoint(httpserver: HTTPServer, make_config: Conf
     assert asked == ["2026-11-21", "2026-11-22", "2026-11-23"]  # oldest first, empty days are normal
     assert report.error == "" and report.counts.new == 2 and not report.skipped
     [lora] = store.papers(["2611.10001"])
-    assert (lora.title, lora.abstract, lora.upvotes, lora.comments) == ("LoRA Revisited", "Low-rank adaptation, again.", 42, 3)
+    assert (lora.title, lora.abstract, lora.upvotes, lora.comments) == (
+        "LoRA Revisited",
+        "Low-rank adaptation, again.",
+        42,
+        3,
+    )
     assert lora.authors == ["Grace Hopper", "HF Community"] and lora.url == "https://huggingface.co/papers/2611.10001"
     assert store.papers(["2611.20005"])[0].title == "World Models that Plan"  # markup stripped
     assert store.source_cursor("hf") == "2026-11-22"  # today's list still grows: fetched again next run
@@ -71,7 +76,9 @@ def test_since_overrides_the_checkpoint_and_upvotes_refresh(
     settings = make_config(hf_source(httpserver.url_for("")))
     ingest(store, settings, NOW, sleep=lambda s: None)
     httpserver.clear()
-    asked = serve_days(httpserver, {"2026-11-22": hf_json(hf_item("2611.10001", "LoRA Revisited", upvotes=50, comments=4))})
+    asked = serve_days(
+        httpserver, {"2026-11-22": hf_json(hf_item("2611.10001", "LoRA Revisited", upvotes=50, comments=4))}
+    )
     [report] = ingest(store, settings, NOW, since=TODAY - timedelta(days=1), sleep=lambda s: None)
     assert asked == ["2026-11-22", "2026-11-23"] and report.counts.updated == 1
     assert (store.papers()[0].upvotes, store.papers()[0].comments) == (50, 4)
@@ -81,11 +88,14 @@ def test_since_overrides_the_checkpoint_and_upvotes_refresh(
 def test_invalid_json_skips_the_day_and_holds_the_checkpoint(
     httpserver: HTTPServer, make_config: ConfigFactory, store: Store
 ) -> None:
-    asked = serve_days(httpserver, {
-        "2026-11-21": hf_json(hf_item("2611.00001", "Friday Paper")),
-        "2026-11-22": '[{"paper": {"id": "2611.0',
-        "2026-11-23": hf_json(hf_item("2611.00003", "Sunday Paper")),
-    })
+    asked = serve_days(
+        httpserver,
+        {
+            "2026-11-21": hf_json(hf_item("2611.00001", "Friday Paper")),
+            "2026-11-22": '[{"paper": {"id": "2611.0',
+            "2026-11-23": hf_json(hf_item("2611.00003", "Sunday Paper")),
+        },
+    )
     settings = make_config(hf_source(httpserver.url_for("")))
     [report] = ingest(store, settings, NOW, sleep=lambda s: None)
     assert report.error == "" and report.counts.new == 2
@@ -169,10 +179,13 @@ def test_a_client_error_is_not_retried(httpserver: HTTPServer, make_config: Conf
 def test_a_day_that_fails_keeps_earlier_days_and_resumes_there(
     httpserver: HTTPServer, make_config: ConfigFactory, store: Store
 ) -> None:
-    asked = serve_days(httpserver, {
-        "2026-11-21": hf_json(hf_item("2611.00001", "Friday Paper")),
-        "2026-11-22": Response("down for maintenance", status=503),
-    })
+    asked = serve_days(
+        httpserver,
+        {
+            "2026-11-21": hf_json(hf_item("2611.00001", "Friday Paper")),
+            "2026-11-22": Response("down for maintenance", status=503),
+        },
+    )
     settings = make_config(hf_source(httpserver.url_for(""), max_attempts=2))
     [report] = ingest(store, settings, NOW, sleep=lambda s: None)
     assert "HTTP 503" in report.error and report.counts.new == 1
@@ -185,22 +198,27 @@ def test_a_day_that_fails_keeps_earlier_days_and_resumes_there(
 
 
 def test_hostile_answers_are_cleaned_or_refused_and_the_run_goes_on(
-        httpserver: HTTPServer, make_config: ConfigFactory, store: Store) -> None:
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
     """Numbers past what the store holds, lone surrogates, private-use text and nesting 100,000 deep
     on one day; an answer too big to hold on another: each day is cleaned or refused on its own."""
     import gzip
 
     from digest.sources import http
 
-    hostile = hf_json(hf_item("2611.00011", "Big \ud800 Counts \ue000zzz\ue001", upvotes=1e308)
-                      | {"numComments": 10**30}).replace("1e+308", "1e999")
+    hostile = hf_json(
+        hf_item("2611.00011", "Big \ud800 Counts \ue000zzz\ue001", upvotes=1e308) | {"numComments": 10**30}
+    ).replace("1e+308", "1e999")
     deep = "[" * 100_000 + "]" * 100_000
     bomb = gzip.compress(b"[" + b" " * (http.MAX_RESPONSE_BYTES + 10) + b"]")
-    serve_days(httpserver, {
-        "2026-11-21": Response(bomb, content_type="application/json", headers={"Content-Encoding": "gzip"}),
-        "2026-11-22": deep,
-        "2026-11-23": hostile,
-    })
+    serve_days(
+        httpserver,
+        {
+            "2026-11-21": Response(bomb, content_type="application/json", headers={"Content-Encoding": "gzip"}),
+            "2026-11-22": deep,
+            "2026-11-23": hostile,
+        },
+    )
     settings = make_config(hf_source(httpserver.url_for(""), max_days=3))
     [report] = ingest(store, settings, NOW, sleep=lambda s: None)
     assert "larger than 64 MB" in report.error  # the first day: refused, named

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from digest.errors import StoreError
 from digest.sources.base import PaperRecord
 from digest.store import FAILED, LIKE, PENDING, SENT, SENT_STATUS, Store
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def paper(pid: str, title: str, **rest: object) -> PaperRecord:
@@ -38,15 +38,27 @@ def test_interactions_single_and_bulk(store: Store) -> None:
     assert store.add_interactions_many([(b, "p3"), (b, "p4")], SENT, NOW, origin="digest") == 2
     assert store.paper_ids_for(a, [LIKE]) == {"p0", "p1", "p2"}
     assert store.papers_seen([a, b], ["p0", "p3", "p4"], [LIKE, SENT]) == {a: {"p0"}, b: {"p3", "p4"}}
-    assert sorted((r.email, r.paper_id) for r in store.interactions([SENT])) == [("b@example.org", "p3"), ("b@example.org", "p4")]
+    assert sorted((r.email, r.paper_id) for r in store.interactions([SENT])) == [
+        ("b@example.org", "p3"),
+        ("b@example.org", "p4"),
+    ]
 
 
 def test_deliveries_plan_claim_finish(store: Store) -> None:
     store.upsert_papers([paper("p1", "Paper 1")], NOW)
     ids = list(store.add_subscribers([{"email": f"r{i}@example.org"} for i in range(5)], NOW).values())
     day = NOW.date()
-    plan = [{"subscriber_id": sid, "digest_date": day, "papers": ["p1"], "reasons": ["close to x"],
-             "trending": [["p1", 3]], "message_id": f"<{sid}@x>"} for sid in ids]
+    plan = [
+        {
+            "subscriber_id": sid,
+            "digest_date": day,
+            "papers": ["p1"],
+            "reasons": ["close to x"],
+            "trending": [["p1", 3]],
+            "message_id": f"<{sid}@x>",
+        }
+        for sid in ids
+    ]
     store.plan_deliveries(plan, NOW)
     store.plan_deliveries(plan, NOW)  # one digest a day: the second plan adds nothing
     assert store.delivery_status_counts(day) == {PENDING: 5}
@@ -60,7 +72,9 @@ def test_deliveries_plan_claim_finish(store: Store) -> None:
 
     store.record_outcome(first[0], SENT_STATUS, NOW, worker="w1")
     store.record_outcome(first[1], FAILED, NOW, worker="w1", error="550 no such user")
-    store.record_outcome(first[2], PENDING, NOW, worker="w1", error="421 try later", next_attempt_at=NOW + timedelta(minutes=15))
+    store.record_outcome(
+        first[2], PENDING, NOW, worker="w1", error="421 try later", next_attempt_at=NOW + timedelta(minutes=15)
+    )
     store.record_outcome(second[0], SENT_STATUS, NOW, worker="w1")  # not w1's claim: nothing changes
     for row in second:  # w2 gives its rows back untried
         store.record_outcome(row, PENDING, NOW, worker="w2", attempted=False)
@@ -96,15 +110,15 @@ def test_an_old_schema_on_a_server_is_refused(database_url: str) -> None:
         Store(database_url, migrate=False).close()
 
 
-def _open_store(url: str, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+def _open_store(url: str, results) -> None:
     try:
         Store(url).close()
         results.put("ok")
-    except Exception as e:  # noqa: BLE001 - reported to the parent
+    except Exception as e:
         results.put(f"{type(e).__name__}: {e}")
 
 
-def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None:  # noqa: ANN001
+def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None:
     """A run and its workers starting together on a fresh SQLite file: one creates the schema,
     the others wait for it instead of failing on tables or a version row that just appeared."""
     import multiprocessing

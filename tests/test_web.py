@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from html import unescape
@@ -34,7 +34,7 @@ from digest.web import create_app
 
 from .conftest import ConfigFactory, Inbox, write_config
 
-DAY_ONE = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+DAY_ONE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LANGUAGE = re.compile(r"language|llm|text|token|sentence|retrieval|translation|bert|word|document|query|nlp", re.I)
 
 CONFIG = """
@@ -79,7 +79,7 @@ class Clock:
 
     @property
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, timezone.utc)
+        return datetime.fromtimestamp(self.t, UTC)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class World:
         path = self.settings.outbox_path / day / f"{email}.eml"
         return message_from_bytes(path.read_bytes(), policy=policy.default)
 
-    def run(self, **kwargs: object):  # noqa: ANN201 - RunReport
+    def run(self, **kwargs: object):
         return run_daily(self.clock.now, self.settings, store=self.store, force=True, **kwargs)  # type: ignore[arg-type]
 
     def count(self, email: str, kind: str) -> int:
@@ -122,8 +122,9 @@ def _template() -> Path:
     return _TEMPLATE[0]
 
 
-def make_world(make_config: ConfigFactory, *, smtp_port: int | None = None, subscribe_limit: int = 50,
-               link_limit: int = 1000) -> Iterator[World]:
+def make_world(
+    make_config: ConfigFactory, *, smtp_port: int | None = None, subscribe_limit: int = 50, link_limit: int = 1000
+) -> Iterator[World]:
     """The web front over a store the daily job filled (two readers, their digests sent); through a
     real SMTP server when `smtp_port` is given, else from a copy of the outbox world's first run."""
     body = CONFIG.format(subscribe_limit=subscribe_limit, link_limit=link_limit)
@@ -166,11 +167,13 @@ def paper_blocks(html: str) -> list[dict[str, str]]:
         hrefs = dict(re.findall(r'class="(title|more|fewer)"[^>]*href="([^"]+)"', chunk))
         hrefs |= {k: v for v, k in re.findall(r'href="([^"]+)"[^>]*class="(title|more|fewer)"', chunk)}
         hrefs["click"] = hrefs.pop("title", "")
-        blocks.append({**{k: unescape(v) for k, v in hrefs.items()}, "title": unescape(title.group(1)) if title else ""})
+        blocks.append(
+            {**{k: unescape(v) for k, v in hrefs.items()}, "title": unescape(title.group(1)) if title else ""}
+        )
     return blocks
 
 
-def csrf_of(response) -> str:  # noqa: ANN001 - httpx.Response
+def csrf_of(response) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', response.text)
     assert match, response.text
     return match.group(1)
@@ -178,7 +181,10 @@ def csrf_of(response) -> str:  # noqa: ANN001 - httpx.Response
 
 def state(world: World) -> tuple:
     """Everything a bad request must not change."""
-    subs = [(s.email, s.active, s.timezone, s.send_at, tuple(s.keywords)) for s in world.store.subscribers(active_only=False)]
+    subs = [
+        (s.email, s.active, s.timezone, s.send_at, tuple(s.keywords))
+        for s in world.store.subscribers(active_only=False)
+    ]
     rows = world.store.interactions([LIKE, DISLIKE, CLICKED])
     return subs, sorted((r.email, r.paper_id, r.kind) for r in rows)
 
@@ -230,7 +236,7 @@ def test_more_like_this_moves_the_next_digest_towards_that_paper(world: World) -
     assert not set(picks_one) & set(picks_two)  # sent papers are not sent again
 
 
-def press(world: World, link: str):  # noqa: ANN201 - httpx.Response
+def press(world: World, link: str):
     """Open a feedback link from the email (GET: a question) and press its button (POST)."""
     page = world.client.get(local(link))
     assert page.status_code == 200 and '<form method="post"' in page.text, page.text
@@ -301,9 +307,12 @@ def test_forged_altered_truncated_and_foreign_tokens_change_nothing(world: World
     good = links.make_token(key, purpose, payload, clock=world.clock)
     before = state(world)
     for label, token in _bad_tokens(world, good, purpose).items():
-        for method in ("GET", "POST") if path in ("/unsubscribe", "/confirm", "/preferences", "/feedback") else ("GET",):
-            response = world.client.request(method, path, params={"t": token}, data={"List-Unsubscribe": "One-Click"},
-                                            follow_redirects=False)
+        for method in (
+            ("GET", "POST") if path in ("/unsubscribe", "/confirm", "/preferences", "/feedback") else ("GET",)
+        ):
+            response = world.client.request(
+                method, path, params={"t": token}, data={"List-Unsubscribe": "One-Click"}, follow_redirects=False
+            )
             assert response.status_code == 400, (label, method, response.status_code)
             assert "This link does not work" in response.text and "Nothing was changed" in response.text
             assert "<script>alert" not in response.text
@@ -315,10 +324,16 @@ def test_expired_tokens_are_refused(world: World, path: str) -> None:
     vera = world.store.subscriber(email="vera@example.org")
     pid = world.store.delivery(vera.id, DAY_ONE.date()).papers[0]
     url = {
-        "/feedback": links.feedback_url(world.settings, links.secret_key(world.settings), vera.id, pid, "like", clock=world.clock),
+        "/feedback": links.feedback_url(
+            world.settings, links.secret_key(world.settings), vera.id, pid, "like", clock=world.clock
+        ),
         "/click": links.click_url(world.settings, links.secret_key(world.settings), vera.id, pid, clock=world.clock),
-        "/unsubscribe": links.unsubscribe_url(world.settings, links.secret_key(world.settings), vera.email, clock=world.clock),
-        "/preferences": links.manage_url(world.settings, links.secret_key(world.settings), vera.email, clock=world.clock),
+        "/unsubscribe": links.unsubscribe_url(
+            world.settings, links.secret_key(world.settings), vera.email, clock=world.clock
+        ),
+        "/preferences": links.manage_url(
+            world.settings, links.secret_key(world.settings), vera.email, clock=world.clock
+        ),
     }[path]
     before = state(world)
     world.clock.advance(days=61)
@@ -344,7 +359,9 @@ def test_click_records_and_redirects_only_to_the_stored_paper(world: World) -> N
     assert world.count("vera@example.org", CLICKED) == 1
     assert world.client.get(click + "&t=https://evil.example", follow_redirects=False).status_code == 400
     # A stored address that is not http(s) is never redirected to.
-    world.store.upsert_papers([PaperRecord(id="evil-1", title="Evil paper", url="javascript:alert(1)")], world.clock.now)
+    world.store.upsert_papers(
+        [PaperRecord(id="evil-1", title="Evil paper", url="javascript:alert(1)")], world.clock.now
+    )
     vera = world.store.subscriber(email="vera@example.org")
     evil = links.click_url(world.settings, links.secret_key(world.settings), vera.id, "evil-1", clock=world.clock)
     location = world.client.get(local(evil), follow_redirects=False).headers["location"]
@@ -358,12 +375,13 @@ def test_unsubscribe_get_asks_one_click_post_unsubscribes_and_the_file_does_not_
     msg = world.outbox("vera@example.org")
     url = msg["List-Unsubscribe"].split(",")[1].strip(" <>")
     page = world.client.get(local(url))
-    assert page.status_code == 200 and "<form method=\"post\"" in page.text and "Unsubscribe</button>" in page.text
+    assert page.status_code == 200 and '<form method="post"' in page.text and "Unsubscribe</button>" in page.text
     assert world.store.subscriber(email="vera@example.org").active
     # A mail provider's RFC 8058 POST: no cookie, no CSRF field, just the signed URL.
     fresh = TestClient(world.client.app, base_url="https://digest.example.org")
-    response = fresh.post(local(url), content=b"List-Unsubscribe=One-Click",
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = fresh.post(
+        local(url), content=b"List-Unsubscribe=One-Click", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 200 and "You are unsubscribed" in response.text
     assert not world.store.subscriber(email="vera@example.org").active
     assert fresh.post(local(url), data={"List-Unsubscribe": "One-Click"}).status_code == 200  # idempotent
@@ -384,7 +402,7 @@ def smtp_world(make_config: ConfigFactory, smtp_server: tuple[Inbox, int]) -> It
         yield w, inbox
 
 
-def subscribe(client: TestClient, **fields: str):  # noqa: ANN201 - httpx.Response
+def subscribe(client: TestClient, **fields: str):
     form = client.get("/subscribe")
     data = {"csrf": csrf_of(form), "timezone": "UTC", "send_at": "07:30", **fields}
     return client.post("/subscribe", data=data)
@@ -399,8 +417,16 @@ def test_double_opt_in_nothing_goes_out_before_confirmation(smtp_world: tuple[Wo
     search = world.client.get("/subscribe", params={"q": "vision transformer"})
     assert "Papers matching" in search.text and 'name="liked_id"' in search.text
     liked_id = re.search(r'name="liked_id" value="([^"]+)"', search.text).group(1)
-    response = subscribe(world.client, email="Nia@Example.org", name="Nia", timezone="Asia/Tokyo", send_at="08:15",
-                         keywords="object detection, segmentation", liked="A ConvNet for the 2020s", liked_id=liked_id)
+    response = subscribe(
+        world.client,
+        email="Nia@Example.org",
+        name="Nia",
+        timezone="Asia/Tokyo",
+        send_at="08:15",
+        keywords="object detection, segmentation",
+        liked="A ConvNet for the 2020s",
+        liked_id=liked_id,
+    )
     assert response.status_code == 200 and "Check your inbox" in response.text
     (msg,) = inbox.to("nia@example.org")
     assert msg["Subject"] == "Confirm your paper digest"
@@ -455,7 +481,10 @@ def test_subscribe_validates_limits_and_escapes(world: World) -> None:
     assert "<script>alert(1)</script>" not in bad.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in bad.text
     assert subscribe(world.client, email="not-an-address").status_code == 400
     assert subscribe(world.client, email="a" * 300 + "@example.org").status_code == 400
-    assert subscribe(world.client, email="x@example.org", keywords=", ".join(f"k{i}" for i in range(30))).status_code == 400
+    assert (
+        subscribe(world.client, email="x@example.org", keywords=", ".join(f"k{i}" for i in range(30))).status_code
+        == 400
+    )
     unknown = subscribe(world.client, email="x@example.org", liked="No Such Paper At All 123")
     assert unknown.status_code == 400 and "no paper found" in unknown.text
     form = world.client.get("/subscribe")
@@ -491,7 +520,9 @@ def test_rate_limits_per_client_with_a_moving_clock(make_config: ConfigFactory) 
         assert codes == [200, 200, 429]
         world.clock.advance(seconds=601)
         assert subscribe(world.client, email="r9@example.org").status_code == 200
-        url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
+        url = local(
+            links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock)
+        )
         codes = [world.client.get(url).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
         assert world.client.get("/feedback?t=whatever").status_code == 429  # the same bucket for every link
@@ -505,9 +536,14 @@ def test_web_processes_share_the_rate_limits_through_the_database(make_config: C
     for world in make_world(make_config, link_limit=3):
         other_store = Store(world.settings.database_url)
         try:
-            with TestClient(create_app(world.settings, store=other_store, clock=world.clock),
-                            base_url="https://digest.example.org") as other:
-                url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
+            with TestClient(
+                create_app(world.settings, store=other_store, clock=world.clock), base_url="https://digest.example.org"
+            ) as other:
+                url = local(
+                    links.manage_url(
+                        world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock
+                    )
+                )
                 codes = [client.get(url).status_code for client in (world.client, other, world.client, other)]
                 assert codes == [200, 200, 200, 429]
                 assert world.client.get(url).status_code == 429
@@ -529,7 +565,9 @@ def test_web_processes_share_the_rate_limits_through_the_database(make_config: C
 
 def _web_subscriber(world: World, email: str) -> str:
     """A confirmed web subscriber; returns their preferences link (path)."""
-    world.store.request_subscription(email, {"timezone": "UTC", "send_at": "07:30", "keywords": [], "name": ""}, [], world.clock.now)
+    world.store.request_subscription(
+        email, {"timezone": "UTC", "send_at": "07:30", "keywords": [], "name": ""}, [], world.clock.now
+    )
     world.store.confirm_subscription(email, world.clock.now)
     return local(links.manage_url(world.settings, links.secret_key(world.settings), email, clock=world.clock))
 
@@ -538,14 +576,24 @@ def test_web_subscriber_edits_preferences_in_the_database(world: World) -> None:
     url = _web_subscriber(world, "pia@example.org")
     page = world.client.get(url)
     assert page.status_code == 200 and 'name="timezone"' in page.text and " readonly>" not in page.text
-    saved = world.client.post(url, data={"csrf": csrf_of(page), "timezone": "America/Chicago", "send_at": "06:05",
-                                         "max_papers": "4", "keywords": "graph neural networks, molecules",
-                                         "exclude_keywords": "medical"})
+    saved = world.client.post(
+        url,
+        data={
+            "csrf": csrf_of(page),
+            "timezone": "America/Chicago",
+            "send_at": "06:05",
+            "max_papers": "4",
+            "keywords": "graph neural networks, molecules",
+            "exclude_keywords": "medical",
+        },
+    )
     assert saved.status_code == 200 and "Saved" in saved.text
     pia = world.store.subscriber(email="pia@example.org")
     assert (pia.timezone, pia.send_at, pia.max_papers) == ("America/Chicago", "06:05", 4)
     assert pia.keywords == ["graph neural networks", "molecules"] and pia.exclude_keywords == ["medical"]
-    bad = world.client.post(url, data={"csrf": csrf_of(page), "timezone": "UTC", "send_at": "25:00", "max_papers": "500"})
+    bad = world.client.post(
+        url, data={"csrf": csrf_of(page), "timezone": "UTC", "send_at": "25:00", "max_papers": "500"}
+    )
     assert bad.status_code == 400 and "1 to 50" in bad.text
     world.clock.advance(days=1)
     world.run()  # the file's sync leaves web subscribers alone
@@ -563,30 +611,48 @@ def test_how_often_is_chosen_at_sign_up_and_changed_in_preferences(smtp_world: t
     bad = subscribe(world.client, email="odd@example.org", frequency="hourly")
     assert bad.status_code == 400 and "daily" in bad.text and 'value="hourly"' not in bad.text
     assert world.store.subscriber(email="odd@example.org") is None
-    assert "Check your inbox" in subscribe(world.client, email="wes@example.org", frequency="weekly", weekly_day="Friday").text
+    assert (
+        "Check your inbox"
+        in subscribe(world.client, email="wes@example.org", frequency="weekly", weekly_day="Friday").text
+    )
     page = world.client.get(local(confirm_link(inbox.to("wes@example.org")[0])))
     done = world.client.post(local(confirm_link(inbox.to("wes@example.org")[0])), data={"csrf": csrf_of(page)})
     assert "07:30 UTC, Fridays" in done.text
     wes = world.store.subscriber(email="wes@example.org")
     assert (wes.frequency, wes.weekly_day) == ("weekly", "friday")
-    thursday, friday = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc), datetime(2026, 11, 27, 9, 0, tzinfo=timezone.utc)
+    thursday, friday = datetime(2026, 11, 26, 9, 0, tzinfo=UTC), datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
     assert not is_due(wes, thursday) and is_due(wes, friday)
 
     url = local(links.manage_url(world.settings, links.secret_key(world.settings), wes.email, clock=world.clock))
     prefs = world.client.get(url)
     assert '<option value="weekly" selected>' in prefs.text and '<option value="friday" selected>' in prefs.text
-    saved = world.client.post(url, data={"csrf": csrf_of(prefs), "timezone": "UTC", "send_at": "07:30", "max_papers": "5",
-                                         "frequency": "weekdays", "weekly_day": "friday"})
+    saved = world.client.post(
+        url,
+        data={
+            "csrf": csrf_of(prefs),
+            "timezone": "UTC",
+            "send_at": "07:30",
+            "max_papers": "5",
+            "frequency": "weekdays",
+            "weekly_day": "friday",
+        },
+    )
     assert saved.status_code == 200 and "Saved" in saved.text
     wes = world.store.subscriber(email="wes@example.org")
-    assert wes.frequency == "weekdays" and is_due(wes, thursday) and not is_due(wes, datetime(2026, 11, 28, 9, tzinfo=timezone.utc))
+    assert (
+        wes.frequency == "weekdays" and is_due(wes, thursday) and not is_due(wes, datetime(2026, 11, 28, 9, tzinfo=UTC))
+    )
 
 
 def test_config_subscriber_preferences_are_read_only_the_file_wins(world: World) -> None:
-    url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
+    url = local(
+        links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock)
+    )
     page = world.client.get(url)
     assert " readonly>" in page.text and "preferences file" in page.text
-    response = world.client.post(url, data={"csrf": csrf_of(page), "timezone": "Asia/Tokyo", "send_at": "09:00", "max_papers": "3"})
+    response = world.client.post(
+        url, data={"csrf": csrf_of(page), "timezone": "Asia/Tokyo", "send_at": "09:00", "max_papers": "3"}
+    )
     assert response.status_code == 409
     assert world.store.subscriber(email="vera@example.org").timezone == "Europe/Berlin"
 
@@ -594,20 +660,26 @@ def test_config_subscriber_preferences_are_read_only_the_file_wins(world: World)
 def test_likes_are_listed_and_web_likes_can_be_removed(world: World) -> None:
     block = paper_blocks(html_of(world.outbox("vera@example.org")))[0]
     assert "Thanks, noted" in press(world, block["more"]).text
-    url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock))
+    url = local(
+        links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock)
+    )
     page = world.client.get(url)
     assert "A ConvNet for the 2020s" in page.text and "from the preferences file" in page.text
     vera = world.store.subscriber(email="vera@example.org")
     pid = next(p.id for p, origin in world.store.liked_papers(vera.id) if origin == "web")
-    removed = world.client.post(url.replace("/preferences?", "/preferences/likes?"),
-                                data={"csrf": csrf_of(page), "paper": pid, "kind": "like"})
+    removed = world.client.post(
+        url.replace("/preferences?", "/preferences/likes?"), data={"csrf": csrf_of(page), "paper": pid, "kind": "like"}
+    )
     assert removed.status_code == 200 and "Removed." in removed.text
     assert [origin for _, origin in world.store.liked_papers(vera.id)] == ["config"]
 
 
 def test_digest_page_shows_the_latest_digest_with_the_email_templates(world: World) -> None:
-    url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org",
-                                 clock=world.clock, path="/digest"))
+    url = local(
+        links.manage_url(
+            world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock, path="/digest"
+        )
+    )
     page = world.client.get(url)
     assert page.status_code == 200 and "Picked for you" in page.text and "Trending today" in page.text
     email = html_of(world.outbox("vera@example.org"))
@@ -618,19 +690,23 @@ def test_digest_page_shows_the_latest_digest_with_the_email_templates(world: Wor
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
 
 
-def test_a_digest_that_cannot_be_rendered_gets_a_message_page_not_a_500(world: World,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_digest_that_cannot_be_rendered_gets_a_message_page_not_a_500(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """compose raising one of our errors (a RenderError: text no renderer takes) is a page that says
     so; the renderer is the only fake here, everything before it (the store, compose) is real."""
     import digest.pipeline
     from digest.errors import RenderError
 
-    def refuse(view):  # noqa: ANN001, ANN202 - digest.render.DigestView
+    def refuse(view):
         raise RenderError(f"could not render the digest for {view.email}: ValueError: no")
 
     monkeypatch.setattr(digest.pipeline, "render_digest", refuse)
-    url = local(links.manage_url(world.settings, links.secret_key(world.settings), "vera@example.org",
-                                 clock=world.clock, path="/digest"))
+    url = local(
+        links.manage_url(
+            world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock, path="/digest"
+        )
+    )
     page = world.client.get(url)
     assert page.status_code == 200 and "This digest cannot be shown" in page.text
     assert "/preferences?t=" in page.text and "Something went wrong" not in page.text

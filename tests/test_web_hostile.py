@@ -47,8 +47,15 @@ from .conftest import ConfigFactory, Inbox, digest_serve, free_port
 
 KEY = "hostile-forms-test-key-not-a-secret"
 FORM = "application/x-www-form-urlencoded"
-PAPERS = [PaperRecord(id=f"2411.0000{i}", title=f"Hostile input paper number {i}", abstract="About forms.",
-                      url=f"https://arxiv.org/abs/2411.0000{i}") for i in range(1, 8)]
+PAPERS = [
+    PaperRecord(
+        id=f"2411.0000{i}",
+        title=f"Hostile input paper number {i}",
+        abstract="About forms.",
+        url=f"https://arxiv.org/abs/2411.0000{i}",
+    )
+    for i in range(1, 8)
+]
 P1, P2, P3, P4, P5, P6, P7 = (p.id for p in PAPERS)
 
 CONFIG = """
@@ -116,8 +123,10 @@ class Front:
     def snapshot(self) -> list:
         """Every row a bad request must leave alone (the rate-limit counts aside)."""
         with self.store.session() as s:
-            return [sorted(repr(r.model_dump()) for r in s.exec(select(model)))
-                    for model in (Subscriber, Interaction, OptOut, PendingSignup, UsedToken)]
+            return [
+                sorted(repr(r.model_dump()) for r in s.exec(select(model)))
+                for model in (Subscriber, Interaction, OptOut, PendingSignup, UsedToken)
+            ]
 
     def reader(self, email: str) -> Subscriber:
         row = self.store.subscriber(email=email)
@@ -161,8 +170,12 @@ def _serve(folder: Path, *, smtputf8: bool) -> Iterator[Front]:
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port, enable_SMTPUTF8=smtputf8)
     smtp.start()
     config = folder / "digest.toml"
-    config.write_text(CONFIG.format(data=(folder / "data").as_posix(), smtp_port=smtp_port, port=port,
-                                    smtputf8=str(smtputf8).lower()), encoding="utf-8")
+    config.write_text(
+        CONFIG.format(
+            data=(folder / "data").as_posix(), smtp_port=smtp_port, port=port, smtputf8=str(smtputf8).lower()
+        ),
+        encoding="utf-8",
+    )
     settings = load_settings(config, env={"DIGEST_SECRET_KEY": KEY})
     store = Store(settings.database_url)  # the schema exists before the server starts
     now = datetime.now(UTC)
@@ -268,26 +281,36 @@ def test_large_bodies_answer_413_declared_or_not(front: Front) -> None:
         assert done.status_code == 200 and "Check your inbox" in done.text
     assert not front.reader("chunked@example.org").active
     with front.client() as client:  # and one without a Content-Type (curl -d sends one, a script may not)
-        response = _post(client, "/subscribe", _form(front.csrf(client), email="untyped@example.org"), content_type=None)
+        response = _post(
+            client, "/subscribe", _form(front.csrf(client), email="untyped@example.org"), content_type=None
+        )
         assert "content-type" not in response.request.headers
         assert response.status_code == 200 and "Check your inbox" in response.text
 
 
-@pytest.mark.parametrize("content_type, body", [
-    ("multipart/form-data; boundary=xyz",
-     b'--xyz\r\nContent-Disposition: form-data; name="email"\r\n\r\nmp@example.org\r\n--xyz--\r\n'),
-    ("application/json", b'{"email": "json@example.org", "timezone": "UTC"}'),
-    ("text/plain", b"email=plain@example.org"),
-    ("application/x-www-form-urlencoded; charset=iso-8859-1", b"email=latin%E9@example.org"),
-    ("application/x-www-form-urlencoded; charset=utf-16", "email=u16@example.org".encode("utf-16")),
-    ("image/png", b"\x89PNG\r\n\x1a\n"),
-])
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="email"\r\n\r\nmp@example.org\r\n--xyz--\r\n',
+        ),
+        ("application/json", b'{"email": "json@example.org", "timezone": "UTC"}'),
+        ("text/plain", b"email=plain@example.org"),
+        ("application/x-www-form-urlencoded; charset=iso-8859-1", b"email=latin%E9@example.org"),
+        ("application/x-www-form-urlencoded; charset=utf-16", "email=u16@example.org".encode("utf-16")),
+        ("image/png", b"\x89PNG\r\n\x1a\n"),
+    ],
+)
 def test_other_content_types_answer_415_on_form_routes(front: Front, content_type: str, body: bytes) -> None:
     before = front.snapshot()
     with front.client() as client:
         csrf = front.csrf(client)
-        for path in ("/subscribe", front.manage("vera@example.org"), front.manage("vera@example.org").replace(
-                "/preferences?", "/preferences/likes?")):
+        for path in (
+            "/subscribe",
+            front.manage("vera@example.org"),
+            front.manage("vera@example.org").replace("/preferences?", "/preferences/likes?"),
+        ):
             _refused(_post(client, path, body + f"&csrf={csrf}".encode(), content_type), 415, "Not one of our forms")
     assert front.snapshot() == before
 
@@ -297,8 +320,12 @@ def test_one_click_unsubscribe_may_come_as_multipart(front: Front) -> None:
     front.web_reader("olga@example.org", liked=[P1])
     url = front.path(links.unsubscribe_url(front.settings, KEY, "olga@example.org"))
     with front.client() as client:
-        response = _post(client, url, b'--b\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
-                                      b"One-Click\r\n--b--\r\n", "multipart/form-data; boundary=b")
+        response = _post(
+            client,
+            url,
+            b'--b\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        )
     assert response.status_code == 200 and "You are unsubscribed" in response.text
     assert not front.reader("olga@example.org").active
 
@@ -306,39 +333,42 @@ def test_one_click_unsubscribe_may_come_as_multipart(front: Front) -> None:
 # -- bytes and characters in a field --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, piece", [
-    ("name", b"name=%ff%fe"),  # not UTF-8
-    ("name", b"name=caf\xe9"),  # raw Latin-1
-    ("name", b"name=a%00b"),  # NUL
-    ("name", b"name=a\x00b"),  # a raw NUL byte in the body
-    ("name", b"name=a%1b%5B31m"),  # an escape sequence
-    ("name", b"name=%e2%80%aeevil"),  # right-to-left override
-    ("name", b"name=a%0d%0aBcc:%20x@example.org"),  # a header injection
-    ("name", b"name=" + b"n" * 81),
-    ("email", b"email=a%00b@example.org"),
-    ("email", b"email=a%01@example.org"),
-    ("email", b"email=a%7f@example.org"),
-    ("email", b"email=%c3%28@example.org"),
-    ("email", b"email=a%e2%80%8b@example.org"),  # zero-width space
-    ("email", b"email=a%0a@example.org"),
-    ("keywords", b"keywords=graphs%2C%00"),
-    ("keywords", b"keywords=%ff"),
-    ("keywords", b"keywords=" + b",".join(b"k%d" % i for i in range(21))),
-    ("keywords", b"keywords=" + b"k" * 81),
-    ("liked", b"liked=%ff"),
-    ("liked", b"liked_id=2411.00001%00"),
-    ("liked", b"liked_id=" + b"x" * 301),
-    ("liked", b"&".join(b"liked_id=2411.%05d" % i for i in range(21))),
-    ("liked", b"liked=No%20such%20paper%20at%20all"),
-    ("timezone", b"timezone=UTC%00"),
-    ("timezone", b"timezone=Europe%2FBer%0alin"),
-    ("send_at", b"send_at=07%3A30%00"),
-    ("frequency", b"frequency=daily%00"),
-    ("frequency", b"frequency=hourly"),
-    ("frequency", b"frequency=%ef%bc%a4%ef%bc%a1%ef%bc%a9%ef%bc%ac%ef%bc%b9"),  # DAILY in full-width letters
-    ("weekly_day", b"weekly_day=funday"),
-    ("weekly_day", b"weekly_day=" + b"monday" * 10),
-])
+@pytest.mark.parametrize(
+    "field, piece",
+    [
+        ("name", b"name=%ff%fe"),  # not UTF-8
+        ("name", b"name=caf\xe9"),  # raw Latin-1
+        ("name", b"name=a%00b"),  # NUL
+        ("name", b"name=a\x00b"),  # a raw NUL byte in the body
+        ("name", b"name=a%1b%5B31m"),  # an escape sequence
+        ("name", b"name=%e2%80%aeevil"),  # right-to-left override
+        ("name", b"name=a%0d%0aBcc:%20x@example.org"),  # a header injection
+        ("name", b"name=" + b"n" * 81),
+        ("email", b"email=a%00b@example.org"),
+        ("email", b"email=a%01@example.org"),
+        ("email", b"email=a%7f@example.org"),
+        ("email", b"email=%c3%28@example.org"),
+        ("email", b"email=a%e2%80%8b@example.org"),  # zero-width space
+        ("email", b"email=a%0a@example.org"),
+        ("keywords", b"keywords=graphs%2C%00"),
+        ("keywords", b"keywords=%ff"),
+        ("keywords", b"keywords=" + b",".join(b"k%d" % i for i in range(21))),
+        ("keywords", b"keywords=" + b"k" * 81),
+        ("liked", b"liked=%ff"),
+        ("liked", b"liked_id=2411.00001%00"),
+        ("liked", b"liked_id=" + b"x" * 301),
+        ("liked", b"&".join(b"liked_id=2411.%05d" % i for i in range(21))),
+        ("liked", b"liked=No%20such%20paper%20at%20all"),
+        ("timezone", b"timezone=UTC%00"),
+        ("timezone", b"timezone=Europe%2FBer%0alin"),
+        ("send_at", b"send_at=07%3A30%00"),
+        ("frequency", b"frequency=daily%00"),
+        ("frequency", b"frequency=hourly"),
+        ("frequency", b"frequency=%ef%bc%a4%ef%bc%a1%ef%bc%a9%ef%bc%ac%ef%bc%b9"),  # DAILY in full-width letters
+        ("weekly_day", b"weekly_day=funday"),
+        ("weekly_day", b"weekly_day=" + b"monday" * 10),
+    ],
+)
 def test_bad_bytes_and_characters_are_field_errors_on_sign_up(front: Front, field: str, piece: bytes) -> None:
     before, mails = front.snapshot(), len(front.inbox.messages)
     with front.client() as client:
@@ -348,16 +378,19 @@ def test_bad_bytes_and_characters_are_field_errors_on_sign_up(front: Front, fiel
     assert front.snapshot() == before and len(front.inbox.messages) == mails
 
 
-@pytest.mark.parametrize("field, piece", [
-    ("timezone", b"timezone=%00"),
-    ("timezone", b"timezone=Europe"),
-    ("send_at", b"send_at=%ff"),
-    ("keywords", b"keywords=a%00b"),
-    ("exclude_keywords", b"exclude_keywords=%e2%80%ae"),
-    ("exclude_keywords", b"exclude_keywords=" + b",".join(b"k%d" % i for i in range(21))),
-    ("frequency", b"frequency=hourly"),
-    ("weekly_day", b"weekly_day=%00"),
-])
+@pytest.mark.parametrize(
+    "field, piece",
+    [
+        ("timezone", b"timezone=%00"),
+        ("timezone", b"timezone=Europe"),
+        ("send_at", b"send_at=%ff"),
+        ("keywords", b"keywords=a%00b"),
+        ("exclude_keywords", b"exclude_keywords=%e2%80%ae"),
+        ("exclude_keywords", b"exclude_keywords=" + b",".join(b"k%d" % i for i in range(21))),
+        ("frequency", b"frequency=hourly"),
+        ("weekly_day", b"weekly_day=%00"),
+    ],
+)
 def test_bad_bytes_and_characters_are_field_errors_on_preferences(front: Front, field: str, piece: bytes) -> None:
     front.store.subscriber(email="pim@example.org") or front.web_reader("pim@example.org", liked=[P1])
     url = front.manage("pim@example.org")
@@ -372,8 +405,17 @@ def test_bad_bytes_and_characters_are_field_errors_on_preferences(front: Front, 
 def test_bad_percent_escapes_and_repeated_fields_are_read_as_typed(front: Front) -> None:
     """Not an error: a browser never sends these, and nothing breaks (the first of repeated fields counts)."""
     with front.client() as client:
-        body = _form(front.csrf(client), "name=100%25%20%zz%", "email=first@example.org", "email=second@example.org",
-                     "timezone=Asia%2FTokyo", "timezone=Mars", "%ff%fe=unknown-field", "=nameless", "novalue")
+        body = _form(
+            front.csrf(client),
+            "name=100%25%20%zz%",
+            "email=first@example.org",
+            "email=second@example.org",
+            "timezone=Asia%2FTokyo",
+            "timezone=Mars",
+            "%ff%fe=unknown-field",
+            "=nameless",
+            "novalue",
+        )
         response = _post(client, "/subscribe", body)
     assert response.status_code == 200 and "Check your inbox" in response.text, response.text[:2000]
     first = front.reader("first@example.org")
@@ -384,8 +426,21 @@ def test_bad_percent_escapes_and_repeated_fields_are_read_as_typed(front: Front)
 # -- time zones, numbers and times ----------------------------------------------------------------
 
 
-ZONES = ["Europe", "Europe/", "America", "America/Argentina", "Etc", "../../../../etc/passwd", "/etc/localtime",
-         "Europe/Berlin/x", "Europe/../Europe/Berlin", "A" * 300, "Europe/" + "B" * 300, "zone.tab", "Mars/Olympus"]
+ZONES = [
+    "Europe",
+    "Europe/",
+    "America",
+    "America/Argentina",
+    "Etc",
+    "../../../../etc/passwd",
+    "/etc/localtime",
+    "Europe/Berlin/x",
+    "Europe/../Europe/Berlin",
+    "A" * 300,
+    "Europe/" + "B" * 300,
+    "zone.tab",
+    "Mars/Olympus",
+]
 
 
 def test_time_zone_folders_paths_and_long_names_are_field_errors(front: Front) -> None:
@@ -401,8 +456,9 @@ def test_time_zone_folders_paths_and_long_names_are_field_errors(front: Front) -
     assert front.snapshot() == before
 
 
-@pytest.mark.parametrize("value", ["²", "٣", "１０", "𝟓", "1e1", "-1", "+5", "0", "51", "500", "9" * 40, "1.5", "0x10",
-                                   "5%00", "five", "١٠"])
+@pytest.mark.parametrize(
+    "value", ["²", "٣", "１０", "𝟓", "1e1", "-1", "+5", "0", "51", "500", "9" * 40, "1.5", "0x10", "5%00", "five", "١٠"]
+)
 def test_max_papers_takes_ascii_digits_only(front: Front, value: str) -> None:
     front.store.subscriber(email="num@example.org") or front.web_reader("num@example.org", liked=[])
     url = front.manage("num@example.org")
@@ -414,8 +470,10 @@ def test_max_papers_takes_ascii_digits_only(front: Front, value: str) -> None:
     assert front.snapshot() == before
 
 
-@pytest.mark.parametrize("value", ["٠٧:٣٠", "0٧:30", "07:3٠", "𝟎𝟕:𝟑𝟎", "０７:３０", "24:00", "7:30", "07:30:00", "07.30",
-                                   "07:60", "x" * 3000])
+@pytest.mark.parametrize(
+    "value",
+    ["٠٧:٣٠", "0٧:30", "07:3٠", "𝟎𝟕:𝟑𝟎", "０７:３０", "24:00", "7:30", "07:30:00", "07.30", "07:60", "x" * 3000],
+)
 def test_send_at_takes_hh_mm_in_ascii_digits_only(front: Front, value: str) -> None:
     front.store.subscriber(email="clock@example.org") or front.web_reader("clock@example.org", liked=[])
     url = front.manage("clock@example.org")
@@ -432,23 +490,47 @@ def test_a_good_preferences_edit_still_saves(front: Front) -> None:
     front.store.subscriber(email="good@example.org") or front.web_reader("good@example.org", liked=[])
     url = front.manage("good@example.org")
     with front.client() as client:
-        body = _form(front.csrf(client, url), "timezone=America%2FArgentina%2FBuenos_Aires", "send_at=06%3A05",
-                     "max_papers=12", "keywords=graph+neural+networks%2C+mol%C3%A9cules", "frequency=weekly",
-                     "weekly_day=Friday")
+        body = _form(
+            front.csrf(client, url),
+            "timezone=America%2FArgentina%2FBuenos_Aires",
+            "send_at=06%3A05",
+            "max_papers=12",
+            "keywords=graph+neural+networks%2C+mol%C3%A9cules",
+            "frequency=weekly",
+            "weekly_day=Friday",
+        )
         response = _post(client, url, body)
     assert response.status_code == 200 and "Saved" in response.text, response.text[:2000]
     row = front.reader("good@example.org")
     assert (row.timezone, row.send_at, row.max_papers, row.frequency, row.weekly_day) == (
-        "America/Argentina/Buenos_Aires", "06:05", 12, "weekly", "friday")
+        "America/Argentina/Buenos_Aires",
+        "06:05",
+        12,
+        "weekly",
+        "friday",
+    )
     assert row.keywords == ["graph neural networks", "molécules"]
 
 
 # -- addresses --------------------------------------------------------------------------------------
 
 
-BAD_ADDRESSES = ["a\x00b@example.org", "a\x01@example.org", "a\x7f@example.org", "a\u200b@example.org",
-                 "a@example.org\u202e", "a\u0085b@example.org", "a" * 65 + "@example.org", "a@" + "b" * 250 + ".org",
-                 "a@b", "@example.org", "a@@example.org", "a b@example.org", "<a@example.org>", "a@example.org, b@example.org"]
+BAD_ADDRESSES = [
+    "a\x00b@example.org",
+    "a\x01@example.org",
+    "a\x7f@example.org",
+    "a\u200b@example.org",
+    "a@example.org\u202e",
+    "a\u0085b@example.org",
+    "a" * 65 + "@example.org",
+    "a@" + "b" * 250 + ".org",
+    "a@b",
+    "@example.org",
+    "a@@example.org",
+    "a b@example.org",
+    "<a@example.org>",
+    "a@example.org, b@example.org",
+]
 NON_ASCII = ["zoë@example.org", "x@exämple.org", "пётр@example.org", "a@例え.jp", "ａ@example.org"]
 
 
@@ -489,9 +571,17 @@ def test_odd_query_strings_and_tokens_get_a_4xx_page(front: Front) -> None:
         assert client.get("/subscribe?" + "&".join(f"q{i}=x" for i in range(1500))).status_code == 200
         assert client.get("/subscribe?q=" + "x" * 5000).status_code == 200
         for path in ("/preferences", "/digest", "/click", "/feedback", "/unsubscribe", "/confirm"):
-            for query in ("t=" + "x" * 5000, "t=%00", "t=%ff%fe", "t=" + quote("é" * 10), "t=" + good[:-1] + "%00",
-                          "t=" + good + "%0a", "&".join(["t=x"] * 500), "t=" + quote(good + "." + good),
-                          "t=" + quote("\x00".join([good] * 3))):
+            for query in (
+                "t=" + "x" * 5000,
+                "t=%00",
+                "t=%ff%fe",
+                "t=" + quote("é" * 10),
+                "t=" + good[:-1] + "%00",
+                "t=" + good + "%0a",
+                "&".join(["t=x"] * 500),
+                "t=" + quote(good + "." + good),
+                "t=" + quote("\x00".join([good] * 3)),
+            ):
                 response = client.get(f"{path}?{query}")
                 _refused(response, 400, "This link does not work", "Nothing was changed")
         assert client.get(manage + "&" + "&".join(f"x{i}=1" for i in range(1000))).status_code == 200
@@ -526,8 +616,15 @@ def _settings_of(front: Front, email: str) -> tuple:
 
 
 def test_a_sign_up_for_an_unsubscribed_reader_changes_nothing_until_confirmed(front: Front) -> None:
-    wren = front.web_reader("wren@example.org", liked=[P1, P2], name="Wren", timezone="Asia/Tokyo", send_at="06:15",
-                            keywords=["graphs"], max_papers=7)
+    wren = front.web_reader(
+        "wren@example.org",
+        liked=[P1, P2],
+        name="Wren",
+        timezone="Asia/Tokyo",
+        send_at="06:15",
+        keywords=["graphs"],
+        max_papers=7,
+    )
     front.store.set_feedback(wren.id, P3, LIKE, datetime.now(UTC), origin="web")  # "more like this" later
     front.store.set_feedback(wren.id, P5, DISLIKE, datetime.now(UTC), origin="web")
     with front.client() as client:
@@ -537,8 +634,18 @@ def test_a_sign_up_for_an_unsubscribed_reader_changes_nothing_until_confirmed(fr
     assert kept == (False, "Wren", "Asia/Tokyo", "06:15", "daily", ["graphs"], 7, "web")
     before = front.snapshot()
 
-    _sign_up(front, "Wren@Example.org", "name=Mallory", "timezone=Europe%2FParis", "send_at=09%3A00",
-             "keywords=spam%2C+more+spam", "frequency=weekly", "weekly_day=sunday", f"liked_id={P4}", f"liked_id={P5}")
+    _sign_up(
+        front,
+        "Wren@Example.org",
+        "name=Mallory",
+        "timezone=Europe%2FParis",
+        "send_at=09%3A00",
+        "keywords=spam%2C+more+spam",
+        "frequency=weekly",
+        "weekly_day=sunday",
+        f"liked_id={P4}",
+        f"liked_id={P5}",
+    )
     assert _settings_of(front, "wren@example.org") == kept  # nothing changed before the link is used
     assert front.likes("wren@example.org") == {P1, P2, P3}
     assert front.snapshot()[:3] == before[:3]  # readers, likes and opt-outs as they were; only the request is kept
@@ -548,7 +655,14 @@ def test_a_sign_up_for_an_unsubscribed_reader_changes_nothing_until_confirmed(fr
     assert done.status_code == 200 and "You are subscribed" in done.text and "09:00 Europe/Paris" in done.text
     row = front.reader("wren@example.org")
     assert (row.active, row.name, row.timezone, row.send_at, row.frequency, row.weekly_day, row.keywords) == (
-        True, "Mallory", "Europe/Paris", "09:00", "weekly", "sunday", ["spam", "more spam"])
+        True,
+        "Mallory",
+        "Europe/Paris",
+        "09:00",
+        "weekly",
+        "sunday",
+        ["spam", "more spam"],
+    )
     assert front.likes("wren@example.org") == {P1, P2, P3, P4, P5}  # the old likes kept, the ticked ones added
     assert not front.store.liked_papers(row.id, DISLIKE)  # ticked as liked now: the old dislike of P5 gave way
     with front.store.session() as s:
@@ -611,7 +725,9 @@ def test_pending_sign_ups_in_the_store_on_both_backends(store: Store) -> None:
     store.request_subscription("kim@example.org", {"timezone": "Asia/Tokyo", "keywords": ["a"]}, [P1], now, nonce="n1")
     assert store.confirm_subscription("kim@example.org", now, nonce="n1").active
     store.unsubscribe("kim@example.org", now)
-    store.request_subscription("kim@example.org", {"timezone": "Europe/Oslo", "keywords": ["b"]}, [P2, P2], now, nonce="n2")
+    store.request_subscription(
+        "kim@example.org", {"timezone": "Europe/Oslo", "keywords": ["b"]}, [P2, P2], now, nonce="n2"
+    )
     kim = store.subscriber(email="kim@example.org")
     assert (kim.active, kim.timezone, kim.keywords) == (False, "Asia/Tokyo", ["a"])
     assert {p.id for p, _ in store.liked_papers(kim.id)} == {P1}
@@ -648,7 +764,8 @@ def _message(to: str) -> EmailMessage:
 
 
 def test_an_address_the_smtp_server_cannot_take_is_a_permanent_failure(
-    make_config: ConfigFactory, plain_smtp: tuple[Inbox, int],
+    make_config: ConfigFactory,
+    plain_smtp: tuple[Inbox, int],
 ) -> None:
     inbox, port = plain_smtp
     transport = SmtpTransport(make_config(smtp_port=port, method="smtp"))
@@ -664,11 +781,12 @@ def test_an_address_the_smtp_server_cannot_take_is_a_permanent_failure(
 
 
 def test_a_sign_up_the_mail_server_refuses_is_a_field_error_not_a_retry_later(
-    make_config: ConfigFactory, plain_smtp: tuple[Inbox, int],
+    make_config: ConfigFactory,
+    plain_smtp: tuple[Inbox, int],
 ) -> None:
     """smtp.smtputf8 = true but the server lacks SMTPUTF8: the form says so (400), not "try again" (503)."""
     inbox, port = plain_smtp
-    settings = make_config("[web]\nbase_url = \"https://digest.example.org\"\n", smtp_port=port, method="smtp")
+    settings = make_config('[web]\nbase_url = "https://digest.example.org"\n', smtp_port=port, method="smtp")
     settings = settings.model_copy(update={"smtp": settings.smtp.model_copy(update={"smtputf8": True})})
     store = Store(settings.database_url)
     try:

@@ -7,7 +7,7 @@ and on PostgreSQL (skipped without a server; `.ci/run` starts one).
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from digest.pipeline import run_daily
 from digest.store import LIKE, SENT, SENT_STATUS, Store
@@ -15,7 +15,7 @@ from digest.workers import plan_day, run_workers
 
 from .conftest import ConfigFactory, Inbox
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PEOPLE = 120
 
 SOURCES = """
@@ -38,7 +38,9 @@ def test_four_workers_send_each_digest_exactly_once(
         )
         store.add_interactions_many(
             [(sid, papers[(7 * i + j) % len(papers)]) for i, sid in enumerate(ids.values()) for j in range(3)],
-            LIKE, NOW, origin="import",
+            LIKE,
+            NOW,
+            origin="import",
         )
 
         plan = plan_day(store, settings, NOW, force=True, ingest_sources=False)

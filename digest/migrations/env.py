@@ -13,7 +13,9 @@ target_metadata = SQLModel.metadata
 def run() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
-        raise RuntimeError("digest's migrations run through digest.migrations (or `digest migrate`), which pass the engine")
+        raise RuntimeError(
+            "digest's migrations run through digest.migrations (or `digest migrate`), which pass the engine"
+        )
     with engine.connect() as connection:
         context.configure(
             connection=connection,

@@ -33,7 +33,9 @@ def make_ranker(name: str, **options: Any) -> Ranker:
     try:
         cls = RANKERS[name]
     except KeyError as e:
-        raise ConfigError(f"unknown ranker {name!r}; choose one of {', '.join(sorted(RANKERS))}", field="ranking.ranker") from e
+        raise ConfigError(
+            f"unknown ranker {name!r}; choose one of {', '.join(sorted(RANKERS))}", field="ranking.ranker"
+        ) from e
     return cls(**options)
 
 

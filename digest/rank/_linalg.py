@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 
 import numpy as np
 import scipy.sparse as sp
 
 
-def ridge_cg(X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray | None = None, iters: int = 200,
-             tol: float = 1e-4) -> np.ndarray:
+def ridge_cg(
+    X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray | None = None, iters: int = 200, tol: float = 1e-4
+) -> np.ndarray:
     """Solve (F^T F + lam I) W = F^T Y for every column of Y at once by conjugate gradients, F = [X | dense].
 
     X is sparse (n x F, F can be large), `dense` an optional dense block (n x d) kept apart from the
@@ -63,7 +65,7 @@ def sparse_times_dense(A: sp.spmatrix, B: np.ndarray, *, threads: int | None = N
 
     bounds = np.linspace(0, B.shape[1], threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda ab: A @ np.ascontiguousarray(B[:, ab[0] : ab[1]]), zip(bounds[:-1], bounds[1:])))
+        parts = list(pool.map(lambda ab: A @ np.ascontiguousarray(B[:, ab[0] : ab[1]]), itertools.pairwise(bounds)))
     return np.asarray(np.hstack(parts), dtype=np.float32)
 
 

@@ -48,9 +48,7 @@ class IdMap:
 
     def indices(self, items: Iterable[str]) -> np.ndarray:
         """Rows of the known items, in order; unknown items are left out."""
-        return np.fromiter(
-            (self._index[i] for i in items if i in self._index), dtype=np.int64
-        )
+        return np.fromiter((self._index[i] for i in items if i in self._index), dtype=np.int64)
 
 
 @dataclass
@@ -144,9 +142,7 @@ def pairs_to_matrix(pairs: Iterable[tuple[str, str]], rows: IdMap, cols: IdMap) 
         if i is not None and j is not None:
             r.append(i)
             c.append(j)
-    m = sp.csr_matrix(
-        (np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(rows), len(cols))
-    )
+    m = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(rows), len(cols)))
     m.data[:] = 1.0  # duplicates summed above: back to 0/1
     return m
 
@@ -172,7 +168,7 @@ class Ranker(ABC):
         """Bring a fitted ranker up to `data` (new papers, readers, likes); by default a new fit."""
         return self.fit(data)
 
-    def prepare_update(self) -> None:
+    def prepare_update(self) -> None:  # noqa: B027 - a hook: most rankers have nothing to finish
         """Finish anything `update` needs before the fit is saved (nothing by default)."""
 
     @abstractmethod

@@ -35,12 +35,16 @@ def fit_factors(
         if model == "bpr":
             from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-            est = BayesianPersonalizedRanking(factors=factors, learning_rate=0.05, regularization=0.01, iterations=100, random_state=seed)
+            est = BayesianPersonalizedRanking(
+                factors=factors, learning_rate=0.05, regularization=0.01, iterations=100, random_state=seed
+            )
             est.fit(sp.csr_matrix(likes, dtype=np.float32), show_progress=False)
         elif model == "als":
             from implicit.cpu.als import AlternatingLeastSquares
 
-            est = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations, random_state=seed)
+            est = AlternatingLeastSquares(
+                factors=factors, regularization=regularization, iterations=iterations, random_state=seed
+            )
             est.fit(sp.csr_matrix(likes * alpha, dtype=np.float32), show_progress=False)
         else:
             raise ValueError(f"unknown collaborative model {model!r}: als or bpr")
@@ -52,7 +56,7 @@ def fit_factors(
     return U, V
 
 
-def fold_in_users(model, likes: sp.csr_matrix, item_factors: np.ndarray, alpha: float) -> np.ndarray:  # noqa: ANN001
+def fold_in_users(model, likes: sp.csr_matrix, item_factors: np.ndarray, alpha: float) -> np.ndarray:
     """ALS user factors of these likes rows against fixed item factors (one least-squares solve per
     user, as an ALS half-step): how a reader whose likes changed is folded in without a refit."""
     if likes.shape[0] == 0:
@@ -67,9 +71,20 @@ def fold_in_users(model, likes: sp.csr_matrix, item_factors: np.ndarray, alpha: 
 class CollaborativeRanker(Ranker):
     name = "collaborative"
 
-    def __init__(self, *, model: str = "als", factors: int = 200, regularization: float = 0.1, alpha: float = 20.0,
-                 iterations: int = 15, min_likes: int = 20, seed: int = 0) -> None:
-        self.options = dict(model=model, factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed)
+    def __init__(
+        self,
+        *,
+        model: str = "als",
+        factors: int = 200,
+        regularization: float = 0.1,
+        alpha: float = 20.0,
+        iterations: int = 15,
+        min_likes: int = 20,
+        seed: int = 0,
+    ) -> None:
+        self.options = dict(
+            model=model, factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed
+        )
         self.min_likes = min_likes
 
     def fit(self, data: TrainData) -> CollaborativeRanker:

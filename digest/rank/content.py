@@ -23,8 +23,15 @@ class ContentRanker(Ranker):
 
     name = "content"
 
-    def __init__(self, *, keyword_weight: float = 0.35, dislike_weight: float = 0.5, ngram_max: int = 2, min_df: int = 1,
-                 profile_terms: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        keyword_weight: float = 0.35,
+        dislike_weight: float = 0.5,
+        ngram_max: int = 2,
+        min_df: int = 1,
+        profile_terms: int | None = None,
+    ) -> None:
         self.profile_terms = profile_terms
         self.keyword_weight = keyword_weight
         self.dislike_weight = dislike_weight
@@ -40,36 +47,49 @@ class ContentRanker(Ranker):
         self.profiles = self.make_profiles(data.likes, data.dislikes, data.keywords)
         return self
 
-    def make_profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None, keywords: list[list[str]],
-                      *, chunk: int = 4096) -> sp.csr_matrix:
+    def make_profiles(
+        self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None, keywords: list[list[str]], *, chunk: int = 4096
+    ) -> sp.csr_matrix:
         """Profile rows for these users: mean liked row + keyword query - disliked rows, unit length;
         with `profile_terms`, only each profile's heaviest terms are kept (built in chunks of users,
         so the full profiles never sit in memory at once)."""
         parts = []
         for s in range(0, max(likes.shape[0], 1), chunk):
             rows = slice(s, s + chunk)
-            profile = normalize_rows(normalize_rows(likes[rows]) @ self.items) + self.keyword_weight * self._keyword_vectors(keywords[rows])
+            profile = normalize_rows(
+                normalize_rows(likes[rows]) @ self.items
+            ) + self.keyword_weight * self._keyword_vectors(keywords[rows])
             if dislikes is not None and dislikes.nnz:
-                profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(normalize_rows(dislikes[rows]) @ self.items)
+                profile = normalize_rows(profile) - self.dislike_weight * normalize_rows(
+                    normalize_rows(dislikes[rows]) @ self.items
+                )
             profile = sp.csr_matrix(profile, dtype=np.float32)
             if self.profile_terms:
                 profile = _heaviest(profile, self.profile_terms)
             parts.append(sp.csr_matrix(normalize_rows(profile), dtype=np.float32))
         return sp.csr_matrix(sp.vstack(parts, format="csr"), dtype=np.float32)
 
-    def fold_in(self, data: TrainData, paper_rows_old: np.ndarray, user_rows_old: np.ndarray, changed: np.ndarray) -> sp.csr_matrix:
+    def fold_in(
+        self, data: TrainData, paper_rows_old: np.ndarray, user_rows_old: np.ndarray, changed: np.ndarray
+    ) -> sp.csr_matrix:
         """Carry the fit over to `data` without refitting the vocabulary: papers new since the fit
         (`paper_rows_old` -1) are transformed with the fitted vectorizer, users in `changed` get new
         profiles, everyone else keeps theirs (`user_rows_old`: each user's row in the fit, -1 if new).
         Returns the new papers' TF-IDF rows (in the order they appear in `data`)."""
         new = np.flatnonzero(paper_rows_old < 0)
         texts = data.corpus.texts()
-        fresh = (sp.csr_matrix(self.vectorizer.transform([texts[i] for i in new]), dtype=np.float32) if len(new)
-                 else sp.csr_matrix((0, self.items.shape[1]), dtype=np.float32))
+        fresh = (
+            sp.csr_matrix(self.vectorizer.transform([texts[i] for i in new]), dtype=np.float32)
+            if len(new)
+            else sp.csr_matrix((0, self.items.shape[1]), dtype=np.float32)
+        )
         self.items = _take_rows(self.items, paper_rows_old, fresh)
         self.data = data
-        block = self.make_profiles(data.likes[changed], None if data.dislikes is None else data.dislikes[changed],
-                                   [data.keywords[u] for u in changed])
+        block = self.make_profiles(
+            data.likes[changed],
+            None if data.dislikes is None else data.dislikes[changed],
+            [data.keywords[u] for u in changed],
+        )
         rows = user_rows_old.copy()
         rows[changed] = -1
         order = np.full(len(rows), -1, dtype=np.int64)
@@ -97,7 +117,7 @@ class ContentRanker(Ranker):
         return self.items[papers]
 
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
-        """"close to <liked title>" or "matches keyword X", whichever explains the paper better."""
+        """ "close to <liked title>" or "matches keyword X", whichever explains the paper better."""
         liked = self.data.likes[user].indices
         keywords = self.data.keywords[user]
         items = self.items[papers]
@@ -114,11 +134,16 @@ class ContentRanker(Ranker):
             best_like = liked_sim[i].max() if liked_sim.shape[1] else 0.0
             best_kw = kw_sim[i].max() if kw_sim.shape[1] else 0.0
             literal = [k for k in keywords if k.casefold() in texts[i]]
-            reasons.append(_reason(
-                self.keyword_weight, literal, best_kw, best_like,
-                lambda: self.data.corpus.titles[liked[int(liked_sim[i].argmax())]],
-                lambda: keywords[int(kw_sim[i].argmax())],
-            ))
+            reasons.append(
+                _reason(
+                    self.keyword_weight,
+                    literal,
+                    best_kw,
+                    best_like,
+                    lambda i=i: self.data.corpus.titles[liked[int(liked_sim[i].argmax())]],
+                    lambda i=i: keywords[int(kw_sim[i].argmax())],
+                )
+            )
         return reasons
 
     def explain_many(self, users: np.ndarray, papers: np.ndarray) -> list[list[str]]:
@@ -129,7 +154,9 @@ class ContentRanker(Ranker):
         flat = self.explain_pairs(np.repeat(users, m), papers.ravel())
         return [flat[i * m : (i + 1) * m] for i in range(n)]
 
-    def explain_pairs(self, users: np.ndarray, papers: np.ndarray, *, block: int = 64, dense: np.ndarray | None = None) -> list[str]:
+    def explain_pairs(
+        self, users: np.ndarray, papers: np.ndarray, *, block: int = 64, dense: np.ndarray | None = None
+    ) -> list[str]:
         """The reason for each (users[i], papers[i]) pair, pairs grouped by user: one sparse product
         per `block` users gives every paper's similarity to every liked paper of its reader.
 
@@ -202,11 +229,16 @@ class ContentRanker(Ranker):
                 else:
                     literal, best_kw = [], 0.0
                 li = best_liked[i]
-                out.append(_reason(
-                    self.keyword_weight, literal, best_kw, best_like[i],
-                    lambda li=li: corpus.titles[li],
-                    lambda j=j, kws=kws: kws[int(kw_sim[j].argmax())],
-                ))
+                out.append(
+                    _reason(
+                        self.keyword_weight,
+                        literal,
+                        best_kw,
+                        best_like[i],
+                        lambda li=li: corpus.titles[li],
+                        lambda j=j, kws=kws: kws[int(kw_sim[j].argmax())],  # noqa: B023 - called before the loop moves on
+                    )
+                )
         return out
 
 
@@ -231,12 +263,19 @@ def _reason(
     return "new in your window"
 
 
-def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order: np.ndarray | None = None) -> sp.csr_matrix:
+def _take_rows(
+    old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order: np.ndarray | None = None
+) -> sp.csr_matrix:
     """Row i of the result is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`
     (or fresh[order[i]] when `order` is given)."""
     rows = np.asarray(rows, dtype=np.int64)
     n_old = int((rows >= 0).sum())
-    if order is None and n_old == old.shape[0] and np.array_equal(rows[:n_old], np.arange(n_old)) and (rows[n_old:] < 0).all():
+    if (
+        order is None
+        and n_old == old.shape[0]
+        and np.array_equal(rows[:n_old], np.arange(n_old))
+        and (rows[n_old:] < 0).all()
+    ):
         return sp.csr_matrix(sp.vstack([old, fresh], format="csr"), dtype=np.float32)  # the usual day: papers appended
     if order is None:
         order = np.full(len(rows), -1, dtype=np.int64)
@@ -245,7 +284,9 @@ def _take_rows(old: sp.csr_matrix, rows: np.ndarray, fresh: sp.csr_matrix, order
     return sp.csr_matrix(sp.vstack([old, fresh], format="csr")[pick], dtype=np.float32)
 
 
-def _nearest_liked(dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, likes: sp.csr_matrix, *, group: int = 32) -> np.ndarray:
+def _nearest_liked(
+    dense: np.ndarray, papers: np.ndarray, owner: np.ndarray, likes: sp.csr_matrix, *, group: int = 32
+) -> np.ndarray:
     """For each pair (papers[i], user slot owner[i]; pairs grouped by slot), the liked paper of that
     user (a row of `likes`) whose dense vector is closest (the first of equals); -1 for a user with
     no likes.  Users go in groups of similar library size, so padding to the largest library of a

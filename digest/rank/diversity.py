@@ -18,7 +18,11 @@ def mmr(candidates: np.ndarray, scores: np.ndarray, features, k: int, lambda_: f
     k = min(k, n)
     if k <= 0:
         return candidates[:0]
-    F = sp.csr_matrix(features, dtype=np.float64) if sp.issparse(features) else sp.csr_matrix(np.asarray(features, dtype=np.float64))
+    F = (
+        sp.csr_matrix(features, dtype=np.float64)
+        if sp.issparse(features)
+        else sp.csr_matrix(np.asarray(features, dtype=np.float64))
+    )
     return candidates[mmr_order(scores, cosine_similarity_matrix(F), k, lambda_)]
 
 

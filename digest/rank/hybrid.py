@@ -173,13 +173,22 @@ class HybridRanker(Ranker):
         self._memo = None  # scores of the previous state
         self._trend_counts = np.maximum(np.nan_to_num(np.asarray(data.counts, dtype=np.float64)), 0)
         self._like_counts = np.asarray(data.likes.getnnz(axis=0)).ravel()
-        self._fitted = (list(data.corpus.ids.ids), list(data.users.ids), data.likes, data.dislikes, [list(k) for k in data.keywords])
+        self._fitted = (
+            list(data.corpus.ids.ids),
+            list(data.users.ids),
+            data.likes,
+            data.dislikes,
+            [list(k) for k in data.keywords],
+        )
 
     def _fit_components(self, data: TrainData) -> _State:
         n_items = len(data.corpus)
         content = ContentRanker(
-            keyword_weight=self.keyword_weight, dislike_weight=self.dislike_weight, ngram_max=2,
-            min_df=2 if n_items >= 1000 else 1, profile_terms=self.profile_terms,
+            keyword_weight=self.keyword_weight,
+            dislike_weight=self.dislike_weight,
+            ngram_max=2,
+            min_df=2 if n_items >= 1000 else 1,
+            profile_terms=self.profile_terms,
         ).fit(data)
         X = content.items
         # LSA space of the TF-IDF
@@ -209,12 +218,16 @@ class HybridRanker(Ranker):
         state = _State(content, lsa_items, lsa_profiles, U, V, trend, emb_profiles, {}, comp, M, est)
         # per-user standardisation against a fixed sample of the corpus
         rng = np.random.default_rng(self.seed)
-        sample = np.sort(rng.choice(n_items, size=min(n_items, 2000), replace=False)) if n_items else np.zeros(0, np.int64)
+        sample = (
+            np.sort(rng.choice(n_items, size=min(n_items, 2000), replace=False)) if n_items else np.zeros(0, np.int64)
+        )
         state.sample_ids = [data.corpus.ids.ids[i] for i in sample]
         state.stats = self._stats(state, np.arange(len(data.users)), sample)
         return state
 
-    def _stats(self, state: _State, users: np.ndarray, sample: np.ndarray, *, chunk: int = 8192) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _stats(
+        self, state: _State, users: np.ndarray, sample: np.ndarray, *, chunk: int = 8192
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Each active component's per-user (mean, std) over the sample papers, `chunk` users at a time
         (100k readers x 2,000 sample papers would be 0.8 GB per component block)."""
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -224,8 +237,14 @@ class HybridRanker(Ranker):
                 raw = self._raw(state, name, block, sample)
                 if raw is not None:
                     parts.setdefault(name, []).append(
-                        zstats(raw) if raw.shape[1] else (np.zeros(len(block), np.float32), np.ones(len(block), np.float32)))
-        return {name: (np.concatenate([m for m, _ in got]), np.concatenate([s for _, s in got])) for name, got in parts.items()}
+                        zstats(raw)
+                        if raw.shape[1]
+                        else (np.zeros(len(block), np.float32), np.ones(len(block), np.float32))
+                    )
+        return {
+            name: (np.concatenate([m for m, _ in got]), np.concatenate([s for _, s in got]))
+            for name, got in parts.items()
+        }
 
     def _cf_map(self, X: sp.csr_matrix, V: np.ndarray, liked: np.ndarray) -> np.ndarray:
         """The ridge map from a paper's text (TF-IDF, and embeddings when given) to its ALS factors,
@@ -244,7 +263,7 @@ class HybridRanker(Ranker):
         out = np.asarray(X @ M[: X.shape[1]], dtype=np.float32)
         D = self._map_dense(np.flatnonzero(rows) if rows.dtype == bool else rows)
         if D is not None:
-            out += D @ M[X.shape[1]:]
+            out += D @ M[X.shape[1] :]
         return out
 
     def _mix_neighbours(self, Vc: np.ndarray, Vw: np.ndarray) -> np.ndarray:
@@ -252,9 +271,13 @@ class HybridRanker(Ranker):
         factors of their knn_k nearest liked papers (cosine in factor space; Vw: the liked papers' factors)."""
         if not self.knn_mix or len(Vw) <= self.knn_k or not len(Vc):
             return Vc
-        return (1 - self.knn_mix) * Vc + self.knn_mix * np.asarray(_factor_knn(Vc, Vw, self.knn_k) @ Vw, dtype=np.float32)
+        return (1 - self.knn_mix) * Vc + self.knn_mix * np.asarray(
+            _factor_knn(Vc, Vw, self.knn_k) @ Vw, dtype=np.float32
+        )
 
-    def _smooth(self, E: np.ndarray | None, old: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray | None:
+    def _smooth(
+        self, E: np.ndarray | None, old: np.ndarray | None = None, rows: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Embeddings each pulled toward their corpus neighbourhood (`smooth_embeddings`); not in a tiny
         corpus, where the neighbours would be most of it.  With `old` (the fitted, smoothed vectors) and
         `rows` (each paper's row in the fit, -1 if new), only new papers are smoothed: old ones keep theirs."""
@@ -332,12 +355,16 @@ class HybridRanker(Ranker):
         fresh_stats = self._stats(st, changed, sample)
         for name, (mean, std) in list(st.stats.items()):
             if name in fresh_stats:
-                st.stats[name] = (_take_users(mean, urow, changed, fresh_stats[name][0]),
-                                  _take_users(std, urow, changed, fresh_stats[name][1]))
+                st.stats[name] = (
+                    _take_users(mean, urow, changed, fresh_stats[name][0]),
+                    _take_users(std, urow, changed, fresh_stats[name][1]),
+                )
         if "trend" in st.stats:  # one global scale, recomputed with the new trend
-            mean, std = zstats(st.trend[sample][None, :]) if len(sample) else (np.zeros(1, np.float32), np.ones(1, np.float32))
+            mean, std = (
+                zstats(st.trend[sample][None, :]) if len(sample) else (np.zeros(1, np.float32), np.ones(1, np.float32))
+            )
             st.stats["trend"] = (np.full(len(urow), mean[0], np.float32), np.full(len(urow), std[0], np.float32))
-        self.last_update = {"new_papers": int(len(new)), "new_users": int((urow < 0).sum()), "changed_users": int(len(changed))}
+        self.last_update = {"new_papers": len(new), "new_users": int((urow < 0).sum()), "changed_users": len(changed)}
         self._remember(data)
         return self
 
@@ -473,7 +500,9 @@ class HybridRanker(Ranker):
         best = np.argmax(np.stack(parts), axis=0).reshape(n, m)
         textual = np.isin(np.array(names)[best], ("content", "lsa", "emb"))
         pi, pj = np.nonzero(textual)  # only the pairs a text reason is wanted for
-        said = self.state.content.explain_pairs(users[pi], papers[pi, pj], dense=self.state.lsa_items) if len(pi) else []
+        said = (
+            self.state.content.explain_pairs(users[pi], papers[pi, pj], dense=self.state.lsa_items) if len(pi) else []
+        )
         content = dict(zip(zip(pi.tolist(), pj.tolist()), said))
         out = []
         for i in range(n):
@@ -499,7 +528,11 @@ class HybridRanker(Ranker):
         likes = data.likes.tocsr()
         if self.tune == "cold":
             liked_items = np.flatnonzero(np.asarray(likes.getnnz(axis=0)) > 0)
-            val_items = rng.choice(liked_items, size=len(liked_items) // 5, replace=False) if len(liked_items) >= 10 else liked_items[:0]
+            val_items = (
+                rng.choice(liked_items, size=len(liked_items) // 5, replace=False)
+                if len(liked_items) >= 10
+                else liked_items[:0]
+            )
             mask = np.zeros(likes.shape[1], dtype=bool)
             mask[val_items] = True
             coo = likes.tocoo()
@@ -520,7 +553,7 @@ class HybridRanker(Ranker):
         fit_likes = sp.csr_matrix((np.ones((~held).sum(), np.float32), (coo.row[~held], coo.col[~held])), shape=shape)
         val = sp.csr_matrix((np.ones(held.sum(), np.float32), (coo.row[held], coo.col[held])), shape=shape)
         users = np.flatnonzero((np.diff(val.indptr) > 0) & (np.diff(fit_likes.indptr) > 0))
-        self.tuning = {"mode": self.tune, "val_users": int(len(users)), "chosen": None}
+        self.tuning = {"mode": self.tune, "val_users": len(users), "chosen": None}
         if len(users) < 30:
             return  # too little to tune on: keep the given/default weights
         if len(users) > self.val_users:
@@ -530,10 +563,7 @@ class HybridRanker(Ranker):
         self.weights = {n: 1.0 for n in COMPONENTS}  # compute every component while tuning
         state = self._fit_components(sub)
         self.weights = saved
-        if self.tune == "cold":
-            cands = np.flatnonzero(mask)
-        else:
-            cands = np.arange(shape[1])
+        cands = np.flatnonzero(mask) if self.tune == "cold" else np.arange(shape[1])
         blocks = {n: self._z(state, n, users, cands) for n in COMPONENTS}
         blocks = {n: np.asarray(b, dtype=np.float32) for n, b in blocks.items() if b is not None}
         exclude = fit_likes[users][:, cands].toarray() > 0
@@ -559,7 +589,13 @@ class HybridRanker(Ranker):
                     total += w[n] * blocks[n]
             rec, ndcg = measure(total)
             # recall@k and nDCG@10, each relative to content alone, so neither dominates
-            obj = rec / max(base[0], 1e-9) + ndcg / max(base[1], 1e-9) if self.objective == "both" else rec if self.objective == "recall" else ndcg
+            obj = (
+                rec / max(base[0], 1e-9) + ndcg / max(base[1], 1e-9)
+                if self.objective == "both"
+                else rec
+                if self.objective == "recall"
+                else ndcg
+            )
             return obj, rec, ndcg
 
         # coordinate ascent over the grid (a few dozen blends instead of every combination), two rounds
@@ -589,9 +625,17 @@ class HybridRanker(Ranker):
         self.weights.update(chosen)
         if self.embeddings is None:
             chosen.pop("emb")  # not a component of this fit: keep it out of the report
-        self.tuning.update({"val_users": int(len(users)), "blends_tried": len(seen), "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
-                            f"val_recall@{k}": round(best[2], 4), "val_ndcg@10": round(best[3], 4),
-                            "content_alone": [round(base[0], 4), round(base[1], 4)], "chosen": dict(chosen)})
+        self.tuning.update(
+            {
+                "val_users": len(users),
+                "blends_tried": len(seen),
+                "objective": f"recall@{k}/content + ndcg@10/content" if self.objective == "both" else self.objective,
+                f"val_recall@{k}": round(best[2], 4),
+                "val_ndcg@10": round(best[3], 4),
+                "content_alone": [round(base[0], 4), round(base[1], 4)],
+                "chosen": dict(chosen),
+            }
+        )
 
 
 def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
@@ -609,8 +653,15 @@ def _trend(data: TrainData) -> np.ndarray:
     return np.log1p(raw).astype(np.float32)
 
 
-def _changed_users(data: TrainData, prow: np.ndarray, urow: np.ndarray, n_old_papers: int,
-                   old_likes: sp.csr_matrix, old_dislikes: sp.csr_matrix | None, old_keywords: list[list[str]]) -> np.ndarray:
+def _changed_users(
+    data: TrainData,
+    prow: np.ndarray,
+    urow: np.ndarray,
+    n_old_papers: int,
+    old_likes: sp.csr_matrix,
+    old_dislikes: sp.csr_matrix | None,
+    old_keywords: list[list[str]],
+) -> np.ndarray:
     """Rows (in `data`) of readers who are new or whose likes, dislikes or keywords differ from the fit's."""
     inv_p = np.full(n_old_papers, -1, dtype=np.int64)
     inv_p[prow[prow >= 0]] = np.flatnonzero(prow >= 0)
@@ -638,7 +689,7 @@ def _changed_users(data: TrainData, prow: np.ndarray, urow: np.ndarray, n_old_pa
 
 def _take_dense(old: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """Row i is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`."""
-    out = np.empty((len(rows),) + old.shape[1:], dtype=old.dtype)
+    out = np.empty((len(rows), *old.shape[1:]), dtype=old.dtype)
     out[rows >= 0] = old[rows[rows >= 0]]
     out[rows < 0] = fresh
     return out
@@ -646,7 +697,7 @@ def _take_dense(old: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> np.ndar
 
 def _take_users(old: np.ndarray, urow: np.ndarray, changed: np.ndarray, block: np.ndarray) -> np.ndarray:
     """Per-user rows: `block` for the changed users (in order), the old row for everyone else."""
-    out = np.empty((len(urow),) + old.shape[1:], dtype=old.dtype)
+    out = np.empty((len(urow), *old.shape[1:]), dtype=old.dtype)
     keep = np.ones(len(urow), dtype=bool)
     keep[changed] = False
     out[keep] = old[urow[keep]]
@@ -672,8 +723,9 @@ def _can_fit_cf(likes: sp.csr_matrix, min_likes: int) -> bool:
     return bool(likes.nnz >= min_likes and (np.diff(likes.indptr) >= 2).any() and min(likes.shape) >= 3)
 
 
-def smooth_embeddings(E: np.ndarray, beta: float, k: int = 20, *, rows: np.ndarray | None = None,
-                      pool: int = NEIGHBOUR_POOL) -> np.ndarray:
+def smooth_embeddings(
+    E: np.ndarray, beta: float, k: int = 20, *, rows: np.ndarray | None = None, pool: int = NEIGHBOUR_POOL
+) -> np.ndarray:
     """unit(e_i + beta * mean of the unit vectors of the k most similar other papers) for `rows` (all by default).
 
     Pulls each paper toward its neighbourhood in the corpus (uses no likes): about 7 s for 17k papers x
@@ -719,7 +771,11 @@ def _factor_knn(Vc: np.ndarray, Vw: np.ndarray, k: int) -> sp.csr_matrix:
         rows.append(np.repeat(np.arange(s, s + len(S)), k))
         cols.append(top.ravel())
         vals.append(np.maximum(np.take_along_axis(S, top, axis=1), 0).ravel())
-    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), keep[np.concatenate(cols)])), shape=(len(Cn), len(Vw)), dtype=np.float32)
+    m = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), keep[np.concatenate(cols)])),
+        shape=(len(Cn), len(Vw)),
+        dtype=np.float32,
+    )
     tot = np.asarray(m.sum(axis=1)).ravel()
     tot[tot == 0] = 1.0
     return sp.csr_matrix(sp.diags(1.0 / tot) @ m, dtype=np.float32)

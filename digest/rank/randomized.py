@@ -22,7 +22,11 @@ class RandomRanker(Ranker):
         u = np.asarray(users, dtype=np.uint64)[:, None]
         c = np.asarray(candidates, dtype=np.uint64)[None, :]
         with np.errstate(over="ignore"):
-            h = (u * np.uint64(0x9E3779B97F4A7C15)) ^ (c * np.uint64(0xC2B2AE3D27D4EB4F)) ^ np.uint64(self.seed * 0x165667B1 + 1)
+            h = (
+                (u * np.uint64(0x9E3779B97F4A7C15))
+                ^ (c * np.uint64(0xC2B2AE3D27D4EB4F))
+                ^ np.uint64(self.seed * 0x165667B1 + 1)
+            )
             h ^= h >> np.uint64(33)
             h *= np.uint64(0xFF51AFD7ED558CCD)
             h ^= h >> np.uint64(33)

@@ -46,8 +46,10 @@ class ModelReport:
     def __str__(self) -> str:
         if self.refit:
             return f"ranker fitted in {self.seconds:.1f} s ({self.reason})"
-        return (f"ranker of {self.fitted_at:%Y-%m-%d %H:%M} UTC updated in {self.seconds:.1f} s: "
-                f"{self.new_papers} new paper(s), {self.changed_readers} new or changed reader(s)")
+        return (
+            f"ranker of {self.fitted_at:%Y-%m-%d %H:%M} UTC updated in {self.seconds:.1f} s: "
+            f"{self.new_papers} new paper(s), {self.changed_readers} new or changed reader(s)"
+        )
 
 
 def model_path(data_dir: Path, name: str) -> Path:
@@ -83,27 +85,46 @@ def ranker_for_day(
         old = saved["ranker"]
         try:
             old.update(data, **({"embeddings": options["embeddings"]} if "embeddings" in options else {}))
-        except Exception as e:  # noqa: BLE001 - a saved model that cannot take today's data: refit
+        except Exception as e:
             log.warning("saved ranker %s could not be updated (%s); refitting", path, e)
             reason = f"the saved fit could not be updated: {e}"
         else:
             info = getattr(old, "last_update", {})
-            return old, ModelReport(False, "", saved["fitted_at"], time.perf_counter() - start,
-                                    info.get("new_papers", 0), info.get("changed_users", 0))
+            return old, ModelReport(
+                False,
+                "",
+                saved["fitted_at"],
+                time.perf_counter() - start,
+                info.get("new_papers", 0),
+                info.get("changed_users", 0),
+            )
     ranker.fit(data)
     if not save:
         return ranker, ModelReport(True, reason + " (not saved: a dry run)", now, time.perf_counter() - start)
     ranker.prepare_update()
-    _save(path, {"format": FORMAT, "fingerprint": fingerprint, "fitted_at": now, "papers": len(data.corpus),
-                 "users": len(data.users), "ranker": ranker})
+    _save(
+        path,
+        {
+            "format": FORMAT,
+            "fingerprint": fingerprint,
+            "fitted_at": now,
+            "papers": len(data.corpus),
+            "users": len(data.users),
+            "ranker": ranker,
+        },
+    )
     return ranker, ModelReport(True, reason, now, time.perf_counter() - start, path=path)
 
 
 def _fingerprint(name: str, options: dict) -> dict:
     """What a saved fit must match to be reused (the embeddings' presence, not their values)."""
     plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray)}
-    return {"format": FORMAT, "ranker": name, "options": repr(sorted(plain.items())),
-            "embeddings": "embeddings" in options}
+    return {
+        "format": FORMAT,
+        "ranker": name,
+        "options": repr(sorted(plain.items())),
+        "embeddings": "embeddings" in options,
+    }
 
 
 def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data: TrainData) -> tuple[dict | None, str]:
@@ -112,10 +133,10 @@ def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data:
         return None, "no saved fit"
     try:
         with path.open("rb") as f:
-            saved = pickle.load(f)  # noqa: S301 - our own file in our own data folder
+            saved = pickle.load(f)
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             return None, "the saved fit has an older format"
-    except Exception as e:  # noqa: BLE001 - unreadable (truncated, other versions): refit
+    except Exception as e:
         log.warning("cannot read saved ranker %s (%s); refitting", path, e)
         return None, f"the saved fit could not be read ({type(e).__name__})"
     if saved.get("fingerprint") != fingerprint:

@@ -24,5 +24,5 @@ class TrendingRanker(Ranker):
 
 
 def trending_reason(count: float) -> str:
-    n = int(round(float(count)))
+    n = round(float(count))
     return f"trending: {n} upvote" + ("" if n == 1 else "s")

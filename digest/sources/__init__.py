@@ -19,23 +19,33 @@ from digest.sources.listing import listing_files, read_listings
 Fetcher = Callable[[SourceSettings, Settings, str | None, datetime, FetchOptions], FetchResult]
 
 
-def _sample(src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
+def _sample(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
     return read_jsonl(sample_corpus_path(), source=src.label)
 
 
-def _jsonl(src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
+def _jsonl(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
     return read_jsonl(settings.resolve(src.path), source=src.label)
 
 
-def _listing(src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
+def _listing(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
     return read_listings(listing_files(settings.resolve(src.path)), source=src.label)
 
 
-def _arxiv(src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
+def _arxiv(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
     return fetch_arxiv(src, cursor, now, options)
 
 
-def _hf_daily(src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions) -> FetchResult:
+def _hf_daily(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
     return fetch_hf_daily(src, cursor, now, options)
 
 

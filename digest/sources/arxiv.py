@@ -11,7 +11,7 @@ read whole: after a failure or a broken page the next run reads the same span ag
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import feedparser
@@ -72,10 +72,10 @@ def parse_entry(entry: Any, *, source: str, now: datetime) -> PaperRecord:
 def _floor(cursor: str | None, options: FetchOptions, now: datetime, max_days: int) -> datetime:
     """Entries submitted before this moment were fetched by an earlier run (or are too old)."""
     if options.since is not None:
-        return datetime.combine(options.since, time(), tzinfo=timezone.utc)
+        return datetime.combine(options.since, time(), tzinfo=UTC)
     saved = _when(cursor)
     if saved is not None:
-        return saved if saved.tzinfo else saved.replace(tzinfo=timezone.utc)
+        return saved if saved.tzinfo else saved.replace(tzinfo=UTC)
     return now - timedelta(days=max_days)
 
 
@@ -142,7 +142,7 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
             "were not fetched (raise max_pages, or use --since)"
         )
     if whole and newest is not None:
-        newest = newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
         result.cursor = min(newest, options.clock()).isoformat()
     elif not whole:
         result.notes.append("a page was broken: the checkpoint stays, the next run reads these pages again")
@@ -154,4 +154,3 @@ def _int(value: Any) -> int | None:
         return int(str(value).strip())
     except (TypeError, ValueError):
         return None
-

@@ -20,7 +20,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 MAX_TITLE_CHARS = 500
@@ -149,7 +149,9 @@ def title_id(title: str) -> str:
 def arxiv_id(value: str) -> str | None:
     """The version-less arXiv id in an id or an arXiv / Hugging Face URL, or None."""
     value = value.strip()
-    m = re.search(r"(?:arxiv\.org/(?:abs|pdf)/|huggingface\.co/papers/|^arxiv:)([^\s?#]+?)(?:\.pdf)?/?(?:[?#].*)?$", value, re.I)
+    m = re.search(
+        r"(?:arxiv\.org/(?:abs|pdf)/|huggingface\.co/papers/|^arxiv:)([^\s?#]+?)(?:\.pdf)?/?(?:[?#].*)?$", value, re.I
+    )
     candidate = m.group(1) if m else value
     if _ARXIV_ID.match(candidate):
         return re.sub(r"v\d+$", "", candidate)
@@ -220,8 +222,8 @@ def sane_date(value: datetime | None, now: datetime) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
     if value.year < 1990 or value > now + timedelta(days=1):
         return None
     return value
@@ -253,7 +255,7 @@ class FetchResult:
 
 
 def real_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

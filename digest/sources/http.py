@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -65,8 +65,8 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class Http:
@@ -136,8 +136,9 @@ class Http:
             if attempt < policy.max_attempts:
                 self.sleep(wait)
         tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
-        raise SourceError(f"{url}: {problem} (gave up after {tries}; is the service up and the base_url right?)") from cause
-
+        raise SourceError(
+            f"{url}: {problem} (gave up after {tries}; is the service up and the base_url right?)"
+        ) from cause
 
     def _fetch(self, url: str, params: Mapping[str, Any] | None) -> tuple[httpx.Response, bytes]:
         """GET with the body read up to MAX_RESPONSE_BYTES (decoded), so no answer can exhaust memory."""

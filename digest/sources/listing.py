@@ -122,8 +122,11 @@ def read_listings(paths: Iterable[Path], *, source: str = "listing") -> FetchRes
         records.extend(page.records)
         result.skipped.update(page.skipped)
     if refused and len(refused) == len(paths):
-        raise DataError(refused[0] + (f" (and {len(refused) - 1} more file(s) like it)" if len(refused) > 1 else "")
-                        + "; nothing was read")
+        raise DataError(
+            refused[0]
+            + (f" (and {len(refused) - 1} more file(s) like it)" if len(refused) > 1 else "")
+            + "; nothing was read"
+        )
     result.notes.extend(f"refused {line}" for line in refused)
     result.records, merged = merge_duplicates(records)
     if merged:

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -81,8 +81,10 @@ SECURITY_HEADERS = {
 Form = dict[str, list[str]]
 Handler = Callable[[Request, Form | None], Response]  # a route's work, run in the thread pool
 
-UNEXPECTED = ('<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>Something went wrong · Paper digest</title>'
-              "<h1>Something went wrong</h1><p>That was our fault, not yours. Please try again later.</p></html>")
+UNEXPECTED = (
+    '<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>Something went wrong · Paper digest</title>'
+    "<h1>Something went wrong</h1><p>That was our fault, not yours. Please try again later.</p></html>"
+)
 
 
 class _Front:
@@ -99,7 +101,7 @@ class _Front:
         self.secure_cookie = settings.web.base_url.startswith("https://")
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), timezone.utc)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     def route(self, handler: Handler, *, any_type: bool = False) -> Callable[[Request], Awaitable[Response]]:
         """The endpoint for `handler`: a POST's form is read on the event loop (`form`; None for
@@ -122,13 +124,22 @@ class _Front:
         if fresh:
             cookie = new_csrf_cookie()
         html = self.env.get_template(f"web/{name}.html").render(
-            csrf=csrf_token(self.key, cookie, self.clock), csrf_field=CSRF_FIELD,
-            signups=self.settings.web.allow_signups, **context,
+            csrf=csrf_token(self.key, cookie, self.clock),
+            csrf_field=CSRF_FIELD,
+            signups=self.settings.web.allow_signups,
+            **context,
         )
         response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
         if fresh:
-            response.set_cookie(CSRF_COOKIE, cookie, max_age=links.CSRF_MAX_AGE, httponly=True,
-                                samesite="lax", secure=self.secure_cookie, path="/")
+            response.set_cookie(
+                CSRF_COOKIE,
+                cookie,
+                max_age=links.CSRF_MAX_AGE,
+                httponly=True,
+                samesite="lax",
+                secure=self.secure_cookie,
+                path="/",
+            )
         return response
 
     def message(self, request: Request, title: str, text: str, *, status: int = 200, **context: Any) -> HTMLResponse:
@@ -148,8 +159,9 @@ class _Front:
     def ip(request: Request) -> str:
         return request.client.host if request.client else "unknown"
 
-    def token(self, request: Request, purpose: str, *, max_age: int = links.TOKEN_MAX_AGE,
-              form: Form | None = None) -> dict[str, str | int]:
+    def token(
+        self, request: Request, purpose: str, *, max_age: int = links.TOKEN_MAX_AGE, form: Form | None = None
+    ) -> dict[str, str | int]:
         """The payload of the link's `t` (query, or form field); raises InvalidToken."""
         raw = request.query_params.get("t") or (forms.first(form, "t") if form else "")
         if not raw or len(raw) > MAX_TOKEN:
@@ -185,26 +197,41 @@ class _Front:
 
     # -- sign-up --------------------------------------------------------------------------------
 
-    def _subscribe_page(self, request: Request, *, values: dict[str, Any], errors: dict[str, str],
-                        status: int = 200) -> HTMLResponse:
+    def _subscribe_page(
+        self, request: Request, *, values: dict[str, Any], errors: dict[str, str], status: int = 200
+    ) -> HTMLResponse:
         query = forms.cleaned(request.query_params.get("q", ""), 200)
         found = self.store.search_papers(query) if query.strip() else []
-        return self.page(request, "subscribe", status=status, title="Subscribe", values=values, errors=errors,
-                         query=query, found=found)
+        return self.page(
+            request,
+            "subscribe",
+            status=status,
+            title="Subscribe",
+            values=values,
+            errors=errors,
+            query=query,
+            found=found,
+        )
 
     def subscribe_form(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
-            return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
+            return self.message(
+                request, "Sign-ups are closed", "This digest does not take new readers here.", status=404
+            )
         if request.query_params.get("q") and not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
         return self._subscribe_page(request, values={}, errors={})
 
     def subscribe(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
-            return self.message(request, "Sign-ups are closed", "This digest does not take new readers here.", status=404)
+            return self.message(
+                request, "Sign-ups are closed", "This digest does not take new readers here.", status=404
+            )
         form = form or {}
         if not self.csrf_valid(request, form):
-            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+            return self.message(
+                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
+            )
         if not self.subscribe_limiter.hit(self.ip(request)):
             return self.too_many(request)
         checked = forms.check_subscribe(form, smtputf8=self.settings.smtp.smtputf8)
@@ -212,9 +239,13 @@ class _Front:
         for entry in checked.liked:
             pid = self.store.resolve_paper(entry)
             if pid is None:
-                checked.errors.setdefault("liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title")
+                checked.errors.setdefault(
+                    "liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title"
+                )
             ids.append(pid)
-        values = forms.shown(form, ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked"))
+        values = forms.shown(
+            form, ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked")
+        )
         if checked.errors:
             return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
         email = checked.values["email"]
@@ -224,25 +255,48 @@ class _Front:
         nonce = links.nonce()
         row = self.store.request_subscription(email, fields, [i for i in ids if i], self.now(), nonce=nonce)
         if row.active:
-            msg = mail.notice(self.settings, email=email, name=row.name, subject="You already get the paper digest",
-                              template="confirm", when=self.now(), link="",
-                              manage=links.manage_url(self.settings, self.key, email, clock=self.clock))
+            msg = mail.notice(
+                self.settings,
+                email=email,
+                name=row.name,
+                subject="You already get the paper digest",
+                template="confirm",
+                when=self.now(),
+                link="",
+                manage=links.manage_url(self.settings, self.key, email, clock=self.clock),
+            )
         else:
-            msg = mail.notice(self.settings, email=email, name=fields.get("name", ""), subject="Confirm your paper digest",
-                              template="confirm", when=self.now(), manage="",
-                              link=links.confirm_url(self.settings, self.key, email, nonce=nonce, clock=self.clock))
+            msg = mail.notice(
+                self.settings,
+                email=email,
+                name=fields.get("name", ""),
+                subject="Confirm your paper digest",
+                template="confirm",
+                when=self.now(),
+                manage="",
+                link=links.confirm_url(self.settings, self.key, email, nonce=nonce, clock=self.clock),
+            )
         try:
             mail.send(self.settings, msg)
         except PermanentDeliveryError as e:  # the mail server refuses this address: retrying will not help
             log.warning("the mail server refused a confirmation email: %s", e)
-            return self._subscribe_page(request, values=values, status=400, errors={
-                "email": "our mail server cannot deliver to this address; please check it or use another one"})
+            return self._subscribe_page(
+                request,
+                values=values,
+                status=400,
+                errors={"email": "our mail server cannot deliver to this address; please check it or use another one"},
+            )
         except DeliveryError as e:
             log.warning("could not send a confirmation email: %s", e)
-            return self.message(request, "We could not send the email", "Please try again in a few minutes.", status=503)
-        return self.message(request, "Check your inbox",
-                            f"If {email} can receive our emails, a message is on its way with a link to confirm. "
-                            "Nothing is sent to an address that has not confirmed.")
+            return self.message(
+                request, "We could not send the email", "Please try again in a few minutes.", status=503
+            )
+        return self.message(
+            request,
+            "Check your inbox",
+            f"If {email} can receive our emails, a message is on its way with a link to confirm. "
+            "Nothing is sent to an address that has not confirmed.",
+        )
 
     def confirm(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
@@ -255,19 +309,29 @@ class _Front:
         if not isinstance(email, str) or not isinstance(nonce, str):
             return self.bad_link(request)
         if form is None:
-            return self.page(request, "action", title="Confirm your subscription",
-                             text=f"Start sending the daily paper digest to {email}?",
-                             action=str(request.url.path) + "?" + str(request.url.query), button="Confirm my subscription")
+            return self.page(
+                request,
+                "action",
+                title="Confirm your subscription",
+                text=f"Start sending the daily paper digest to {email}?",
+                action=str(request.url.path) + "?" + str(request.url.query),
+                button="Confirm my subscription",
+            )
         if not self.csrf_valid(request, form):
-            return self.message(request, "Please try again", "The form had expired. Open the link from the email again.", status=403)
+            return self.message(
+                request, "Please try again", "The form had expired. Open the link from the email again.", status=403
+            )
         if not self.store.use_token(nonce, links.CONFIRM, self.now()):
             return self.message(request, "Already confirmed", "This link has been used already; nothing changed.")
         row = self.store.confirm_subscription(email, self.now(), nonce=nonce)
         if row is None:
             return self.bad_link(request)
-        return self.message(request, "You are subscribed",
-                            f"Your digests come at {describe(row)}.",
-                            manage=links.manage_url(self.settings, self.key, email, clock=self.clock))
+        return self.message(
+            request,
+            "You are subscribed",
+            f"Your digests come at {describe(row)}.",
+            manage=links.manage_url(self.settings, self.key, email, clock=self.clock),
+        )
 
     # -- links in the digest --------------------------------------------------------------------
 
@@ -282,7 +346,7 @@ class _Front:
         return sub, papers[0]
 
     def feedback(self, request: Request, form: Form | None) -> Response:
-        """"More / fewer like this": the link (GET) asks, the button (POST) records.  Mail security
+        """ "More / fewer like this": the link (GET) asks, the button (POST) records.  Mail security
         scanners open every link of an incoming message; a GET that recorded would like and then
         dislike every paper of the digest, and use up the reader's own single-use links."""
         if not self.link_limiter.hit(self.ip(request)):
@@ -298,20 +362,30 @@ class _Front:
         sub, paper = found
         more = kind == LIKE
         if form is None:
-            return self.page(request, "action", title="More like this" if more else "Fewer like this",
-                             text=f"Show {'more' if more else 'fewer'} papers like “{paper.title}” in your digests?",
-                             action=str(request.url.path) + "?" + str(request.url.query),
-                             button="Yes, more like this" if more else "Yes, fewer like this")
+            return self.page(
+                request,
+                "action",
+                title="More like this" if more else "Fewer like this",
+                text=f"Show {'more' if more else 'fewer'} papers like “{paper.title}” in your digests?",
+                action=str(request.url.path) + "?" + str(request.url.query),
+                button="Yes, more like this" if more else "Yes, fewer like this",
+            )
         if not self.csrf_valid(request, form):
-            return self.message(request, "Please try again", "The form had expired. Open the link from the email again.", status=403)
+            return self.message(
+                request, "Please try again", "The form had expired. Open the link from the email again.", status=403
+            )
         manage = links.manage_url(self.settings, self.key, sub.email, clock=self.clock)
         if not self.store.use_token(nonce, links.FEEDBACK, self.now()):
-            return self.message(request, "Already noted", "You used this link before; your digest already knows.",
-                                manage=manage)
+            return self.message(
+                request, "Already noted", "You used this link before; your digest already knows.", manage=manage
+            )
         self.store.set_feedback(sub.id, paper.id, str(kind), self.now(), origin="web")
-        return self.message(request, "Thanks, noted",
-                            f"You will see {'more' if more else 'fewer'} papers like “{paper.title}” from your next digest on.",
-                            manage=manage)
+        return self.message(
+            request,
+            "Thanks, noted",
+            f"You will see {'more' if more else 'fewer'} papers like “{paper.title}” from your next digest on.",
+            manage=manage,
+        )
 
     def click(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
@@ -340,29 +414,57 @@ class _Front:
         if not isinstance(email, str):
             return self.bad_link(request)
         if form is None:
-            return self.page(request, "action", title="Unsubscribe",
-                             text=f"Stop sending the paper digest to {email}?",
-                             action=str(request.url.path) + "?" + str(request.url.query), button="Unsubscribe")
+            return self.page(
+                request,
+                "action",
+                title="Unsubscribe",
+                text=f"Stop sending the paper digest to {email}?",
+                action=str(request.url.path) + "?" + str(request.url.query),
+                button="Unsubscribe",
+            )
         # RFC 8058 one-click: a mail client POSTs "List-Unsubscribe=One-Click" with no cookie; the signed URL is the proof.
         self.store.unsubscribe(email, self.now())
-        return self.message(request, "You are unsubscribed",
-                            f"No more digests go to {email}. Changed your mind? Subscribe again any time.")
+        return self.message(
+            request,
+            "You are unsubscribed",
+            f"No more digests go to {email}. Changed your mind? Subscribe again any time.",
+        )
 
     # -- preferences and the digest in the browser ---------------------------------------------
 
-    def _preferences_page(self, request: Request, sub: Subscriber, *, errors: dict[str, str] | None = None,
-                          notice: str = "", status: int = 200, values: dict[str, Any] | None = None) -> HTMLResponse:
+    def _preferences_page(
+        self,
+        request: Request,
+        sub: Subscriber,
+        *,
+        errors: dict[str, str] | None = None,
+        notice: str = "",
+        status: int = 200,
+        values: dict[str, Any] | None = None,
+    ) -> HTMLResponse:
         t = request.query_params.get("t", "")
         current = {
-            "timezone": sub.timezone, "send_at": sub.send_at, "max_papers": sub.max_papers,
-            "frequency": sub.frequency, "weekly_day": sub.weekly_day,
-            "keywords": ", ".join(sub.keywords), "exclude_keywords": ", ".join(sub.exclude_keywords),
+            "timezone": sub.timezone,
+            "send_at": sub.send_at,
+            "max_papers": sub.max_papers,
+            "frequency": sub.frequency,
+            "weekly_day": sub.weekly_day,
+            "keywords": ", ".join(sub.keywords),
+            "exclude_keywords": ", ".join(sub.exclude_keywords),
         }
         return self.page(
-            request, "preferences", status=status, title="Your preferences", sub=sub, t=t,
-            values=values or current, errors=errors or {}, notice=notice,
+            request,
+            "preferences",
+            status=status,
+            title="Your preferences",
+            sub=sub,
+            t=t,
+            values=values or current,
+            errors=errors or {},
+            notice=notice,
             editable=sub.origin == "web",
-            likes=self.store.liked_papers(sub.id, LIKE), dislikes=self.store.liked_papers(sub.id, DISLIKE),
+            likes=self.store.liked_papers(sub.id, LIKE),
+            dislikes=self.store.liked_papers(sub.id, DISLIKE),
             digest_url=links.manage_url(self.settings, self.key, sub.email, clock=self.clock, path="/digest"),
             unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
         )
@@ -379,14 +481,23 @@ class _Front:
         if form is None:
             return self._preferences_page(request, sub)
         if not self.csrf_valid(request, form):
-            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+            return self.message(
+                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
+            )
         if sub.origin != "web":
-            return self._preferences_page(request, sub, status=409,
-                                          errors={"form": "Your settings come from the preferences file; ask whoever runs this digest to change them."})
+            return self._preferences_page(
+                request,
+                sub,
+                status=409,
+                errors={
+                    "form": "Your settings come from the preferences file; ask whoever runs this digest to change them."
+                },
+            )
         checked = forms.check_preferences(form)
         if checked.errors:
-            values = forms.shown(form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day",
-                                        "keywords", "exclude_keywords"))
+            values = forms.shown(
+                form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day", "keywords", "exclude_keywords")
+            )
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
         try:
             sub = self.store.update_preferences(sub.id, checked.values)
@@ -405,10 +516,14 @@ class _Front:
         if sub is None:
             return self.bad_link(request)
         if not self.csrf_valid(request, form):
-            return self.message(request, "Please try again", "The form had expired. Reload the page and send it again.", status=403)
+            return self.message(
+                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
+            )
         kind, paper = forms.first(form, "kind"), forms.first(form, "paper")
         if not paper or len(paper) > 200 or not forms.usable(paper):
-            return self._preferences_page(request, sub, status=400, errors={"form": "That is not one of your papers; nothing was removed."})
+            return self._preferences_page(
+                request, sub, status=400, errors={"form": "That is not one of your papers; nothing was removed."}
+            )
         removed = self.store.remove_interaction(sub.id, paper, kind if kind == DISLIKE else LIKE, origin="web")
         return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
 
@@ -426,23 +541,35 @@ class _Front:
         now = self.now()
         row = self.store.latest_delivery(sub.id, local_date(now, sub.timezone))
         if row is None:
-            return self.message(request, "No digest yet", f"Your first digest comes at {describe(sub)}.",
-                                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
+            return self.message(
+                request,
+                "No digest yet",
+                f"Your first digest comes at {describe(sub)}.",
+                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock),
+            )
         trending = [(str(t[0]), int(t[1])) for t in row.trending or [] if len(t) == 2]
         by_id = {p.id: p for p in self.store.papers(list(dict.fromkeys([*row.papers, *(pid for pid, _ in trending)])))}
         reasons = list(row.reasons or [])
-        picks = [Pick(by_id[pid], 0.0, reasons[i] if i < len(reasons) else "")
-                 for i, pid in enumerate(row.papers) if pid in by_id]
+        picks = [
+            Pick(by_id[pid], 0.0, reasons[i] if i < len(reasons) else "")
+            for i, pid in enumerate(row.papers)
+            if pid in by_id
+        ]
         trend = [(by_id[pid], count) for pid, count in trending if pid in by_id]
         new_count = len(self.store.recent_paper_ids(now - timedelta(days=self.settings.ranking.window_days)))
         try:
-            _, _, html, _ = compose(self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now)
+            _, _, html, _ = compose(
+                self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now
+            )
         except DigestError as e:  # e.g. RenderError: text no renderer takes; the daily job has the same trouble
             log.warning("the digest page of subscriber %s cannot be shown: %s", sub.id, e)
-            return self.message(request, "This digest cannot be shown",
-                                "Something in this digest could not be put on a page. Your settings and likes are "
-                                "unchanged; tomorrow's digest will show here as usual.",
-                                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock))
+            return self.message(
+                request,
+                "This digest cannot be shown",
+                "Something in this digest could not be put on a page. Your settings and likes are "
+                "unchanged; tomorrow's digest will show here as usual.",
+                manage=links.manage_url(self.settings, self.key, sub.email, clock=self.clock),
+            )
         return HTMLResponse(html, headers=SECURITY_HEADERS)
 
 
@@ -461,23 +588,29 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
         titles = {404: "Page not found", 405: "Not allowed", 413: "Too large"}
-        return await run_in_threadpool(front.message, request, titles.get(status, "Something went wrong"),
-                                       "Nothing was changed.", status=status)
+        return await run_in_threadpool(
+            front.message, request, titles.get(status, "Something went wrong"), "Nothing was changed.", status=status
+        )
 
     async def refused(request: Request, exc: Exception) -> Response:
         """A post that is not one of our forms (forms.FormRefused): 413, 415 or 400, with why."""
         status = getattr(exc, "status", 400)
         titles = {413: "Too large", 415: "Not one of our forms"}
-        return await run_in_threadpool(front.message, request, titles.get(status, "Something is wrong with the form"),
-                                       str(exc), status=status)
+        return await run_in_threadpool(
+            front.message, request, titles.get(status, "Something is wrong with the form"), str(exc), status=status
+        )
 
     async def database_down(request: Request, exc: Exception) -> Response:
         """The database failed (full, read-only, deleted, its server gone): one log line, and a 503
         that says nothing was changed, not a 500 with a traceback per request."""
         log.error("%s", exc)
-        response = await run_in_threadpool(front.message, request, "Temporarily unavailable",
-                                           "The digest cannot reach its database just now. Nothing was changed; "
-                                           "please try again later.", status=503)
+        response = await run_in_threadpool(
+            front.message,
+            request,
+            "Temporarily unavailable",
+            "The digest cannot reach its database just now. Nothing was changed; please try again later.",
+            status=503,
+        )
         response.headers["Retry-After"] = "300"
         return response
 
@@ -499,7 +632,15 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/preferences/likes", route(front.remove_like), methods=["POST"]),
         Route("/digest", route(front.digest), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        HTTPException: http_error, forms.FormRefused: refused, StoreError: database_down, Exception: unexpected})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPException: http_error,
+            forms.FormRefused: refused,
+            StoreError: database_down,
+            Exception: unexpected,
+        },
+    )
     app.state.front = front
     return app

@@ -74,7 +74,9 @@ def is_form(content_type: str | None) -> bool:
     """Is this Content-Type (None: none sent) a urlencoded form in UTF-8 (or ASCII)?"""
     mime, _, params = (content_type or FORM_TYPE).partition(";")
     charset = re.search(r"charset\s*=\s*\"?([^\s\";]*)", params, re.IGNORECASE)
-    return mime.strip().lower() == FORM_TYPE and (not charset or charset.group(1).lower() in ("utf-8", "utf8", "us-ascii"))
+    return mime.strip().lower() == FORM_TYPE and (
+        not charset or charset.group(1).lower() in ("utf-8", "utf8", "us-ascii")
+    )
 
 
 def _unquoted(raw: bytes) -> str:
@@ -123,14 +125,19 @@ def _checked_text(checked: Checked, name: str, value: str, *, limit: int = MAX_F
         checked.errors.setdefault(name, f"at most {limit} characters")
     elif _UNUSABLE.search(value) or (not lines and _LINE_BREAK.search(value)):
         checked.errors.setdefault(
-            name, "has control or invisible characters (or bytes that are not UTF-8)" if _UNUSABLE.search(value)
-            else "must be a single line")
+            name,
+            "has control or invisible characters (or bytes that are not UTF-8)"
+            if _UNUSABLE.search(value)
+            else "must be a single line",
+        )
     else:
         return value
     return ""
 
 
-def _text(checked: Checked, form: dict[str, list[str]], name: str, *, limit: int = MAX_FIELD, lines: bool = False) -> str:
+def _text(
+    checked: Checked, form: dict[str, list[str]], name: str, *, limit: int = MAX_FIELD, lines: bool = False
+) -> str:
     return _checked_text(checked, name, first(form, name), limit=limit, lines=lines)
 
 
@@ -179,7 +186,9 @@ def _when(checked: Checked, form: dict[str, list[str]]) -> dict[str, str]:
     }
 
 
-NON_ASCII_ADDRESS = "this digest's mail server cannot send to addresses with non-ASCII characters; please use another address"
+NON_ASCII_ADDRESS = (
+    "this digest's mail server cannot send to addresses with non-ASCII characters; please use another address"
+)
 
 
 def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool) -> Checked:

@@ -15,7 +15,9 @@ from digest.render import environment
 from digest.settings import Settings
 
 
-def notice(settings: Settings, *, email: str, name: str, subject: str, template: str, when: datetime, **context: str) -> EmailMessage:
+def notice(
+    settings: Settings, *, email: str, name: str, subject: str, template: str, when: datetime, **context: str
+) -> EmailMessage:
     """A short multipart notice to one address from `templates/email/{template}.txt|.html`."""
     env = environment()
     sender = parse_sender(settings.smtp.sender)
