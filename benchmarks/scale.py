@@ -112,7 +112,7 @@ def make_papers(count: int, rng: random.Random, *, start: int = 0, day: datetime
 
 def populate(store, users: int, papers: int, rng: random.Random) -> None:
     """The corpus, the subscribers and their likes (untimed set-up)."""
-    from digest.store import LIKE
+    from digest.db import Kind
 
     corpus = make_papers(papers, rng)
     past = NOW - timedelta(days=60)
@@ -140,7 +140,7 @@ def populate(store, users: int, papers: int, rng: random.Random) -> None:
         clusters = rng.sample(range(CLUSTERS), rng.randint(1, 3))
         pool = [pid for c in clusters for pid in by_cluster.get(c, [])]
         pairs.extend((sid, pid) for pid in rng.sample(pool, min(likes, len(pool))))
-    store.add_interactions_many(pairs, LIKE, past, origin="import")
+    store.add_interactions_many(pairs, Kind.LIKE, past, origin="import")
 
 
 # -- an SMTP sink -------------------------------------------------------------------------------
@@ -168,8 +168,8 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
 
     The weekly fit and the planner each run in a process of their own, as `digest fit` and
     `digest worker --plan` do, so each peak is that step's own (not this set-up's leftovers)."""
+    from digest.db import Kind, Store
     from digest.settings import load_settings
-    from digest.store import LIKE, Store
 
     rng = random.Random(seed)
     folder = Path(tempfile.mkdtemp(prefix="digest-scale-"))
@@ -203,7 +203,7 @@ def run_size(users: int, *, new: int, workers: int, svm_sample: int, seed: int =
     liked = [
         (sid, p) for sid in rng.sample(range(1, users + 1), users // 50) for p in rng.sample(past, rng.randint(1, 3))
     ]
-    store.add_interactions_many(liked, LIKE, NOW - timedelta(hours=12), origin="web")
+    store.add_interactions_many(liked, Kind.LIKE, NOW - timedelta(hours=12), origin="web")
     del past, liked
     store.close()
 
@@ -263,9 +263,9 @@ def _child(conn, fn, args) -> None:
 
 def _weekly_fit(config: Path) -> dict:
     """`digest fit`: a full fit of the ranker, saved; its time and its process's peak."""
+    from digest.db import Store
     from digest.pipeline import day_ranker, train_data
     from digest.settings import load_settings
-    from digest.store import Store
     from digest.workers import peak_rss_mb
 
     settings = load_settings(config)
@@ -286,10 +286,12 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
 
     import numpy as np
 
+    from digest.compose import compose
+    from digest.db import Kind, Store
+    from digest.due import local_date
     from digest.links import secret_key
-    from digest.pipeline import Due, candidate_papers, compose, day_ranker, local_date, rank_subscribers, train_data
+    from digest.pipeline import Due, candidate_papers, day_ranker, rank_subscribers, train_data
     from digest.settings import load_settings
-    from digest.store import CLICKED, DISLIKE, LIKE, SENT, Store
     from digest.workers import peak_rss_mb, trending_lists, write_plans
 
     rng = random.Random(seed + 1)
@@ -315,7 +317,9 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     result["changed_readers"] = day_report.changed_readers
     t = time.perf_counter()
     candidates = candidate_papers(store, data, NOW - timedelta(days=settings.ranking.window_days))
-    seen = store.papers_seen([s.id for s in subscribers], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+    seen = store.papers_seen(
+        [s.id for s in subscribers], [p.id for p in candidates], [Kind.SENT, Kind.LIKE, Kind.DISLIKE, Kind.CLICKED]
+    )
     picks = rank_subscribers(
         ranker,
         data,

@@ -74,8 +74,8 @@ def build(folder: Path, readers: int, new_papers: int, seed: int) -> tuple[Path,
     """Config, database and population; returns (config path, reader ids, today's paper ids)."""
     from scale import make_papers, populate
 
+    from digest.db import Store
     from digest.settings import load_settings
-    from digest.store import Store
 
     port = _free_port()
     config = folder / "digest.toml"

@@ -7,6 +7,7 @@ never with a traceback for bad input.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,8 +146,8 @@ def demo(
     Starts from a fresh demo database each time, delivers to a local outbox folder (.eml files),
     and prints the example subscriber's picks with their scores and reasons.
     """
+    from digest.db import discard_database
     from digest.pipeline import run_daily
-    from digest.store import discard_database
 
     folder = (data_dir or Path(platformdirs.user_data_dir("digest")) / "demo").expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,14 @@ def run(config: ConfigOption = None) -> None:
         f"checking every minute who is due; Ctrl-C to stop, kill -HUP to re-read {path} now "
         f"(it is re-read every {settings.schedule.reload_minutes:g} min)"
     )
-    run_forever(settings, path, log_line=lambda line: console.print(line, markup=False, highlight=False))
+    try:
+        run_forever(settings, path, log_line=lambda line: console.print(line, markup=False, highlight=False))
+    finally:
+        # This process is on its way out (stopped, or a StoreError to report).  Python puts the default
+        # SIGHUP action back while it shuts down, and a `kill -HUP` then would end it before it has said
+        # why it stopped; an ignored signal stays ignored to the end.
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 @app.command()
@@ -223,8 +231,8 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
     """Per subscriber: the last digest (date, status, attempts, Message-ID), the next one due, any failure."""
     from zoneinfo import ZoneInfo
 
-    from digest.schedule import RUN_LEASE, due_day, next_send
-    from digest.store import FAILED, PENDING, Store, aware
+    from digest.db import RUN_LEASE, DeliveryStatus, Store, aware
+    from digest.due import due_day, next_send
 
     settings = _settings(config)
     moment = _parse_now(now).astimezone(UTC)
@@ -261,7 +269,7 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                     soft_wrap=True,
                 )
             day = due_day(sub, moment, catch_up_hours=settings.schedule.catch_up_hours)
-            if last is not None and last.status == PENDING:
+            if last is not None and last.status == DeliveryStatus.PENDING:
                 retry = aware(last.next_attempt_at)
                 when = (
                     f"after {retry.astimezone(zone):%a %Y-%m-%d %H:%M} {sub.timezone}"
@@ -276,9 +284,9 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                 console.print(
                     f"  next digest: {upcoming:%a %Y-%m-%d %H:%M} {sub.timezone}", highlight=False, soft_wrap=True
                 )
-            if last is not None and last.status in (PENDING, FAILED) and last.error:
+            if last is not None and last.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED) and last.error:
                 console.print(f"  [red]problem:[/red] {escape(last.error)}", highlight=False, soft_wrap=True)
-            if last is not None and last.status == FAILED:
+            if last is not None and last.status == DeliveryStatus.FAILED:
                 console.print(
                     f"  to send it again: digest retry {sub.email} --date {last.digest_date}",
                     markup=False,
@@ -305,8 +313,8 @@ def retry(
     """
     from datetime import date
 
+    from digest.db import Store
     from digest.errors import StoreError
-    from digest.store import Store
 
     settings = _settings(config)
     try:
@@ -350,7 +358,7 @@ def migrate(
 ) -> None:
     """Upgrade the database's schema to this version of digest (Alembic; back the database up first)."""
     from digest import migrations
-    from digest.store import Store
+    from digest.db import Store
 
     settings = _settings(config)
     store = Store(settings.database_url, migrate=True)
@@ -379,7 +387,7 @@ def worker(
     ] = False,
 ) -> None:
     """Send planned digests until none is left (run several, on one machine or many, against one database)."""
-    from digest.store import Store
+    from digest.db import Store
     from digest.workers import plan_day, work
 
     settings = _settings(config)
@@ -407,8 +415,8 @@ def fit(config: ConfigOption = None, now: NowOption = None) -> None:
     old; for a large community run this off-hours instead (e.g. weekly from cron), so no daily
     run has to wait for a full fit.
     """
+    from digest.db import Store
     from digest.pipeline import day_ranker, train_data
-    from digest.store import Store
 
     settings = _settings(config)
     store = Store(settings.database_url)
@@ -475,8 +483,8 @@ def ingest(
     """Fetch new papers from the configured sources into the database, without ranking or sending."""
     from datetime import date
 
+    from digest.db import Store
     from digest.pipeline import ingest as run_ingest
-    from digest.store import Store
 
     settings = _settings(config)
     labels = [s.label for s in settings.sources]

@@ -5,6 +5,7 @@ DigestError                 anything we raise on purpose; the message says what 
 ├── DataError               an input data file (sample, benchmark folder) is malformed
 ├── SourceError             a paper source failed (network, bad feed); other sources go on
 ├── StoreError              the database cannot be opened or used
+├── LeaseBusy               another daily run holds the run lease: this one does nothing
 ├── RenderError             one reader's digest could not be rendered: it waits for the next run
 └── DeliveryError           a message could not be delivered
     ├── TransientDeliveryError   worth retrying later (4xx, refused, timeout, drop)
@@ -90,3 +91,7 @@ class PermanentDeliveryError(DeliveryError):
 
 class AuthenticationError(DeliveryError):
     """The SMTP server refused our credentials; no message of this run can be sent."""
+
+
+class LeaseBusy(DigestError):
+    """Another daily run holds the run lease (`digest.db.RunLease`)."""

@@ -19,16 +19,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
-from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import scipy.sparse as sp
 
-from digest import links
+from digest.compose import Pick, as_render_error, compose, save_html
+from digest.db import (
+    Delivery,
+    DeliveryStatus,
+    Kind,
+    Paper,
+    RunLease,
+    Store,
+    Subscriber,
+    UpsertCounts,
+    aware,
+    owner_is_dead,
+)
 from digest.deliver import (
-    Envelope,
     RetryPolicy,
     Sender,
     Transport,
@@ -37,55 +47,26 @@ from digest.deliver import (
     make_transport,
     message_id,
     parse_sender,
-    recipient,
 )
+from digest.due import due_day, local_date, next_send, wall_clock, window_days
 from digest.embeddings import ranking_options
 from digest.errors import (
     AuthenticationError,
     DeliveryError,
     DigestError,
     PermanentDeliveryError,
-    RenderError,
     ServerUnavailable,
     StoreError,
     TransientDeliveryError,
     UnconfirmedDelivery,
 )
-from digest.links import secret_key, unsubscribe_mailto, unsubscribe_url
+from digest.links import secret_key, unsubscribe_mailto
 from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.base import top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.rank.saved import ModelReport, ranker_for_day
-from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
-from digest.schedule import (
-    RunLease,
-    due_day,
-    is_send_day,
-    next_send,
-    owner_is_dead,
-    send_moment,
-    wall_clock,
-    window_days,
-)
-from digest.settings import Settings, SubscriberSettings
+from digest.settings import Settings
 from digest.sources import FetchOptions, fetch
-from digest.sources.base import safe_unicode
-from digest.store import (
-    CLICKED,
-    DISLIKE,
-    FAILED,
-    LIKE,
-    PENDING,
-    SENT,
-    SENT_STATUS,
-    UNCONFIRMED,
-    Delivery,
-    Paper,
-    Store,
-    Subscriber,
-    UpsertCounts,
-    aware,
-)
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +92,6 @@ class SourceReport:
             where = self.examples.get(why)
             parts.append(f"{n} {why}" + (f" ({', '.join(where)}{', ...' if n > len(where) else ''})" if where else ""))
         return ", ".join(parts) or "none"
-
-
-@dataclass
-class Pick:
-    paper: Paper
-    score: float
-    reason: str
 
 
 @dataclass
@@ -226,7 +200,7 @@ def sync_subscribers(store: Store, settings: Settings, now: datetime) -> dict[st
         for entry in sub.liked:
             pid = store.resolve_paper(entry)
             (found if pid else missing).append(pid or entry)
-        store.replace_interactions(ids[sub.email], found, LIKE, now, origin="config")
+        store.replace_interactions(ids[sub.email], found, Kind.LIKE, now, origin="config")
         if missing:
             unmatched[sub.email] = missing
     return unmatched
@@ -267,7 +241,9 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
         return m
 
     counts = np.array(upvotes, dtype=np.float32)
-    data = TrainData(corpus, users, matrix(LIKE), matrix(DISLIKE), [list(s.keywords) for s in subscribers], counts)
+    data = TrainData(
+        corpus, users, matrix(Kind.LIKE), matrix(Kind.DISLIKE), [list(s.keywords) for s in subscribers], counts
+    )
     if not counts.any():  # no community upvotes: likes across our subscribers are the trend
         data.counts = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
     return data
@@ -508,135 +484,6 @@ def trending(
 # -- render and deliver ------------------------------------------------------------------------
 
 
-def local_date(now: datetime, tz_name: str) -> date:
-    from zoneinfo import ZoneInfo
-
-    return now.astimezone(ZoneInfo(tz_name)).date()
-
-
-def is_due(sub: Subscriber | SubscriberSettings, now: datetime) -> bool:
-    """Is today (local) a send day for the subscriber, and has their send time passed?"""
-    day = local_date(now, sub.timezone)
-    return is_send_day(sub, day) and now >= send_moment(sub, day)
-
-
-def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
-    title, url, authors, abstract, day = _paper_fields(
-        paper.id,
-        paper.title,
-        paper.url,
-        tuple(paper.authors),
-        paper.abstract,
-        paper.published,
-        paper.first_seen,
-        settings.ranking.abstract_chars,
-    )
-    return PaperView(
-        id=paper.id,
-        title=title,
-        url=url,
-        authors=authors,
-        abstract=abstract,
-        date=day,
-        reason=safe_unicode(reason),
-        score=score,
-        count=count,
-    )
-
-
-@lru_cache(maxsize=32768)
-def _paper_fields(
-    pid: str,
-    title: str,
-    url: str,
-    authors: tuple[str, ...],
-    abstract: str,
-    published: datetime | None,
-    first_seen: datetime | None,
-    abstract_chars: int,
-) -> tuple[str, str, str, str, str]:
-    """A paper's shown fields, worked out once per run (the same papers recur across digests).
-
-    Text is made safe again here (`safe_unicode`): rows stored before the sources cleaned as they do
-    now may hold lone surrogates or private-use characters, which no renderer or mail client takes."""
-    title = safe_unicode(title)
-    return (
-        title,
-        paper_url(pid, url, title),
-        format_authors([safe_unicode(a) for a in authors]),
-        trim(safe_unicode(abstract), abstract_chars),
-        format_date(aware(published) or aware(first_seen)),
-    )
-
-
-def compose(
-    settings: Settings,
-    key: str,
-    sub: Subscriber,
-    day: date,
-    picks: Sequence[Pick],
-    trend: Sequence[tuple[Paper, int]],
-    new_count: int,
-    now: datetime,
-    *,
-    clock: Callable[[], datetime] = wall_clock,
-) -> tuple[Envelope, str, str, str]:
-    """(envelope, text, html, unsubscribe url) of one subscriber's digest.
-
-    Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
-    carries a token that names the subscriber (and the paper), signed as of `now` but never later
-    than the real `clock`: a digest made with a `--now` in the future must not carry links that the
-    web front refuses as not yet valid until then.
-    """
-    sender = parse_sender(settings.smtp.sender)
-    signed = links.at(min(now, clock()))
-    unsub = unsubscribe_url(settings, key, sub.email, clock=signed)
-    subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
-    view = DigestView(
-        name=sub.name,
-        email=sub.email,
-        digest_date=day,
-        picks=[_view(p.paper, settings, reason=p.reason, score=p.score) for p in picks],
-        trending=[_view(p, settings, count=c) for p, c in trend],
-        trending_label="likes" if not any(p.upvotes for p, _ in trend) else "upvotes",
-        new_count=new_count,
-        unsubscribe_url=unsub,
-        subject=subject,
-        manage_url=links.manage_url(settings, key, sub.email, clock=signed),
-        browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest"),
-        origin=sub.origin,
-    )
-    if sub.id is not None:
-        signer = links.DigestLinks(settings, key, sub.id, clock=signed)
-        for pv in view.picks + view.trending:
-            pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
-    text, html = render_digest(view)
-    envelope = Envelope(
-        sender=sender,
-        recipient=recipient(sub.name, sub.email),
-        subject=subject,
-        message_id=message_id(sender, sub.email, day),
-        when=now,
-        digest_date=day,
-    )
-    return envelope, text, html, unsub
-
-
-def as_render_error(error: Exception, email: str) -> DigestError:
-    """A failure while making one reader's message, as the error recorded for that reader: our own
-    errors as they are, anything else (text a renderer or the email package refuses) as a RenderError."""
-    if isinstance(error, DigestError):
-        return error
-    return RenderError(f"could not build the digest for {email}: {error.__class__.__name__}: {str(error)[:200]}")
-
-
-def _save_html(settings: Settings, day: date, email: str, html: str) -> Path:
-    path = settings.data_path / "digests" / day.isoformat() / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path
-
-
 def run_daily(
     now: datetime,
     settings: Settings,
@@ -743,7 +590,9 @@ def rank_due(
     recent = recent_for[widest]
     candidates = candidate_papers(store, data, recent)
     fresh = [d.subscriber for d in due if d.existing is None]
-    seen = store.papers_seen([s.id for s in fresh], [p.id for p in candidates], [SENT, LIKE, DISLIKE, CLICKED])
+    seen = store.papers_seen(
+        [s.id for s in fresh], [p.id for p in candidates], [Kind.SENT, Kind.LIKE, Kind.DISLIKE, Kind.CLICKED]
+    )
     if widest > default_days:
         older = recent - recent_for[default_days]
         for sub in fresh:
@@ -812,7 +661,7 @@ def due_subscribers(
             retry_at = aware(row.next_attempt_at)
             if now > aware(row.created) + window:
                 reason = f"gave up: not delivered within {catch_up_hours:g} hours ({row.error or 'interrupted'})"
-                store.record_outcome(row, FAILED, now, worker="", error=reason, attempted=False)
+                store.record_outcome(row, DeliveryStatus.FAILED, now, worker="", error=reason, attempted=False)
                 report.outcomes.append(
                     Outcome(sub.email, "failed", row.digest_date, message_id=row.message_id, detail=reason)
                 )
@@ -838,7 +687,7 @@ def due_subscribers(
         if day in retried:
             continue
         existing = recorded.get((sub.id, day))
-        if existing is not None and existing.status in (SENT_STATUS, FAILED):
+        if existing is not None and existing.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
             status = "skipped" if day == today else "not-due"
             report.outcomes.append(
                 Outcome(
@@ -987,7 +836,7 @@ def _one_subscriber(
         except Exception as e:
             outcome.status, outcome.detail = "failed", str(as_render_error(e, sub.email))
             return
-        outcome.html_path = _save_html(settings, day, sub.email, html)
+        outcome.html_path = save_html(settings, day, sub.email, html)
         outcome.status = "dry-run"
         return
     row = due.existing or store.create_delivery(
@@ -1003,10 +852,16 @@ def _one_subscriber(
     if unreachable:  # recorded (so the same papers go later), not attempted
         retry_at = now + policy.retry_after
         store.record_outcome(
-            row, PENDING, now, worker=worker, error=unreachable, attempted=False, next_attempt_at=retry_at
+            row,
+            DeliveryStatus.PENDING,
+            now,
+            worker=worker,
+            error=unreachable,
+            attempted=False,
+            next_attempt_at=retry_at,
         )
         outcome.status, outcome.detail = (
-            PENDING,
+            DeliveryStatus.PENDING,
             f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC",
         )
         return
@@ -1020,7 +875,7 @@ def _one_subscriber(
         envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
         envelope = replace(envelope, message_id=mid)  # a retry is the same message
         if keep_html:
-            outcome.html_path = _save_html(settings, day, sub.email, html)
+            outcome.html_path = save_html(settings, day, sub.email, html)
         return build_message(
             envelope,
             text,
@@ -1080,31 +935,33 @@ def send_claimed(
     try:
         sender.send(build())  # building may connect (does the server take 8bit?): its errors are the sender's
     except UnconfirmedDelivery as e:
-        if row.status == UNCONFIRMED:  # unconfirmed twice: a third copy is worse than none
-            store.record_outcome(row, FAILED, now, worker=worker, error=f"{e} (twice: not sent again)")
-            return SendResult(FAILED, f"{e}; unconfirmed twice, not sent again")
+        if row.status == DeliveryStatus.UNCONFIRMED:  # unconfirmed twice: a third copy is worse than none
+            store.record_outcome(row, DeliveryStatus.FAILED, now, worker=worker, error=f"{e} (twice: not sent again)")
+            return SendResult(DeliveryStatus.FAILED, f"{e}; unconfirmed twice, not sent again")
         retry_at = now + policy.retry_after
-        store.record_outcome(row, UNCONFIRMED, now, worker=worker, error=str(e), next_attempt_at=retry_at)
-        return SendResult(UNCONFIRMED, f"{e}; tried once more after {retry_at:%H:%M} UTC")
+        store.record_outcome(
+            row, DeliveryStatus.UNCONFIRMED, now, worker=worker, error=str(e), next_attempt_at=retry_at
+        )
+        return SendResult(DeliveryStatus.UNCONFIRMED, f"{e}; tried once more after {retry_at:%H:%M} UTC")
     except TransientDeliveryError as e:
         result = _failed_attempt(store, row, e, now, worker, policy)
         if isinstance(e, ServerUnavailable):
             result.unreachable = str(e)
         return result
     except PermanentDeliveryError as e:
-        store.record_outcome(row, FAILED, now, worker=worker, error=str(e))
-        return SendResult(FAILED, str(e))
+        store.record_outcome(row, DeliveryStatus.FAILED, now, worker=worker, error=str(e))
+        return SendResult(DeliveryStatus.FAILED, str(e))
     except AuthenticationError as e:
-        store.record_outcome(row, PENDING, now, worker=worker, error=str(e), attempted=False)
-        return SendResult(PENDING, str(e), fatal=str(e))
+        store.record_outcome(row, DeliveryStatus.PENDING, now, worker=worker, error=str(e), attempted=False)
+        return SendResult(DeliveryStatus.PENDING, str(e), fatal=str(e))
     except DeliveryError as e:  # a message that cannot be sent as built (e.g. a line break in a header)
         return _failed_attempt(store, row, e, now, worker, policy)
     except StoreError:
         raise
     except Exception as e:
         return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
-    store.record_outcome(row, SENT_STATUS, now, worker=worker, sent_later=sent_later)
-    return SendResult(SENT_STATUS)
+    store.record_outcome(row, DeliveryStatus.SENT, now, worker=worker, sent_later=sent_later)
+    return SendResult(DeliveryStatus.SENT)
 
 
 def _failed_attempt(
@@ -1114,7 +971,7 @@ def _failed_attempt(
     policy's attempts."""
     attempts = row.attempts + 1
     give_up, retry_at = policy.after(attempts, now)
-    status = FAILED if give_up else PENDING
+    status = DeliveryStatus.FAILED if give_up else DeliveryStatus.PENDING
     store.record_outcome(row, status, now, worker=worker, error=str(error), next_attempt_at=retry_at)
     if give_up:
         return SendResult(status, f"{error} (gave up after {attempts} attempts)")

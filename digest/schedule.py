@@ -1,12 +1,8 @@
-"""Schedule: when each digest is due, a tick that runs the daily job when someone is, and one run at a time.
+"""Schedule: `digest run`, a tick that runs the daily job when someone is due.
 
-Three layers, each usable alone:
+It asks the due rule (`digest.due`, pure functions) who is due and the run lease
+(`digest.db.RunLease`) keeps two runs from overlapping.
 
-* the due rule, pure functions of (subscriber, now): `send_moment`, `due_day`, `next_send`.  A send
-  time that does not exist on a spring-forward day (02:30 in Europe/Berlin) happens at the same
-  instant an hour "later" (03:30 summer time); one that happens twice on a fall-back day counts once.
-* `RunLease`: a database lease (see `Store.acquire_lease`) held, and renewed in the background, by
-  the daily run, so two processes started by mistake never run it at once.
 * the scheduler (`Scheduler`, `run_forever`): a tick every minute asks the store who is due (every
   active reader in the database, web sign-ups included) and runs the daily job only then.  Nothing
   is kept between restarts but the database: a process that was down at send time catches up once
@@ -20,236 +16,19 @@ the delivery row written before the message leaves) is what keeps a digest from 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
-from zoneinfo import ZoneInfo
 
+from digest.db import Delivery, Store, Subscriber, aware
+from digest.due import Clock, When, describe, due_day, wall_clock
 from digest.errors import DigestError, StoreError
+from digest.pipeline import run_daily
 from digest.settings import Settings, load_settings
-from digest.store import Delivery, Store, Subscriber, aware
 
 log = logging.getLogger("digest.schedule")
-
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-RUN_LEASE = "daily-run"
-
-Clock = Callable[[], datetime]
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-# -- the due rule -------------------------------------------------------------------------------
-
-
-class Timed(Protocol):
-    """What the due rule needs of a subscriber (the settings entry, the store row, or a `When`): read only."""
-
-    @property
-    def timezone(self) -> str: ...
-    @property
-    def send_at(self) -> str: ...
-    @property
-    def frequency(self) -> str: ...
-    @property
-    def weekly_day(self) -> str: ...
-
-
-def is_send_day(sub: Timed, day: date) -> bool:
-    """Does the subscriber get a digest on this local date at all?"""
-    if sub.frequency == "weekdays":
-        return day.weekday() < 5
-    if sub.frequency == "weekly":
-        return WEEKDAYS[day.weekday()] == sub.weekly_day
-    return True
-
-
-def send_moment(sub: Timed, day: date) -> datetime:
-    """The UTC instant of the subscriber's send time on a local date.
-
-    A local time skipped by a clock change is taken with the offset before the change (02:30 on a
-    Berlin spring-forward day is 01:30 UTC, i.e. 03:30 summer time); a repeated one is its first
-    occurrence.
-    """
-    hour, minute = (int(x) for x in sub.send_at.split(":"))
-    local = datetime(day.year, day.month, day.day, hour, minute, tzinfo=ZoneInfo(sub.timezone), fold=0)
-    return local.astimezone(UTC)
-
-
-def due_day(sub: Timed, now: datetime, *, catch_up_hours: float) -> date | None:
-    """The local date whose digest is due at `now`: its send time has passed, less than
-    `catch_up_hours` ago (today's, or yesterday's just after midnight); None if none is."""
-    today = now.astimezone(ZoneInfo(sub.timezone)).date()
-    window = timedelta(hours=catch_up_hours)
-    for day in (today, today - timedelta(days=1)):
-        if is_send_day(sub, day):
-            moment = send_moment(sub, day)
-            if moment <= now <= moment + window:
-                return day
-    return None
-
-
-def next_send(sub: Timed, after: datetime) -> datetime:
-    """The first send instant strictly after `after` (UTC)."""
-    day = after.astimezone(ZoneInfo(sub.timezone)).date() - timedelta(days=1)
-    for _ in range(16):
-        if is_send_day(sub, day):
-            moment = send_moment(sub, day)
-            if moment > after:
-                return moment
-        day += timedelta(days=1)
-    raise AssertionError("no send day within two weeks")  # every frequency has one each week
-
-
-def window_days(sub: Timed, default: int) -> int:
-    """How many days of papers a digest picks from: a weekly one covers at least the whole week."""
-    return max(default, 7) if sub.frequency == "weekly" else default
-
-
-def describe(sub: Timed) -> str:
-    """When the digests go out, in words: "07:30 Europe/Berlin, every day" (or "Monday to Friday", "Fridays")."""
-    days = {"daily": "every day", "weekdays": "Monday to Friday", "weekly": f"{sub.weekly_day.capitalize()}s"}[
-        sub.frequency
-    ]
-    return f"{sub.send_at} {sub.timezone}, {days}"
-
-
-@dataclass(frozen=True)
-class When:
-    """A subscriber's timing as a value (hashable: subscribers who share one share its due rule)."""
-
-    timezone: str
-    send_at: str
-    frequency: str = "daily"
-    weekly_day: str = "monday"
-
-    @classmethod
-    def of(cls, sub: Timed) -> When:
-        return cls(sub.timezone, sub.send_at, sub.frequency, sub.weekly_day)
-
-
-# -- one run at a time --------------------------------------------------------------------------
-
-
-def lease_owner() -> str:
-    """host:pid:random, so a lease left by a dead process on this host can be recognised."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """Is `owner` a process on this host that no longer exists?"""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class LeaseBusy(DigestError):
-    """Another run holds the daily-run lease."""
-
-
-class RunLease:
-    """The daily-run lease: taken on enter (waiting up to `wait` seconds), renewed every ttl/3 by
-    a background thread, released on exit.  `lost` is set if a renewal finds it taken over (this
-    process stalled past the expiry), and the run then stops sending."""
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        ttl: float,
-        wait: float = 0.0,
-        name: str = RUN_LEASE,
-        owner: str | None = None,
-        clock: Clock = wall_clock,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.store, self.ttl, self.wait, self.name = store, ttl, wait, name
-        self.owner = owner or lease_owner()
-        self.clock, self.sleep = clock, sleep
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> bool:
-        deadline = time.monotonic() + self.wait
-        while True:
-            if self.store.acquire_lease(self.name, self.owner, now=self.clock(), ttl=self.ttl):
-                return True
-            holder = self.store.lease(self.name)
-            if (
-                holder is not None
-                and owner_is_dead(holder.owner)
-                and self.store.take_over_lease(
-                    self.name, self.owner, previous=holder.owner, now=self.clock(), ttl=self.ttl
-                )
-            ):
-                log.warning("took over the run lease from %s (process gone)", holder.owner)
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            self.sleep(min(1.0, max(0.05, self.ttl / 20)))
-
-    def holder(self) -> str:
-        row = self.store.lease(self.name)
-        return f"{row.owner} until {row.expires:%Y-%m-%d %H:%M:%S} UTC" if row else "nobody"
-
-    def start(self) -> bool:
-        """Take the lease and keep it renewed; False if another run holds it (after waiting)."""
-        if not self.acquire():
-            return False
-        self._thread = threading.Thread(target=self._renew, name="digest-lease", daemon=True)
-        self._thread.start()
-        return True
-
-    def stop(self) -> None:
-        """Stop renewing and give the lease back (if we hold it).  If the database failed, the lease
-        is left to lapse (or to be taken over from this dead process): the run's own error is the
-        one to see, not a second one from here."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            try:
-                self.store.release_lease(self.name, self.owner)
-            except StoreError as e:
-                log.info("the run lease was not given back, it lapses by itself: %s", e)
-
-    def __enter__(self) -> RunLease:
-        if not self.start():
-            raise LeaseBusy(f"another daily run is in progress ({self.holder()}); nothing done")
-        return self
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not self.store.renew_lease(self.name, self.owner, now=self.clock(), ttl=self.ttl):
-                    self.lost.set()
-                    return
-            except StoreError as e:  # the run itself meets the same failure and stops
-                log.warning("could not renew the run lease: %s", e)
-            except Exception:
-                log.exception("could not renew the run lease")
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- the scheduler ------------------------------------------------------------------------------
@@ -352,8 +131,6 @@ class Scheduler:
 
     def _run(self, now: datetime) -> bool:
         """The daily job as of `now` (waiting for a busy lease a while); False if it never got the lease."""
-        from digest.pipeline import run_daily
-
         settings = self.settings
         try:
             report = run_daily(
@@ -453,17 +230,4 @@ class _LineHandler(logging.Handler):
         self.line(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {record.getMessage()}")
 
 
-__all__ = [
-    "LeaseBusy",
-    "RunLease",
-    "Scheduler",
-    "When",
-    "due_day",
-    "is_send_day",
-    "next_send",
-    "retries_due",
-    "run_forever",
-    "send_moment",
-    "sends_due",
-    "window_days",
-]
+__all__ = ["Scheduler", "retries_due", "run_forever", "sends_due"]

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from digest.compose import Pick, compose
+from digest.db import Delivery, DeliveryStatus, Kind, Paper, Store, Subscriber
 from digest.deliver import (
     RetryPolicy,
     Sender,
@@ -34,11 +36,9 @@ from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
     TRENDING_SIZE,
     Due,
-    Pick,
     Progress,
     RunReport,
     SendResult,
-    compose,
     due_subscribers,
     free_dead_claims,
     ingest,
@@ -50,7 +50,6 @@ from digest.pipeline import (
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
 from digest.settings import Settings
-from digest.store import FAILED, PENDING, SENT, SENT_STATUS, Delivery, Paper, Store, Subscriber
 
 
 @dataclass
@@ -260,7 +259,7 @@ def work(
             try:
                 job.send_batch(claimed, sent, progress)
             finally:
-                store.add_interactions_many(sent, SENT, now, origin="digest")
+                store.add_interactions_many(sent, Kind.SENT, now, origin="digest")
     finally:
         if own_transport:
             transport.close()
@@ -306,7 +305,7 @@ class _Sending:
                 for rest in claimed[i:]:
                     self.store.record_outcome(
                         rest,
-                        PENDING,
+                        DeliveryStatus.PENDING,
                         self.clock(),
                         worker=report.worker,
                         attempted=False,
@@ -315,7 +314,7 @@ class _Sending:
                     )
                 return
             result = self.send_one(row, sent)
-            counter = {SENT_STATUS: "sent", FAILED: "failed"}.get(result.status, "pending")
+            counter = {DeliveryStatus.SENT: "sent", DeliveryStatus.FAILED: "failed"}.get(result.status, "pending")
             setattr(report, counter, getattr(report, counter) + 1)
             report.fatal = report.fatal or result.fatal
             report.unreachable = report.unreachable or result.unreachable
@@ -328,9 +327,14 @@ class _Sending:
         sub = self.subscribers.get(row.subscriber_id)
         if sub is None or not sub.active:
             self.store.record_outcome(
-                row, FAILED, self.clock(), worker=worker, error="subscriber no longer active", attempted=False
+                row,
+                DeliveryStatus.FAILED,
+                self.clock(),
+                worker=worker,
+                error="subscriber no longer active",
+                attempted=False,
             )
-            return SendResult(FAILED, "subscriber no longer active")
+            return SendResult(DeliveryStatus.FAILED, "subscriber no longer active")
         picks = [
             Pick(self.papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in self.papers
         ]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from digest.db import Store
 from digest.pipeline import run_daily
-from digest.store import Store
 from digest.web import create_app
 
 from .conftest import REPO, ConfigFactory, Inbox, free_port

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from digest.db import MARKER_SUFFIX, DeliveryStatus, Store, discard_database
 from digest.errors import StoreError
 from digest.pipeline import run_daily
 from digest.settings import load_settings
-from digest.store import MARKER_SUFFIX, PENDING, SENT_STATUS, Store, discard_database
 
 from .conftest import POSTGRES_URL_VAR, free_port, reset_postgres
 from .faulty_smtp import FaultyInbox, Server
@@ -374,9 +374,11 @@ def test_disk_full_mid_run_then_freed(tmp_path: Path, how: str) -> None:
 
             (data / "filler").unlink(missing_ok=True)  # space freed (the limit was the failed process's own)
             settings = load_settings(config)
-            assert {status for status, _, _ in rows(settings).values()} == {PENDING}  # recorded before it went: kept
+            assert {status for status, _, _ in rows(settings).values()} == {
+                DeliveryStatus.PENDING
+            }  # recorded before it went: kept
             run_here(config, NOW + timedelta(minutes=1))
-            assert {status for status, _, _ in rows(settings).values()} == {SENT_STATUS}
+            assert {status for status, _, _ in rows(settings).values()} == {DeliveryStatus.SENT}
         finally:
             server.stop()
     counts = server.inbox.count()

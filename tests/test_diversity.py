@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from digest.db import Paper, Subscriber
 from digest.pipeline import rank_subscribers
 from digest.rank import Corpus, IdMap, TrainData, make_ranker
-from digest.store import Paper, Subscriber
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
+from digest.db import Store
 from digest.pipeline import run_daily
-from digest.store import Store
 
 from .conftest import ConfigFactory, Inbox
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from werkzeug import Request, Response
 
 from digest.cli import app
+from digest.db import Store
 from digest.pipeline import ingest
-from digest.store import Store
 from digest.web import create_app
 
 from .conftest import ConfigFactory, Inbox

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from digest.pipeline import compose, run_daily, sync_subscribers
+from digest.compose import compose
+from digest.db import Store
+from digest.pipeline import run_daily, sync_subscribers
 from digest.render import DigestView, PaperView, render_digest, render_digest_reference
 from digest.sources.base import PaperRecord, clean_count, clean_text, clean_url, load_json
 from digest.sources.files import read_jsonl
-from digest.store import Store
 
 from .conftest import ConfigFactory, Inbox
 
@@ -210,7 +211,7 @@ def test_stored_bad_text_renders_for_every_reader(make_config: ConfigFactory, tm
         )
         sync_subscribers(store, settings, NOW)
         papers = store.papers(["r1", "r2"])
-        from digest.pipeline import Pick
+        from digest.compose import Pick
 
         for sub in store.subscribers():
             _, text, html, _ = compose(

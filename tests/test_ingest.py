@@ -12,8 +12,8 @@ from pytest_httpserver import HTTPServer
 from typer.testing import CliRunner
 
 from digest.cli import app
+from digest.db import Store
 from digest.pipeline import ingest, run_daily
-from digest.store import Store
 
 from .conftest import ConfigFactory
 from .source_feeds import NOW, arxiv_source, atom_entry, atom_feed, hf_item, hf_json, hf_source

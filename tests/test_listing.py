@@ -112,9 +112,9 @@ def test_a_junk_listing_source_fails_alone_and_the_run_goes_on(tmp_path: Path) -
     import os
     from datetime import datetime
 
+    from digest.db import Store
     from digest.pipeline import ingest
     from digest.settings import load_settings
-    from digest.store import Store
 
     (tmp_path / "junk.txt").write_bytes(os.urandom(100_000))
     config = tmp_path / "digest.toml"

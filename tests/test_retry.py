@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from digest.cli import app
+from digest.db import Delivery, DeliveryStatus, Store
 from digest.errors import DigestError
-from digest.store import FAILED, PENDING, SENT_STATUS, Delivery, Store
 
 from .conftest import free_port
 from .faulty_smtp import Server
@@ -46,12 +46,12 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
         broken = store.subscriber(email="broken@example.org")
         assert broken is not None and broken.id is not None
         failed = store.delivery(broken.id, today)
-        assert failed is not None and failed.status == FAILED and failed.attempts == 1
+        assert failed is not None and failed.status == DeliveryStatus.FAILED and failed.attempts == 1
 
         again = cli("retry", "broken@example.org", "--config", config)  # default: the latest failed digest
         assert f"broken@example.org: the digest of {today} is queued again" in again
         queued = store.delivery(broken.id, today)
-        assert queued is not None and (queued.status, queued.attempts, queued.error) == (PENDING, 0, "")
+        assert queued is not None and (queued.status, queued.attempts, queued.error) == (DeliveryStatus.PENDING, 0, "")
         assert (queued.papers, queued.message_id) == (failed.papers, failed.message_id)
 
         cli("send", "--config", config)  # not --force: a queued digest is due by itself
@@ -59,7 +59,7 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
         assert server.inbox.count() == {"ok@example.org": 1, "broken@example.org": 1}
         assert server.inbox.ids("broken@example.org") == [failed.message_id]
         sent = store.delivery(broken.id, today)
-        assert sent is not None and sent.status == SENT_STATUS and sent.attempts == 1
+        assert sent is not None and sent.status == DeliveryStatus.SENT and sent.attempts == 1
         store.close()
     finally:
         server.stop()
@@ -105,16 +105,21 @@ def test_requeue_refuses_what_is_not_failed_and_finds_the_latest_failed(store: S
     with store.session() as s:  # two of them failed for good (a 5xx), however the sender wrote it
         for row in rows[:2]:
             failed = s.get(Delivery, row.id)
-            failed.status, failed.attempts, failed.error = FAILED, 1, "550 no such mailbox"
+            failed.status, failed.attempts, failed.error = DeliveryStatus.FAILED, 1, "550 no such mailbox"
         s.commit()
     with pytest.raises(DigestError, match="the digest of 2026-11-23 is pending, not failed: a run sends it by itself"):
         store.requeue_delivery(sub_id, days[2], now)
     with pytest.raises(DigestError, match="no digest for 2026-11-20"):
         store.requeue_delivery(sub_id, date(2026, 11, 20), now)
     row = store.requeue_delivery(sub_id, None, now)  # the latest failed one: the 22nd
-    assert (row.digest_date, row.status, row.attempts, row.message_id) == (days[1], PENDING, 0, "<m22@x>")
+    assert (row.digest_date, row.status, row.attempts, row.message_id) == (
+        days[1],
+        DeliveryStatus.PENDING,
+        0,
+        "<m22@x>",
+    )
     assert row.next_attempt_at == now and row.created == now  # due now; the catch-up window starts again
-    assert store.delivery(sub_id, days[0]).status == FAILED  # the older one is left as it is
+    assert store.delivery(sub_id, days[0]).status == DeliveryStatus.FAILED  # the older one is left as it is
 
 
 class _Reader:

@@ -18,11 +18,12 @@ from pytest_httpserver import HTTPServer
 from starlette.testclient import TestClient
 from werkzeug import Request, Response
 
+from digest.db import RunLease, Store
+from digest.due import When, due_day, next_send, send_moment, wall_clock
 from digest.pipeline import run_daily
-from digest.schedule import RunLease, Scheduler, When, due_day, next_send, run_forever, send_moment, wall_clock
+from digest.schedule import Scheduler, run_forever
 from digest.settings import Settings, load_settings
 from digest.sources.files import read_jsonl
-from digest.store import Store
 from digest.web import create_app
 
 from .conftest import ConfigFactory, Inbox

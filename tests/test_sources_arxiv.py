@@ -10,10 +10,10 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from digest.db import Store
 from digest.errors import SourceError
 from digest.pipeline import ingest
 from digest.sources.base import MAX_ABSTRACT_CHARS, FetchOptions
-from digest.store import Store
 
 from .conftest import ConfigFactory
 from .source_feeds import DATA, NOW, arxiv_source, atom_entry, atom_feed

@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import SQLModel
 
 from digest import migrations
+from digest.db import DeliveryStatus, Kind, Store
 from digest.errors import StoreError
 from digest.sources.base import PaperRecord
-from digest.store import FAILED, LIKE, PENDING, SENT, SENT_STATUS, Store
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -33,12 +34,12 @@ def test_interactions_single_and_bulk(store: Store) -> None:
     store.upsert_papers([paper(f"p{i}", f"Paper {i}") for i in range(5)], NOW)
     ids = store.add_subscribers([{"email": "a@example.org"}, {"email": "b@example.org"}], NOW)
     a, b = ids["a@example.org"], ids["b@example.org"]
-    assert store.add_interactions(a, ["p0", "p1", "p0"], LIKE, NOW, origin="config") == 2
-    assert store.add_interactions(a, ["p1", "p2"], LIKE, NOW, origin="config") == 1
-    assert store.add_interactions_many([(b, "p3"), (b, "p4")], SENT, NOW, origin="digest") == 2
-    assert store.paper_ids_for(a, [LIKE]) == {"p0", "p1", "p2"}
-    assert store.papers_seen([a, b], ["p0", "p3", "p4"], [LIKE, SENT]) == {a: {"p0"}, b: {"p3", "p4"}}
-    assert sorted((r.email, r.paper_id) for r in store.interactions([SENT])) == [
+    assert store.add_interactions(a, ["p0", "p1", "p0"], Kind.LIKE, NOW, origin="config") == 2
+    assert store.add_interactions(a, ["p1", "p2"], Kind.LIKE, NOW, origin="config") == 1
+    assert store.add_interactions_many([(b, "p3"), (b, "p4")], Kind.SENT, NOW, origin="digest") == 2
+    assert store.paper_ids_for(a, [Kind.LIKE]) == {"p0", "p1", "p2"}
+    assert store.papers_seen([a, b], ["p0", "p3", "p4"], [Kind.LIKE, Kind.SENT]) == {a: {"p0"}, b: {"p3", "p4"}}
+    assert sorted((r.email, r.paper_id) for r in store.interactions([Kind.SENT])) == [
         ("b@example.org", "p3"),
         ("b@example.org", "p4"),
     ]
@@ -61,7 +62,7 @@ def test_deliveries_plan_claim_finish(store: Store) -> None:
     ]
     store.plan_deliveries(plan, NOW)
     store.plan_deliveries(plan, NOW)  # one digest a day: the second plan adds nothing
-    assert store.delivery_status_counts(day) == {PENDING: 5}
+    assert store.delivery_status_counts(day) == {DeliveryStatus.PENDING: 5}
 
     first = store.claim_deliveries("w1", NOW, limit=3)
     second = store.claim_deliveries("w2", NOW, limit=3)
@@ -70,23 +71,32 @@ def test_deliveries_plan_claim_finish(store: Store) -> None:
     assert first[0].reasons == ["close to x"] and first[0].trending == [["p1", 3]]
     assert store.claim_deliveries("w3", NOW) == []  # all held
 
-    store.record_outcome(first[0], SENT_STATUS, NOW, worker="w1")
-    store.record_outcome(first[1], FAILED, NOW, worker="w1", error="550 no such user")
+    store.record_outcome(first[0], DeliveryStatus.SENT, NOW, worker="w1")
+    store.record_outcome(first[1], DeliveryStatus.FAILED, NOW, worker="w1", error="550 no such user")
     store.record_outcome(
-        first[2], PENDING, NOW, worker="w1", error="421 try later", next_attempt_at=NOW + timedelta(minutes=15)
+        first[2],
+        DeliveryStatus.PENDING,
+        NOW,
+        worker="w1",
+        error="421 try later",
+        next_attempt_at=NOW + timedelta(minutes=15),
     )
-    store.record_outcome(second[0], SENT_STATUS, NOW, worker="w1")  # not w1's claim: nothing changes
+    store.record_outcome(second[0], DeliveryStatus.SENT, NOW, worker="w1")  # not w1's claim: nothing changes
     for row in second:  # w2 gives its rows back untried
-        store.record_outcome(row, PENDING, NOW, worker="w2", attempted=False)
-    assert store.delivery_status_counts(day) == {SENT_STATUS: 1, FAILED: 1, PENDING: 3}
-    assert store.papers_seen([first[0].subscriber_id], ["p1"], [SENT]) == {first[0].subscriber_id: {"p1"}}
+        store.record_outcome(row, DeliveryStatus.PENDING, NOW, worker="w2", attempted=False)
+    assert store.delivery_status_counts(day) == {
+        DeliveryStatus.SENT: 1,
+        DeliveryStatus.FAILED: 1,
+        DeliveryStatus.PENDING: 3,
+    }
+    assert store.papers_seen([first[0].subscriber_id], ["p1"], [Kind.SENT]) == {first[0].subscriber_id: {"p1"}}
     assert all(store.delivery(d.subscriber_id, day).attempts == 0 for d in second)
     again = store.claim_deliveries("w3", NOW)
     assert {d.id for d in again} == {d.id for d in second}  # the retry waits; released rows come back
     later = store.claim_deliveries("w4", NOW + timedelta(hours=1))  # the retry's wait and w3's claim lapsed
     assert {d.id for d in later} == {first[2].id} | {d.id for d in second}
     sent = store.delivery(ids[0], day) if first[0].subscriber_id == ids[0] else None
-    assert sent is None or (sent.status == SENT_STATUS and sent.sent_at is not None and sent.attempts == 1)
+    assert sent is None or (sent.status == DeliveryStatus.SENT and sent.sent_at is not None and sent.attempts == 1)
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:
@@ -95,7 +105,7 @@ def test_migrations_match_the_tables(database_url: str) -> None:
     try:
         with store.engine.connect() as conn:
             assert migrations.current(conn) == migrations.head()
-            assert migrations.differences(conn) == []
+            assert migrations.differences(conn, SQLModel.metadata) == []
     finally:
         store.close()
 

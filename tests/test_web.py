@@ -26,10 +26,10 @@ from sqlmodel import select
 from starlette.testclient import TestClient
 
 from digest import links
+from digest.db import Kind, Store
 from digest.pipeline import run_daily
 from digest.settings import Settings
 from digest.sources.base import PaperRecord
-from digest.store import CLICKED, DISLIKE, LIKE, Store
 from digest.web import create_app
 
 from .conftest import ConfigFactory, Inbox, write_config
@@ -185,7 +185,7 @@ def state(world: World) -> tuple:
         (s.email, s.active, s.timezone, s.send_at, tuple(s.keywords))
         for s in world.store.subscribers(active_only=False)
     ]
-    rows = world.store.interactions([LIKE, DISLIKE, CLICKED])
+    rows = world.store.interactions([Kind.LIKE, Kind.DISLIKE, Kind.CLICKED])
     return subs, sorted((r.email, r.paper_id, r.kind) for r in rows)
 
 
@@ -257,8 +257,8 @@ def test_a_link_scanner_opening_every_feedback_link_records_nothing(world: World
     stranger = TestClient(world.client.app, base_url="https://digest.example.org")  # a POST without the page's form
     assert stranger.post(local(blocks[1]["more"]), data={"csrf": "x"}).status_code == 403
     vera = world.store.subscriber(email="vera@example.org")
-    assert [p.title for p, _ in world.store.liked_papers(vera.id, DISLIKE)] == [blocks[0]["title"]]
-    assert blocks[1]["title"] not in {p.title for p, _ in world.store.liked_papers(vera.id, LIKE)}
+    assert [p.title for p, _ in world.store.liked_papers(vera.id, Kind.DISLIKE)] == [blocks[0]["title"]]
+    assert blocks[1]["title"] not in {p.title for p, _ in world.store.liked_papers(vera.id, Kind.LIKE)}
 
 
 def test_fewer_like_this_replaces_a_like_and_a_replay_changes_nothing(world: World) -> None:
@@ -272,8 +272,8 @@ def test_fewer_like_this_replaces_a_like_and_a_replay_changes_nothing(world: Wor
     fewer = press(world, block["fewer"])
     assert "fewer papers like" in fewer.text
     vera = world.store.subscriber(email="vera@example.org")
-    assert block["title"] in {p.title for p, _ in world.store.liked_papers(vera.id, DISLIKE)}
-    assert block["title"] not in {p.title for p, _ in world.store.liked_papers(vera.id, LIKE)}
+    assert block["title"] in {p.title for p, _ in world.store.liked_papers(vera.id, Kind.DISLIKE)}
+    assert block["title"] not in {p.title for p, _ in world.store.liked_papers(vera.id, Kind.LIKE)}
 
 
 def _bad_tokens(world: World, good: str, purpose: str) -> dict[str, str]:
@@ -356,7 +356,7 @@ def test_click_records_and_redirects_only_to_the_stored_paper(world: World) -> N
         location = response.headers["location"]
         assert location.startswith("https://arxiv.org/") and "evil" not in location
         assert response.headers["referrer-policy"] == "no-referrer"
-    assert world.count("vera@example.org", CLICKED) == 1
+    assert world.count("vera@example.org", Kind.CLICKED) == 1
     assert world.client.get(click + "&t=https://evil.example", follow_redirects=False).status_code == 400
     # A stored address that is not http(s) is never redirected to.
     world.store.upsert_papers(
@@ -553,7 +553,7 @@ def test_web_processes_share_the_rate_limits_through_the_database(make_config: C
                 for _ in range(500):  # enough hits (from other clients) for the store to forget the old ones
                     assert other_store.rate_hit("test:x", 10**6, 60, world.clock()) is True
                 with other_store.session() as s:
-                    from digest.store import RateHit
+                    from digest.db import RateHit
 
                     assert all(hit.at > world.clock() - 3600 for hit in s.exec(select(RateHit)))
         finally:
@@ -603,7 +603,7 @@ def test_web_subscriber_edits_preferences_in_the_database(world: World) -> None:
 def test_how_often_is_chosen_at_sign_up_and_changed_in_preferences(smtp_world: tuple[World, Inbox]) -> None:
     """Web readers choose daily, Monday to Friday or weekly (and the day), as the file's readers can;
     the daily job sends on those days only."""
-    from digest.pipeline import is_due
+    from digest.due import is_due
 
     world, inbox = smtp_world
     form = world.client.get("/subscribe")
@@ -695,13 +695,13 @@ def test_a_digest_that_cannot_be_rendered_gets_a_message_page_not_a_500(
 ) -> None:
     """compose raising one of our errors (a RenderError: text no renderer takes) is a page that says
     so; the renderer is the only fake here, everything before it (the store, compose) is real."""
-    import digest.pipeline
+    import digest.compose
     from digest.errors import RenderError
 
     def refuse(view):
         raise RenderError(f"could not render the digest for {view.email}: ValueError: no")
 
-    monkeypatch.setattr(digest.pipeline, "render_digest", refuse)
+    monkeypatch.setattr(digest.compose, "render_digest", refuse)
     url = local(
         links.manage_url(
             world.settings, links.secret_key(world.settings), "vera@example.org", clock=world.clock, path="/digest"

@@ -27,20 +27,11 @@ from sqlmodel import select
 from starlette.testclient import TestClient
 
 from digest import links
+from digest.db import Interaction, Kind, OptOut, PendingSignup, Store, Subscriber, UsedToken
 from digest.deliver import SmtpTransport
 from digest.errors import PermanentDeliveryError
 from digest.settings import Settings, load_settings
 from digest.sources.base import PaperRecord
-from digest.store import (
-    DISLIKE,
-    LIKE,
-    Interaction,
-    OptOut,
-    PendingSignup,
-    Store,
-    Subscriber,
-    UsedToken,
-)
 from digest.web import create_app
 
 from .conftest import ConfigFactory, Inbox, digest_serve, free_port
@@ -134,7 +125,7 @@ class Front:
         return row
 
     def likes(self, email: str) -> set[str]:
-        return {p.id for p, _ in self.store.liked_papers(self.reader(email).id, LIKE)}
+        return {p.id for p, _ in self.store.liked_papers(self.reader(email).id, Kind.LIKE)}
 
     def web_reader(self, email: str, *, liked: list[str], **fields: object) -> Subscriber:
         """A confirmed web reader (through the store, as the sign-up and its link would make one)."""
@@ -625,8 +616,8 @@ def test_a_sign_up_for_an_unsubscribed_reader_changes_nothing_until_confirmed(fr
         keywords=["graphs"],
         max_papers=7,
     )
-    front.store.set_feedback(wren.id, P3, LIKE, datetime.now(UTC), origin="web")  # "more like this" later
-    front.store.set_feedback(wren.id, P5, DISLIKE, datetime.now(UTC), origin="web")
+    front.store.set_feedback(wren.id, P3, Kind.LIKE, datetime.now(UTC), origin="web")  # "more like this" later
+    front.store.set_feedback(wren.id, P5, Kind.DISLIKE, datetime.now(UTC), origin="web")
     with front.client() as client:
         url = front.path(links.unsubscribe_url(front.settings, KEY, "wren@example.org"))
         assert "You are unsubscribed" in client.post(url, data={"List-Unsubscribe": "One-Click"}).text
@@ -664,7 +655,7 @@ def test_a_sign_up_for_an_unsubscribed_reader_changes_nothing_until_confirmed(fr
         ["spam", "more spam"],
     )
     assert front.likes("wren@example.org") == {P1, P2, P3, P4, P5}  # the old likes kept, the ticked ones added
-    assert not front.store.liked_papers(row.id, DISLIKE)  # ticked as liked now: the old dislike of P5 gave way
+    assert not front.store.liked_papers(row.id, Kind.DISLIKE)  # ticked as liked now: the old dislike of P5 gave way
     with front.store.session() as s:
         assert not list(s.exec(select(PendingSignup).where(PendingSignup.email == "wren@example.org")))
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from digest import links
+from digest.db import Kind, Store
 from digest.settings import Settings, load_settings
 from digest.sources.base import PaperRecord
-from digest.store import LIKE, Store
 
 from .conftest import digest_serve, free_port
 
@@ -65,7 +65,7 @@ def test_a_locked_database_stalls_only_the_requests_that_wait_for_it(served: tup
     base, settings, store = served
     vera = store.subscriber(email="vera@example.org")
     assert vera is not None and store.path is not None
-    feedback = links.feedback_url(settings, KEY, vera.id, "2411.00001", LIKE).removeprefix(base)
+    feedback = links.feedback_url(settings, KEY, vera.id, "2411.00001", Kind.LIKE).removeprefix(base)
     answers: list[tuple[int, float]] = []
 
     def open_feedback() -> None:

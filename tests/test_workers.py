@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
+from digest.db import DeliveryStatus, Kind, Store
 from digest.pipeline import run_daily
-from digest.store import LIKE, SENT, SENT_STATUS, Store
 from digest.workers import plan_day, run_workers
 
 from .conftest import ConfigFactory, Inbox
@@ -38,7 +38,7 @@ def test_four_workers_send_each_digest_exactly_once(
         )
         store.add_interactions_many(
             [(sid, papers[(7 * i + j) % len(papers)]) for i, sid in enumerate(ids.values()) for j in range(3)],
-            LIKE,
+            Kind.LIKE,
             NOW,
             origin="import",
         )
@@ -53,9 +53,9 @@ def test_four_workers_send_each_digest_exactly_once(
 
         per_address = Counter(rcpt for _, rcpts in inbox.envelopes for rcpt in rcpts)
         assert set(per_address) == set(ids) and set(per_address.values()) == {1}
-        assert store.delivery_status_counts(NOW.date()) == {SENT_STATUS: PEOPLE}
+        assert store.delivery_status_counts(NOW.date()) == {DeliveryStatus.SENT: PEOPLE}
         assert len({m["Message-ID"] for m in inbox.messages}) == PEOPLE
-        sent = [r for r in store.interactions([SENT])]
+        sent = [r for r in store.interactions([Kind.SENT])]
         assert len(sent) == 5 * PEOPLE
 
         assert sum(r.sent for r in run_workers(settings, NOW, 2)) == 0  # nothing left to do

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection, Engine
 
 HERE = Path(__file__).resolve().parent
@@ -64,10 +65,6 @@ def autogenerate(engine: Engine, message: str) -> str:
     return str(getattr(script, "path", script))
 
 
-def differences(connection: Connection) -> list:
-    """What the database lacks or has beyond the SQLModel metadata (empty when they agree)."""
-    from sqlmodel import SQLModel
-
-    import digest.store  # noqa: F401 - registers the tables
-
-    return compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), SQLModel.metadata)
+def differences(connection: Connection, metadata: MetaData) -> list[Any]:
+    """What the database lacks or has beyond `metadata` (the tables' SQLModel.metadata; empty when they agree)."""
+    return list(compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata))

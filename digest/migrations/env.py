@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import digest.store  # noqa: F401 - registers the tables on SQLModel.metadata
+import digest.db.tables  # noqa: F401 - registers the tables on SQLModel.metadata
 
 target_metadata = SQLModel.metadata
 

@@ -43,11 +43,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from digest import links
+from digest.compose import Pick, compose
+from digest.db import Kind, Store, Subscriber
+from digest.due import describe, local_date
 from digest.errors import DeliveryError, DigestError, PermanentDeliveryError, StoreError
 from digest.render import environment, paper_url
-from digest.schedule import describe
 from digest.settings import Settings
-from digest.store import CLICKED, DISLIKE, LIKE, Store, Subscriber
 from digest.web import forms, mail
 from digest.web.security import (
     CSRF_COOKIE,
@@ -357,10 +358,10 @@ class _Front:
             return self.bad_link(request, str(e).capitalize() + ".")
         found = self._sub_and_paper(payload)
         kind, nonce = payload.get("k"), payload.get("n")
-        if found is None or kind not in (LIKE, DISLIKE) or not isinstance(nonce, str):
+        if found is None or kind not in (Kind.LIKE, Kind.DISLIKE) or not isinstance(nonce, str):
             return self.bad_link(request)
         sub, paper = found
-        more = kind == LIKE
+        more = kind == Kind.LIKE
         if form is None:
             return self.page(
                 request,
@@ -398,7 +399,7 @@ class _Front:
         if found is None:
             return self.bad_link(request)
         sub, paper = found
-        self.store.add_interactions(sub.id, [paper.id], CLICKED, self.now(), origin="web")
+        self.store.add_interactions(sub.id, [paper.id], Kind.CLICKED, self.now(), origin="web")
         # Only ever the stored paper's own address (http/https or its arXiv page), never one from the request.
         return RedirectResponse(paper_url(paper.id, paper.url, paper.title), status_code=303, headers=SECURITY_HEADERS)
 
@@ -463,8 +464,8 @@ class _Front:
             errors=errors or {},
             notice=notice,
             editable=sub.origin == "web",
-            likes=self.store.liked_papers(sub.id, LIKE),
-            dislikes=self.store.liked_papers(sub.id, DISLIKE),
+            likes=self.store.liked_papers(sub.id, Kind.LIKE),
+            dislikes=self.store.liked_papers(sub.id, Kind.DISLIKE),
             digest_url=links.manage_url(self.settings, self.key, sub.email, clock=self.clock, path="/digest"),
             unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
         )
@@ -524,12 +525,12 @@ class _Front:
             return self._preferences_page(
                 request, sub, status=400, errors={"form": "That is not one of your papers; nothing was removed."}
             )
-        removed = self.store.remove_interaction(sub.id, paper, kind if kind == DISLIKE else LIKE, origin="web")
+        removed = self.store.remove_interaction(
+            sub.id, paper, kind if kind == Kind.DISLIKE else Kind.LIKE, origin="web"
+        )
         return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
 
     def digest(self, request: Request, form: Form | None) -> Response:
-        from digest.pipeline import Pick, compose, local_date
-
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
         try:

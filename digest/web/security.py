@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 
 from digest import links
-from digest.store import Store
+from digest.db import Store
 
 CSRF_COOKIE = "digest_csrf"
 CSRF_FIELD = "csrf"

@@ -1,0 +1,162 @@
+"""Composing one reader's digest: picks in, a signed, rendered message out.
+
+Shared by every path that shows a digest: the daily run, the workers and the web page of a past
+digest, so a digest looks and links the same wherever it is read.  Ranking happens before this;
+sending after.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from pathlib import Path
+
+from digest import links
+from digest.db import (
+    Paper,
+    Subscriber,
+    aware,
+)
+from digest.deliver import (
+    Envelope,
+    message_id,
+    parse_sender,
+    recipient,
+)
+from digest.due import wall_clock
+from digest.errors import (
+    DigestError,
+    RenderError,
+)
+from digest.links import unsubscribe_url
+from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
+from digest.settings import Settings
+from digest.sources.base import safe_unicode
+
+
+@dataclass
+class Pick:
+    paper: Paper
+    score: float
+    reason: str
+
+
+def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
+    title, url, authors, abstract, day = _paper_fields(
+        paper.id,
+        paper.title,
+        paper.url,
+        tuple(paper.authors),
+        paper.abstract,
+        paper.published,
+        paper.first_seen,
+        settings.ranking.abstract_chars,
+    )
+    return PaperView(
+        id=paper.id,
+        title=title,
+        url=url,
+        authors=authors,
+        abstract=abstract,
+        date=day,
+        reason=safe_unicode(reason),
+        score=score,
+        count=count,
+    )
+
+
+@lru_cache(maxsize=32768)
+def _paper_fields(
+    pid: str,
+    title: str,
+    url: str,
+    authors: tuple[str, ...],
+    abstract: str,
+    published: datetime | None,
+    first_seen: datetime | None,
+    abstract_chars: int,
+) -> tuple[str, str, str, str, str]:
+    """A paper's shown fields, worked out once per run (the same papers recur across digests).
+
+    Text is made safe again here (`safe_unicode`): rows stored before the sources cleaned as they do
+    now may hold lone surrogates or private-use characters, which no renderer or mail client takes."""
+    title = safe_unicode(title)
+    return (
+        title,
+        paper_url(pid, url, title),
+        format_authors([safe_unicode(a) for a in authors]),
+        trim(safe_unicode(abstract), abstract_chars),
+        format_date(aware(published) or aware(first_seen)),
+    )
+
+
+def compose(
+    settings: Settings,
+    key: str,
+    sub: Subscriber,
+    day: date,
+    picks: Sequence[Pick],
+    trend: Sequence[tuple[Paper, int]],
+    new_count: int,
+    now: datetime,
+    *,
+    clock: Callable[[], datetime] = wall_clock,
+) -> tuple[Envelope, str, str, str]:
+    """(envelope, text, html, unsubscribe url) of one subscriber's digest.
+
+    Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
+    carries a token that names the subscriber (and the paper), signed as of `now` but never later
+    than the real `clock`: a digest made with a `--now` in the future must not carry links that the
+    web front refuses as not yet valid until then.
+    """
+    sender = parse_sender(settings.smtp.sender)
+    signed = links.at(min(now, clock()))
+    unsub = unsubscribe_url(settings, key, sub.email, clock=signed)
+    subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
+    view = DigestView(
+        name=sub.name,
+        email=sub.email,
+        digest_date=day,
+        picks=[_view(p.paper, settings, reason=p.reason, score=p.score) for p in picks],
+        trending=[_view(p, settings, count=c) for p, c in trend],
+        trending_label="likes" if not any(p.upvotes for p, _ in trend) else "upvotes",
+        new_count=new_count,
+        unsubscribe_url=unsub,
+        subject=subject,
+        manage_url=links.manage_url(settings, key, sub.email, clock=signed),
+        browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest"),
+        origin=sub.origin,
+    )
+    if sub.id is not None:
+        signer = links.DigestLinks(settings, key, sub.id, clock=signed)
+        for pv in view.picks + view.trending:
+            pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
+    text, html = render_digest(view)
+    envelope = Envelope(
+        sender=sender,
+        recipient=recipient(sub.name, sub.email),
+        subject=subject,
+        message_id=message_id(sender, sub.email, day),
+        when=now,
+        digest_date=day,
+    )
+    return envelope, text, html, unsub
+
+
+def as_render_error(error: Exception, email: str) -> DigestError:
+    """A failure while making one reader's message, as the error recorded for that reader: our own
+    errors as they are, anything else (text a renderer or the email package refuses) as a RenderError."""
+    if isinstance(error, DigestError):
+        return error
+    return RenderError(f"could not build the digest for {email}: {error.__class__.__name__}: {str(error)[:200]}")
+
+
+def save_html(settings: Settings, day: date, email: str, html: str) -> Path:
+    """Keep a copy of a digest as an HTML file under data_dir/digests/DATE/."""
+    path = settings.data_path / "digests" / day.isoformat() / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', email)}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path

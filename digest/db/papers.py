@@ -1,0 +1,179 @@
+"""Papers and source checkpoints: upserted as sources fetch them, read by ranking and the web."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    func,
+)
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlmodel import select
+
+from digest.db.base import StoreBase
+from digest.db.engine import _chunks
+from digest.db.tables import Paper, SourceState, UpsertCounts, _utc, aware
+from digest.sources.base import PaperRecord, arxiv_id, title_key
+
+# What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
+# large, an unencodable string): that record is refused, the rest are stored.  Never the errors of
+# the database itself (OperationalError: disk full, read-only, gone), which stop the run.
+_BAD_RECORD = (DataError, IntegrityError, UnicodeError, OverflowError, ValueError, TypeError)
+
+
+class Papers(StoreBase):
+    """Papers and source checkpoints."""
+
+    def upsert_papers(self, records: Iterable[PaperRecord], now: datetime) -> UpsertCounts:
+        """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper).
+
+        A record the database cannot hold is left out and named in `rejected`; the others are
+        stored.  The batch goes in one transaction; when it fails on a bad record it is halved until
+        the bad records stand alone (a few extra transactions per bad record, not one per record).
+        """
+        records = list(records)
+        try:
+            return self._upsert_batch(records, now)
+        except _BAD_RECORD as e:
+            if len(records) == 1:
+                reason = str(getattr(e, "orig", None) or e).splitlines()[0][:200]
+                return UpsertCounts(rejected={records[0].id[:80]: f"{e.__class__.__name__}: {reason}"})
+        counts = UpsertCounts()
+        half = len(records) // 2
+        for part in (records[:half], records[half:]):
+            counts.add(self.upsert_papers(part, now))
+        return counts
+
+    def _upsert_batch(self, records: list[PaperRecord], now: datetime) -> UpsertCounts:
+        counts = UpsertCounts()
+        stamp = _utc(now)
+        with self.session() as s:
+            known: dict[str, Paper] = {}  # one query per 500 records, not one per record
+            for chunk in _chunks(list(dict.fromkeys(r.id for r in records)), 500):
+                known.update((p.id, p) for p in s.exec(select(Paper).where(Paper.id.in_(chunk))))
+            for rec in records:
+                row = known.get(rec.id)
+                values: dict[str, Any] = {
+                    "title": rec.title,
+                    "title_key": title_key(rec.title),
+                    "abstract": rec.abstract,
+                    "authors": rec.authors,
+                    "categories": rec.categories,
+                    "url": rec.url,
+                    "pdf_url": rec.pdf_url,
+                    "published": _utc(rec.published),
+                    "updated": _utc(rec.updated),
+                    "source": rec.source,
+                    "upvotes": rec.upvotes,
+                    "comments": rec.comments,
+                }
+                if row is None:
+                    known[rec.id] = Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values)
+                    s.add(known[rec.id])
+                    counts.new += 1
+                    continue
+                changed = False
+                # A newer version (or an unversioned row) may replace fields; an unversioned or older
+                # record (e.g. Hugging Face after arXiv) only fills blanks.  Empty values never erase,
+                # and community counts only grow, so no source zeroes another's upvotes.
+                row_updated = aware(row.updated)
+                rec_updated = values["updated"]
+                replace = row_updated is None or (rec_updated is not None and rec_updated >= row_updated)
+                for key, value in values.items():
+                    if key in ("upvotes", "comments"):
+                        value = max(value, getattr(row, key) or 0)
+                    elif not value:
+                        continue  # a poorer source never erases what a richer one gave
+                    elif not replace and getattr(row, key):
+                        continue
+                    if getattr(row, key) != value:
+                        setattr(row, key, value)
+                        changed = True
+                if changed:
+                    row.last_changed = stamp
+                    counts.updated += 1
+                else:
+                    counts.unchanged += 1
+            s.commit()
+        return counts
+
+    def papers(self, ids: Sequence[str] | None = None) -> list[Paper]:
+        """All papers (or the given ones, in the given order, unknown ids left out)."""
+        with self.session() as s:
+            if ids is None:
+                return list(s.exec(select(Paper).order_by(Paper.first_seen, Paper.id)))
+            found = {
+                p.id: p
+                for chunk in _chunks(list(ids), 500)
+                for p in s.exec(select(Paper).where(Paper.id.in_(list(chunk))))
+            }
+        return [found[i] for i in ids if i in found]
+
+    def corpus_rows(self) -> list[tuple[str, str, str, float]]:
+        """(id, title, abstract, upvotes) of every paper, in `papers()` order: what ranking needs,
+        without building a full row object per paper (200,000 of them are slow and ~1 GB)."""
+        query = select(Paper.id, Paper.title, Paper.abstract, Paper.upvotes).order_by(Paper.first_seen, Paper.id)
+        with self.session() as s:
+            return [tuple(row) for row in s.connection().execute(query)]
+
+    def paper_count(self) -> int:
+        with self.session() as s:
+            return s.exec(select(func.count()).select_from(Paper)).one()
+
+    def recent_paper_ids(self, since: datetime) -> list[str]:
+        """Papers published, or first seen by us, at or after `since`."""
+        stamp = _utc(since)
+        with self.session() as s:
+            rows = s.exec(
+                select(Paper.id).where(
+                    (Paper.first_seen >= stamp) | ((Paper.published != None) & (Paper.published >= stamp))  # noqa: E711
+                )
+            )
+            return list(rows)
+
+    def resolve_paper(self, entry: str) -> str | None:
+        """The paper an arXiv id, arXiv/HF URL or exact title (case and spacing aside) names."""
+        with self.session() as s:
+            aid = arxiv_id(entry)
+            if aid and s.get(Paper, aid) is not None:
+                return aid
+            if s.get(Paper, entry.strip()) is not None:
+                return entry.strip()
+            key = title_key(entry)
+            if not key:
+                return None
+            return s.exec(select(Paper.id).where(Paper.title_key == key)).first()
+
+    def search_papers(self, query: str, limit: int = 20) -> list[Paper]:
+        """Papers whose title contains every word of `query` (any case), newest first."""
+        words = [w for w in query.lower().split() if w][:8]
+        if not words:
+            return []
+        with self.session() as s:
+            stmt = select(Paper)
+            for w in words:
+                escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                stmt = stmt.where(func.lower(Paper.title).like(f"%{escaped}%", escape="\\"))
+            return list(s.exec(stmt.order_by(Paper.first_seen.desc(), Paper.id).limit(limit)))
+
+    def source_cursor(self, name: str) -> str | None:
+        with self.session() as s:
+            row = s.get(SourceState, name)
+            return row.cursor if row else None
+
+    def save_source_state(self, name: str, *, cursor: str | None, now: datetime, error: str = "") -> None:
+        """Remember how far a source got (on success) or why it failed (cursor kept unless one is given)."""
+        with self.session() as s:
+            row = s.get(SourceState, name) or SourceState(name=name)
+            if error:
+                row.last_error = error[:2000]
+                if cursor is not None:  # progress a partly failed run did make
+                    row.cursor = cursor
+            else:
+                row.cursor = cursor
+                row.last_success = _utc(now)
+                row.last_error = ""
+            s.add(row)
+            s.commit()

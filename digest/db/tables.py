@@ -1,0 +1,224 @@
+"""The tables (SQLModel) and the states a row can be in, named once.
+
+Times go in and come out as aware UTC datetimes.  The migrations (digest/migrations) compare
+against these tables, so this module imports nothing else of ours that reaches the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Index,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+
+class Kind(StrEnum):
+    """What happened between a reader and a paper: an interactions row's `kind`."""
+
+    LIKE = "like"
+    DISLIKE = "dislike"
+    SENT = "sent"  # it was in a digest the reader was sent
+    CLICKED = "clicked"
+
+
+class DeliveryStatus(StrEnum):
+    """The states of a delivery row: planned PENDING -> (claimed by one sender) -> SENT, PENDING again
+    with a doubling wait, or FAILED (a 5xx, or `max_attempts` used up).  UNCONFIRMED: the server took
+    the message but never said so (a timeout after DATA): it may have arrived, so it is tried once
+    more on a later run only, and fails rather than go a third time."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNCONFIRMED = "unconfirmed"
+
+
+WAITING = (DeliveryStatus.PENDING, DeliveryStatus.UNCONFIRMED)  # rows a sender may claim
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """An aware UTC datetime (a naive one is taken to be UTC already)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """A stored naive-UTC time as an aware UTC datetime."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Paper(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: str = Field(primary_key=True, max_length=200)
+    title: str
+    title_key: str = Field(index=True)
+    abstract: str = ""
+    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    url: str = ""
+    pdf_url: str = ""
+    published: datetime | None = None
+    updated: datetime | None = None
+    source: str = ""
+    upvotes: int = 0
+    comments: int = 0
+    first_seen: datetime = Field(index=True)
+    last_changed: datetime
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, index=True, max_length=320)
+    name: str = ""
+    timezone: str = "UTC"
+    send_at: str = "07:30"
+    frequency: str = Field(default="daily", max_length=16)  # daily, weekdays, weekly
+    weekly_day: str = Field(default="monday", max_length=16)
+    max_papers: int = 10
+    keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    active: bool = True
+    origin: str = "config"
+    created: datetime
+
+
+class Interaction(SQLModel, table=True):
+    __tablename__ = "interactions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    paper_id: str = Field(foreign_key="papers.id", index=True, max_length=200)
+    kind: str = Field(index=True, max_length=16)
+    origin: str = "config"
+    at: datetime
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("subscriber_id", "digest_date", name="one_digest_a_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    digest_date: date = Field(index=True)
+    papers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=DeliveryStatus.PENDING, index=True, max_length=16)
+    attempts: int = 0
+    error: str = ""
+    message_id: str = ""
+    created: datetime
+    sent_at: datetime | None = None
+    # Written by the planner so any worker can render the digest from the row alone:
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # one per paper
+    trending: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [paper id, count]
+    # A worker's claim on the row (see Store.claim_deliveries); lapses at claimed_until.
+    claimed_by: str = Field(default="", max_length=100)
+    claimed_until: datetime | None = Field(default=None, index=True)
+    next_attempt_at: datetime | None = None  # a pending row waits until then (cross-run backoff)
+
+
+class Lease(SQLModel, table=True):
+    """A named lock with an owner and an expiry; see `Store.acquire_lease`."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=100)
+    owner: str = Field(max_length=200)
+    acquired: datetime
+    expires: datetime
+
+
+class SourceState(SQLModel, table=True):
+    __tablename__ = "source_state"
+
+    name: str = Field(primary_key=True, max_length=200)
+    cursor: str | None = None
+    last_success: datetime | None = None
+    last_error: str = ""
+
+
+class UsedToken(SQLModel, table=True):
+    """A single-use link (like, dislike, confirm) that has been used: its nonce, so a replay changes nothing."""
+
+    __tablename__ = "used_tokens"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    purpose: str = Field(max_length=32)
+    at: datetime
+
+
+class RateHit(SQLModel, table=True):
+    """One counted use of a rate-limited web action (by client IP or address), so every web process
+    on this database shares the limits; rows older than `RATE_HIT_KEEP` seconds are dropped."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200)
+    at: float  # seconds since the epoch, from the web front's clock
+
+
+RATE_HIT_KEEP = 3600.0  # the longest rate-limit window, in seconds
+
+
+class OptOut(SQLModel, table=True):
+    """An address that unsubscribed.  It wins over the preferences file until the reader subscribes again."""
+
+    __tablename__ = "opt_outs"
+
+    email: str = Field(primary_key=True, max_length=320)
+    at: datetime
+
+
+class PendingSignup(SQLModel, table=True):
+    """A web sign-up waiting for its confirmation link, found by the link's nonce.  Nothing about
+    the address's reader changes until that link is used; then exactly these settings apply."""
+
+    __tablename__ = "pending_signups"
+
+    nonce: str = Field(primary_key=True, max_length=64)
+    email: str = Field(index=True, max_length=320)
+    fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # Subscriber columns
+    liked: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # paper ids
+    new_reader: bool = False  # this request made the address's (inactive) row, which holds its settings until confirmed
+    created: datetime = Field(index=True)
+
+
+PENDING_SIGNUP_KEEP = timedelta(days=7)  # longer than a confirmation link lives (links.CONFIRM_MAX_AGE)
+
+
+@dataclass
+class UpsertCounts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)  # paper id -> why the database refused it
+
+    def add(self, other: UpsertCounts) -> None:
+        self.new += other.new
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected.update(other.rejected)
+
+
+@dataclass
+class LikeRow:
+    email: str
+    paper_id: str
+    kind: str
