@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import re
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -36,13 +34,11 @@ from digest.db import (
     Subscriber,
     UpsertCounts,
     aware,
-    owner_is_dead,
 )
 from digest.deliver import (
     RetryPolicy,
     Sender,
     Transport,
-    WireMessage,
     build_message,
     make_transport,
     message_id,
@@ -52,19 +48,16 @@ from digest.due import due_day, local_date, next_send, wall_clock, window_days
 from digest.embeddings import ranking_options
 from digest.errors import (
     AuthenticationError,
-    DeliveryError,
     DigestError,
-    PermanentDeliveryError,
     ServerUnavailable,
     StoreError,
-    TransientDeliveryError,
-    UnconfirmedDelivery,
 )
 from digest.links import secret_key, unsubscribe_mailto
 from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.base import top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.rank.saved import ModelReport, ranker_for_day
+from digest.send import free_dead_claims, send_claimed, sender_name
 from digest.settings import Settings
 from digest.sources import FetchOptions, fetch
 
@@ -890,89 +883,3 @@ def _one_subscriber(
         raise AuthenticationError(result.fatal)
     if result.unreachable:
         raise ServerUnavailable(result.unreachable)
-
-
-def sender_name() -> str:
-    """This process as a holder of delivery claims: host:pid, so a run on this host can tell it died."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def free_dead_claims(store: Store, now: datetime) -> int:
-    """Give back the claims of senders on this host that died (killed mid-batch): their rows need not
-    wait for the claim to lapse; only the message in flight can then go twice (same Message-ID)."""
-    return store.drop_claims_of([h for h in store.claim_holders(now) if owner_is_dead(h)])
-
-
-@dataclass
-class SendResult:
-    """What became of one claimed delivery, as recorded: its status and why; `unreachable` says the
-    rest of the run should wait (the server cannot be reached), `fatal` that nothing can go (login)."""
-
-    status: str
-    detail: str = ""
-    unreachable: str = ""
-    fatal: str = ""
-
-
-def send_claimed(
-    store: Store,
-    sender: Sender,
-    row: Delivery,
-    build: Callable[[], EmailMessage | WireMessage],
-    now: datetime,
-    *,
-    worker: str,
-    policy: RetryPolicy,
-    email: str,
-    sent_later: list[tuple[int, str]] | None = None,
-) -> SendResult:
-    """Build, send and record one claimed delivery: the one send step of the daily run and the workers.
-
-    A message that cannot be built waits like a transient failure; a transient failure waits
-    `policy`'s doubling time, or fails after its attempts; an unconfirmed send (no answer after
-    DATA) is tried once more on a later run, never in this one; a 5xx fails this address.
-    """
-    try:
-        sender.send(build())  # building may connect (does the server take 8bit?): its errors are the sender's
-    except UnconfirmedDelivery as e:
-        if row.status == DeliveryStatus.UNCONFIRMED:  # unconfirmed twice: a third copy is worse than none
-            store.record_outcome(row, DeliveryStatus.FAILED, now, worker=worker, error=f"{e} (twice: not sent again)")
-            return SendResult(DeliveryStatus.FAILED, f"{e}; unconfirmed twice, not sent again")
-        retry_at = now + policy.retry_after
-        store.record_outcome(
-            row, DeliveryStatus.UNCONFIRMED, now, worker=worker, error=str(e), next_attempt_at=retry_at
-        )
-        return SendResult(DeliveryStatus.UNCONFIRMED, f"{e}; tried once more after {retry_at:%H:%M} UTC")
-    except TransientDeliveryError as e:
-        result = _failed_attempt(store, row, e, now, worker, policy)
-        if isinstance(e, ServerUnavailable):
-            result.unreachable = str(e)
-        return result
-    except PermanentDeliveryError as e:
-        store.record_outcome(row, DeliveryStatus.FAILED, now, worker=worker, error=str(e))
-        return SendResult(DeliveryStatus.FAILED, str(e))
-    except AuthenticationError as e:
-        store.record_outcome(row, DeliveryStatus.PENDING, now, worker=worker, error=str(e), attempted=False)
-        return SendResult(DeliveryStatus.PENDING, str(e), fatal=str(e))
-    except DeliveryError as e:  # a message that cannot be sent as built (e.g. a line break in a header)
-        return _failed_attempt(store, row, e, now, worker, policy)
-    except StoreError:
-        raise
-    except Exception as e:
-        return _failed_attempt(store, row, as_render_error(e, email), now, worker, policy)
-    store.record_outcome(row, DeliveryStatus.SENT, now, worker=worker, sent_later=sent_later)
-    return SendResult(DeliveryStatus.SENT)
-
-
-def _failed_attempt(
-    store: Store, row: Delivery, error: DigestError, now: datetime, worker: str, policy: RetryPolicy
-) -> SendResult:
-    """A digest that did not go out this time: pending with a doubling wait, or failed after the
-    policy's attempts."""
-    attempts = row.attempts + 1
-    give_up, retry_at = policy.after(attempts, now)
-    status = DeliveryStatus.FAILED if give_up else DeliveryStatus.PENDING
-    store.record_outcome(row, status, now, worker=worker, error=str(error), next_attempt_at=retry_at)
-    if give_up:
-        return SendResult(status, f"{error} (gave up after {attempts} attempts)")
-    return SendResult(status, f"{error}; next try after {retry_at:%H:%M} UTC")

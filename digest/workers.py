@@ -33,22 +33,10 @@ from digest.deliver import (
     parse_sender,
 )
 from digest.links import secret_key, unsubscribe_mailto
-from digest.pipeline import (
-    TRENDING_SIZE,
-    Due,
-    Progress,
-    RunReport,
-    SendResult,
-    due_subscribers,
-    free_dead_claims,
-    ingest,
-    rank_due,
-    send_claimed,
-    sender_name,
-    sync_subscribers,
-)
+from digest.pipeline import TRENDING_SIZE, Due, Progress, RunReport, due_subscribers, ingest, rank_due, sync_subscribers
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
+from digest.send import SendResult, free_dead_claims, send_claimed, sender_name
 from digest.settings import Settings
 
 
