@@ -9,7 +9,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.tables import RATE_HIT_KEEP, RateHit, UsedToken, _utc
@@ -26,14 +26,14 @@ class Guards(StoreBase):
         key = key[:200]
         with self.session() as s:
             recent = s.exec(
-                select(func.count()).select_from(RateHit).where(RateHit.key == key, RateHit.at > now - window)
+                select(func.count()).select_from(RateHit).where(col(RateHit.key) == key, col(RateHit.at) > now - window)
             ).one()
             if recent >= limit:
                 return False
             s.add(RateHit(key=key, at=now))
             self._rate_hits += 1
             if self._rate_hits % 500 == 1:  # now and then, forget old hits
-                s.exec(delete(RateHit).where(RateHit.at <= now - RATE_HIT_KEEP))
+                s.exec(delete(RateHit).where(col(RateHit.at) <= now - RATE_HIT_KEEP))
             s.commit()
         return True
 

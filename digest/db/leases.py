@@ -18,6 +18,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from digest.db.base import StoreBase
 from digest.db.tables import Lease, _utc
@@ -37,7 +38,7 @@ class Leases(StoreBase):
         with self._begin() as conn:
             taken = conn.execute(
                 update(Lease)
-                .where(Lease.name == name, or_(Lease.expires <= stamp, Lease.owner == owner))
+                .where(col(Lease.name) == name, or_(col(Lease.expires) <= stamp, col(Lease.owner) == owner))
                 .values(owner=owner, acquired=stamp, expires=expires)
             ).rowcount
         if taken:
@@ -55,7 +56,7 @@ class Leases(StoreBase):
             return bool(
                 conn.execute(
                     update(Lease)
-                    .where(Lease.name == name, Lease.owner == owner)
+                    .where(col(Lease.name) == name, col(Lease.owner) == owner)
                     .values(expires=_utc(now) + timedelta(seconds=ttl))
                 ).rowcount
             )
@@ -67,7 +68,7 @@ class Leases(StoreBase):
             return bool(
                 conn.execute(
                     update(Lease)
-                    .where(Lease.name == name, Lease.owner == previous)
+                    .where(col(Lease.name) == name, col(Lease.owner) == previous)
                     .values(owner=owner, acquired=stamp, expires=stamp + timedelta(seconds=ttl))
                 ).rowcount
             )
@@ -75,7 +76,7 @@ class Leases(StoreBase):
     def release_lease(self, name: str, owner: str) -> None:
         """Give a lease back (only if we still hold it)."""
         with self._begin() as conn:
-            conn.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+            conn.execute(delete(Lease).where(col(Lease.name) == name, col(Lease.owner) == owner))
 
     def lease(self, name: str) -> Lease | None:
         """Who holds the lease `name` and until when (an expired row included)."""

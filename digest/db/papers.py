@@ -10,7 +10,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
@@ -52,7 +52,7 @@ class Papers(StoreBase):
         with self.session() as s:
             known: dict[str, Paper] = {}  # one query per 500 records, not one per record
             for chunk in _chunks(list(dict.fromkeys(r.id for r in records)), 500):
-                known.update((p.id, p) for p in s.exec(select(Paper).where(Paper.id.in_(chunk))))
+                known.update((p.id, p) for p in s.exec(select(Paper).where(col(Paper.id).in_(chunk))))
             for rec in records:
                 row = known.get(rec.id)
                 values: dict[str, Any] = {
@@ -103,20 +103,22 @@ class Papers(StoreBase):
         """All papers (or the given ones, in the given order, unknown ids left out)."""
         with self.session() as s:
             if ids is None:
-                return list(s.exec(select(Paper).order_by(Paper.first_seen, Paper.id)))
+                return list(s.exec(select(Paper).order_by(col(Paper.first_seen), col(Paper.id))))
             found = {
                 p.id: p
                 for chunk in _chunks(list(ids), 500)
-                for p in s.exec(select(Paper).where(Paper.id.in_(list(chunk))))
+                for p in s.exec(select(Paper).where(col(Paper.id).in_(list(chunk))))
             }
         return [found[i] for i in ids if i in found]
 
     def corpus_rows(self) -> list[tuple[str, str, str, float]]:
         """(id, title, abstract, upvotes) of every paper, in `papers()` order: what ranking needs,
         without building a full row object per paper (200,000 of them are slow and ~1 GB)."""
-        query = select(Paper.id, Paper.title, Paper.abstract, Paper.upvotes).order_by(Paper.first_seen, Paper.id)
+        query = select(col(Paper.id), col(Paper.title), col(Paper.abstract), col(Paper.upvotes)).order_by(
+            col(Paper.first_seen), col(Paper.id)
+        )
         with self.session() as s:
-            return [tuple(row) for row in s.connection().execute(query)]
+            return [(row[0], row[1], row[2], row[3]) for row in s.connection().execute(query)]
 
     def paper_count(self) -> int:
         with self.session() as s:
@@ -127,8 +129,9 @@ class Papers(StoreBase):
         stamp = _utc(since)
         with self.session() as s:
             rows = s.exec(
-                select(Paper.id).where(
-                    (Paper.first_seen >= stamp) | ((Paper.published != None) & (Paper.published >= stamp))  # noqa: E711
+                select(col(Paper.id)).where(
+                    (col(Paper.first_seen) >= stamp)
+                    | ((col(Paper.published) != None) & (col(Paper.published) >= stamp))  # noqa: E711
                 )
             )
             return list(rows)
@@ -144,7 +147,7 @@ class Papers(StoreBase):
             key = title_key(entry)
             if not key:
                 return None
-            return s.exec(select(Paper.id).where(Paper.title_key == key)).first()
+            return s.exec(select(col(Paper.id)).where(col(Paper.title_key) == key)).first()
 
     def search_papers(self, query: str, limit: int = 20) -> list[Paper]:
         """Papers whose title contains every word of `query` (any case), newest first."""
@@ -155,8 +158,8 @@ class Papers(StoreBase):
             stmt = select(Paper)
             for w in words:
                 escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                stmt = stmt.where(func.lower(Paper.title).like(f"%{escaped}%", escape="\\"))
-            return list(s.exec(stmt.order_by(Paper.first_seen.desc(), Paper.id).limit(limit)))
+                stmt = stmt.where(func.lower(col(Paper.title)).like(f"%{escaped}%", escape="\\"))
+            return list(s.exec(stmt.order_by(col(Paper.first_seen).desc(), col(Paper.id)).limit(limit)))
 
     def source_cursor(self, name: str) -> str | None:
         with self.session() as s:

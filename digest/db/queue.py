@@ -20,14 +20,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import select
+from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
-from digest.db.tables import WAITING, Delivery, DeliveryStatus, Interaction, Kind, _utc, aware
+from digest.db.tables import WAITING, Delivery, DeliveryStatus, Interaction, Kind, _utc, aware, table_of
 from digest.errors import DigestError
 
-_DELIVERIES = Delivery.__table__
+_DELIVERIES = table_of(Delivery)
 
 # A delivery's outcome (Store.record_outcome), built once so each message costs a commit, not a compile.
 _OUTCOME = (
@@ -44,7 +44,7 @@ _OUTCOME = (
     )
 )
 
-_SENT_PAPERS = insert(Interaction.__table__).values(
+_SENT_PAPERS = insert(table_of(Interaction)).values(
     subscriber_id=bindparam("sid"), paper_id=bindparam("pid"), kind=Kind.SENT, origin="digest", at=bindparam("at")
 )
 
@@ -55,7 +55,9 @@ class DeliveryQueue(StoreBase):
     def delivery(self, subscriber_id: int, digest_date: date) -> Delivery | None:
         with self.session() as s:
             return s.exec(
-                select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date)
+                select(Delivery).where(
+                    col(Delivery.subscriber_id) == subscriber_id, col(Delivery.digest_date) == digest_date
+                )
             ).first()
 
     def create_delivery(
@@ -73,7 +75,9 @@ class DeliveryQueue(StoreBase):
         `reasons` (one per paper) and `trending` ([paper id, count]) let the web page show the digest as sent."""
         with self.session() as s:
             row = s.exec(
-                select(Delivery).where(Delivery.subscriber_id == subscriber_id, Delivery.digest_date == digest_date)
+                select(Delivery).where(
+                    col(Delivery.subscriber_id) == subscriber_id, col(Delivery.digest_date) == digest_date
+                )
             ).first()
             if row is not None:
                 return row
@@ -96,7 +100,7 @@ class DeliveryQueue(StoreBase):
         found: dict[tuple[int, date], Delivery] = {}
         with self.session() as s:
             for chunk in _chunks(days, 100):
-                for row in s.exec(select(Delivery).where(Delivery.digest_date.in_(list(chunk)))):
+                for row in s.exec(select(Delivery).where(col(Delivery.digest_date).in_(list(chunk)))):
                     found[(row.subscriber_id, row.digest_date)] = row
         return found
 
@@ -108,13 +112,13 @@ class DeliveryQueue(StoreBase):
         with self.session() as s:
             query = (
                 select(Delivery)
-                .where(Delivery.status.in_([str(w) for w in WAITING]))
-                .order_by(Delivery.digest_date, Delivery.id)
+                .where(col(Delivery.status).in_([str(w) for w in WAITING]))
+                .order_by(col(Delivery.digest_date), col(Delivery.id))
             )
             if now is not None:
-                query = query.where((Delivery.claimed_until == None) | (Delivery.claimed_until <= _utc(now)))  # noqa: E711
+                query = query.where((col(Delivery.claimed_until) == None) | (col(Delivery.claimed_until) <= _utc(now)))  # noqa: E711
             if subscriber_ids is not None:
-                query = query.where(Delivery.subscriber_id.in_(list(subscriber_ids)))
+                query = query.where(col(Delivery.subscriber_id).in_(list(subscriber_ids)))
             return list(s.exec(query))
 
     def last_delivery(self, subscriber_id: int) -> Delivery | None:
@@ -122,8 +126,8 @@ class DeliveryQueue(StoreBase):
         with self.session() as s:
             return s.exec(
                 select(Delivery)
-                .where(Delivery.subscriber_id == subscriber_id)
-                .order_by(Delivery.digest_date.desc(), Delivery.id.desc())
+                .where(col(Delivery.subscriber_id) == subscriber_id)
+                .order_by(col(Delivery.digest_date).desc(), col(Delivery.id).desc())
             ).first()
 
     def latest_delivery(self, subscriber_id: int, on_or_before: date) -> Delivery | None:
@@ -132,11 +136,11 @@ class DeliveryQueue(StoreBase):
             return s.exec(
                 select(Delivery)
                 .where(
-                    Delivery.subscriber_id == subscriber_id,
-                    Delivery.digest_date <= on_or_before,
-                    Delivery.status == DeliveryStatus.SENT,
+                    col(Delivery.subscriber_id) == subscriber_id,
+                    col(Delivery.digest_date) <= on_or_before,
+                    col(Delivery.status) == DeliveryStatus.SENT,
                 )
-                .order_by(Delivery.digest_date.desc())
+                .order_by(col(Delivery.digest_date).desc())
             ).first()
 
     def requeue_delivery(self, subscriber_id: int, digest_date: date | None, now: datetime) -> Delivery:
@@ -146,14 +150,14 @@ class DeliveryQueue(StoreBase):
         to `now` as well, so the catch-up window counts from the requeue (from the first try, the
         next run would give it up at once).  A digest that is not failed is left alone: DigestError."""
         stamp = _utc(now)
-        table = Delivery.__table__
+        table = table_of(Delivery)
         with self.session() as s:
-            query = select(Delivery).where(Delivery.subscriber_id == subscriber_id)
+            query = select(Delivery).where(col(Delivery.subscriber_id) == subscriber_id)
             if digest_date is None:
-                query = query.where(Delivery.status == str(DeliveryStatus.FAILED))
+                query = query.where(col(Delivery.status) == str(DeliveryStatus.FAILED))
             else:
-                query = query.where(Delivery.digest_date == digest_date)
-            row = s.exec(query.order_by(Delivery.digest_date.desc(), Delivery.id.desc())).first()
+                query = query.where(col(Delivery.digest_date) == digest_date)
+            row = s.exec(query.order_by(col(Delivery.digest_date).desc(), col(Delivery.id).desc())).first()
             if row is None:
                 raise DigestError(
                     "no failed digest to send again" if digest_date is None else f"no digest for {digest_date}"
@@ -165,20 +169,24 @@ class DeliveryQueue(StoreBase):
                 raise DigestError(
                     f"the digest of {row.digest_date} is {row.status}, not failed: a run sends it by itself"
                 )
-            done = s.execute(
-                update(table)
-                .where(table.c.id == row.id, table.c.status == str(DeliveryStatus.FAILED))
-                .values(
-                    status=str(DeliveryStatus.PENDING),
-                    attempts=0,
-                    error="",
-                    created=stamp,
-                    next_attempt_at=stamp,
-                    claimed_by="",
-                    claimed_until=None,
-                    sent_at=None,
+            done = (
+                s.connection()
+                .execute(
+                    update(table)
+                    .where(table.c.id == row.id, table.c.status == str(DeliveryStatus.FAILED))
+                    .values(
+                        status=str(DeliveryStatus.PENDING),
+                        attempts=0,
+                        error="",
+                        created=stamp,
+                        next_attempt_at=stamp,
+                        claimed_by="",
+                        claimed_until=None,
+                        sent_at=None,
+                    )
                 )
-            ).rowcount
+                .rowcount
+            )
             s.commit()
             if not done:  # it changed under us (another requeue): say what it is now
                 raise DigestError(f"the digest of {row.digest_date} changed meanwhile; see digest status")
@@ -187,9 +195,9 @@ class DeliveryQueue(StoreBase):
 
     def deliveries(self, subscriber_id: int | None = None) -> list[Delivery]:
         with self.session() as s:
-            query = select(Delivery).order_by(Delivery.digest_date, Delivery.id)
+            query = select(Delivery).order_by(col(Delivery.digest_date), col(Delivery.id))
             if subscriber_id is not None:
-                query = query.where(Delivery.subscriber_id == subscriber_id)
+                query = query.where(col(Delivery.subscriber_id) == subscriber_id)
             return list(s.exec(query))
 
     def plan_deliveries(self, plans: Iterable[dict[str, Any]], now: datetime) -> None:
@@ -200,7 +208,7 @@ class DeliveryQueue(StoreBase):
         NOTHING on the one-digest-a-day constraint), so planning twice never sends twice.
         """
         stamp = _utc(now)
-        table = Delivery.__table__
+        table = table_of(Delivery)
         dialect_insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         statement = dialect_insert(table).on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
         rows = [{"created": stamp, "reasons": [], "trending": [], **plan} for plan in plans]
@@ -227,7 +235,7 @@ class DeliveryQueue(StoreBase):
         single writer lock.  A sender that dies leaves its rows to be claimed again after `lease`.
         """
         stamp = _utc(now)
-        table = Delivery.__table__
+        table = table_of(Delivery)
         free = (
             table.c.status.in_([str(w) for w in WAITING])
             & ((table.c.claimed_until == None) | (table.c.claimed_until <= stamp))  # noqa: E711
@@ -260,7 +268,7 @@ class DeliveryQueue(StoreBase):
             s.commit()
             if not found:
                 return []
-            return list(s.exec(select(Delivery).where(Delivery.id.in_(found)).order_by(Delivery.id)))
+            return list(s.exec(select(Delivery).where(col(Delivery.id).in_(found)).order_by(col(Delivery.id))))
 
     def record_outcome(
         self,
@@ -304,8 +312,8 @@ class DeliveryQueue(StoreBase):
         with self.session() as s:
             return list(
                 s.exec(
-                    select(Delivery.claimed_by)
-                    .where(Delivery.claimed_by != "", Delivery.claimed_until > _utc(now))
+                    select(col(Delivery.claimed_by))
+                    .where(col(Delivery.claimed_by) != "", col(Delivery.claimed_until) > _utc(now))
                     .distinct()
                 )
             )
@@ -314,18 +322,22 @@ class DeliveryQueue(StoreBase):
         """Give back every claim these senders hold (they are known to be dead); returns how many."""
         if not workers:
             return 0
-        table = Delivery.__table__
+        table = table_of(Delivery)
         with self.session() as s:
-            done = s.execute(
-                update(table).where(table.c.claimed_by.in_(list(workers))).values(claimed_by="", claimed_until=None)
-            ).rowcount
+            done = (
+                s.connection()
+                .execute(
+                    update(table).where(table.c.claimed_by.in_(list(workers))).values(claimed_by="", claimed_until=None)
+                )
+                .rowcount
+            )
             s.commit()
         return int(done or 0)
 
     def delivery_status_counts(self, digest_date: date | None = None) -> dict[str, int]:
         """How many deliveries are in each status (on one digest date, or in all)."""
         with self.session() as s:
-            query = select(Delivery.status, func.count()).group_by(Delivery.status)
+            query = select(col(Delivery.status), func.count()).group_by(col(Delivery.status))
             if digest_date is not None:
-                query = query.where(Delivery.digest_date == digest_date)
+                query = query.where(col(Delivery.digest_date) == digest_date)
             return dict(s.exec(query).all())

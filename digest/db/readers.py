@@ -13,7 +13,7 @@ from sqlalchemy import (
     insert,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
@@ -27,6 +27,7 @@ from digest.db.tables import (
     PendingSignup,
     Subscriber,
     _utc,
+    table_of,
 )
 from digest.errors import StoreError
 
@@ -44,9 +45,9 @@ class Readers(StoreBase):
         ids: dict[str, int] = {}
         stamp = _utc(now)
         with self.session() as s:
-            opted_out = set(s.exec(select(OptOut.email)))
+            opted_out = set(s.exec(select(col(OptOut.email))))
             for sub in subscribers:
-                row = s.exec(select(Subscriber).where(Subscriber.email == sub.email)).first()
+                row = s.exec(select(Subscriber).where(col(Subscriber.email) == sub.email)).first()
                 fields = {
                     "name": sub.name,
                     "timezone": sub.timezone,
@@ -67,8 +68,9 @@ class Readers(StoreBase):
                     if row.origin == "config":
                         row.active = sub.email not in opted_out  # an unsubscribe wins over the file
                 s.flush()
+                assert row.id is not None  # the flush gave it one
                 ids[sub.email] = row.id
-            for row in s.exec(select(Subscriber).where(Subscriber.origin == "config")):
+            for row in s.exec(select(Subscriber).where(col(Subscriber.origin) == "config")):
                 if row.email not in ids:
                     row.active = False
             s.commit()
@@ -76,9 +78,9 @@ class Readers(StoreBase):
 
     def subscribers(self, *, active_only: bool = True) -> list[Subscriber]:
         with self.session() as s:
-            query = select(Subscriber).order_by(Subscriber.id)
+            query = select(Subscriber).order_by(col(Subscriber.id))
             if active_only:
-                query = query.where(Subscriber.active == True)  # noqa: E712
+                query = query.where(col(Subscriber.active) == True)  # noqa: E712
             return list(s.exec(query))
 
     def add_interactions(
@@ -99,8 +101,8 @@ class Readers(StoreBase):
             if unique:
                 existing = set(
                     s.exec(
-                        select(Interaction.paper_id).where(
-                            Interaction.subscriber_id == subscriber_id, Interaction.kind == kind
+                        select(col(Interaction.paper_id)).where(
+                            col(Interaction.subscriber_id) == subscriber_id, col(Interaction.kind) == kind
                         )
                     )
                 )
@@ -121,9 +123,9 @@ class Readers(StoreBase):
             rows = list(
                 s.exec(
                     select(Interaction).where(
-                        Interaction.subscriber_id == subscriber_id,
-                        Interaction.kind == kind,
-                        Interaction.origin == origin,
+                        col(Interaction.subscriber_id) == subscriber_id,
+                        col(Interaction.kind) == kind,
+                        col(Interaction.origin) == origin,
                     )
                 )
             )
@@ -142,9 +144,9 @@ class Readers(StoreBase):
         """(email, paper, kind) of every interaction of the given kinds, for active subscribers."""
         with self.session() as s:
             rows = s.exec(
-                select(Subscriber.email, Interaction.paper_id, Interaction.kind)
-                .join(Subscriber, Subscriber.id == Interaction.subscriber_id)
-                .where(Interaction.kind.in_(list(kinds)), Subscriber.active == True)  # noqa: E712
+                select(col(Subscriber.email), col(Interaction.paper_id), col(Interaction.kind))
+                .join(Subscriber, col(Subscriber.id) == col(Interaction.subscriber_id))
+                .where(col(Interaction.kind).in_(list(kinds)), col(Subscriber.active) == True)  # noqa: E712
             )
             return [LikeRow(*row) for row in rows]
 
@@ -174,18 +176,18 @@ class Readers(StoreBase):
         if not subscriber_ids or not paper_ids:
             return seen
         wanted = set(subscriber_ids)
-        kinds = set(kinds)
+        kind_set = set(kinds)
         with self.session() as s:
             for start in range(0, len(paper_ids), 500):
                 # by paper only (the kind is checked here): otherwise SQLite may pick the kind index,
                 # which matches every like and was a scan of millions of rows at 100k readers
                 rows = s.exec(
-                    select(Interaction.subscriber_id, Interaction.paper_id, Interaction.kind).where(
-                        Interaction.paper_id.in_(list(paper_ids[start : start + 500])),
+                    select(col(Interaction.subscriber_id), col(Interaction.paper_id), col(Interaction.kind)).where(
+                        col(Interaction.paper_id).in_(list(paper_ids[start : start + 500])),
                     )
                 )
                 for sid, pid, kind in rows:
-                    if kind in kinds and sid in wanted:
+                    if kind in kind_set and sid in wanted:
                         seen.setdefault(sid, set()).add(pid)
         return seen
 
@@ -193,8 +195,8 @@ class Readers(StoreBase):
         with self.session() as s:
             return set(
                 s.exec(
-                    select(Interaction.paper_id).where(
-                        Interaction.subscriber_id == subscriber_id, Interaction.kind.in_(list(kinds))
+                    select(col(Interaction.paper_id)).where(
+                        col(Interaction.subscriber_id) == subscriber_id, col(Interaction.kind).in_(list(kinds))
                     )
                 )
             )
@@ -208,7 +210,7 @@ class Readers(StoreBase):
             added = [Subscriber(created=stamp, origin=origin, **row) for row in rows]
             s.add_all(added)
             s.commit()
-            return {row.email: row.id for row in added}
+            return {row.email: row.id for row in added if row.id is not None}
 
     def add_interactions_many(self, pairs: Iterable[tuple[int, str]], kind: str, now: datetime, *, origin: str) -> int:
         """Record many (subscriber id, paper id) interactions in one transaction, without checking for repeats."""
@@ -218,7 +220,7 @@ class Readers(StoreBase):
         ]
         with self.session() as s:
             for chunk in _chunks(rows, 20_000):
-                s.execute(insert(Interaction.__table__), chunk)
+                s.execute(insert(table_of(Interaction)), chunk)
             s.commit()
         return len(rows)
 
@@ -227,7 +229,7 @@ class Readers(StoreBase):
         found: list[Subscriber] = []
         with self.session() as s:
             for chunk in _chunks(list(ids), 500):
-                found.extend(s.exec(select(Subscriber).where(Subscriber.id.in_(chunk))))
+                found.extend(s.exec(select(Subscriber).where(col(Subscriber.id).in_(chunk))))
         return found
 
     def subscriber(self, *, id: int | None = None, email: str | None = None) -> Subscriber | None:
@@ -235,7 +237,7 @@ class Readers(StoreBase):
         with self.session() as s:
             if id is not None:
                 return s.get(Subscriber, id)
-            return s.exec(select(Subscriber).where(Subscriber.email == (email or "").lower())).first()
+            return s.exec(select(Subscriber).where(col(Subscriber.email) == (email or "").lower())).first()
 
     def set_feedback(self, subscriber_id: int, paper_id: str, kind: str, now: datetime, *, origin: str = "web") -> bool:
         """Like or dislike a paper (the opposite opinion is dropped); False if it was already so."""
@@ -244,9 +246,9 @@ class Readers(StoreBase):
             rows = list(
                 s.exec(
                     select(Interaction).where(
-                        Interaction.subscriber_id == subscriber_id,
-                        Interaction.paper_id == paper_id,
-                        Interaction.kind.in_([Kind.LIKE, Kind.DISLIKE]),
+                        col(Interaction.subscriber_id) == subscriber_id,
+                        col(Interaction.paper_id) == paper_id,
+                        col(Interaction.kind).in_([Kind.LIKE, Kind.DISLIKE]),
                     )
                 )
             )
@@ -267,10 +269,10 @@ class Readers(StoreBase):
             rows = list(
                 s.exec(
                     select(Interaction).where(
-                        Interaction.subscriber_id == subscriber_id,
-                        Interaction.paper_id == paper_id,
-                        Interaction.kind == kind,
-                        Interaction.origin == origin,
+                        col(Interaction.subscriber_id) == subscriber_id,
+                        col(Interaction.paper_id) == paper_id,
+                        col(Interaction.kind) == kind,
+                        col(Interaction.origin) == origin,
                     )
                 )
             )
@@ -283,10 +285,10 @@ class Readers(StoreBase):
         """(paper, origin) of a subscriber's likes (or dislikes), newest first."""
         with self.session() as s:
             rows = s.exec(
-                select(Paper, Interaction.origin)
-                .join(Interaction, Interaction.paper_id == Paper.id)
-                .where(Interaction.subscriber_id == subscriber_id, Interaction.kind == kind)
-                .order_by(Interaction.at.desc(), Interaction.id.desc())
+                select(Paper, col(Interaction.origin))
+                .join(Interaction, col(Interaction.paper_id) == col(Paper.id))
+                .where(col(Interaction.subscriber_id) == subscriber_id, col(Interaction.kind) == kind)
+                .order_by(col(Interaction.at).desc(), col(Interaction.id).desc())
             )
             return [(paper, origin) for paper, origin in rows]
 
@@ -304,8 +306,8 @@ class Readers(StoreBase):
         email = email.lower()
         liked = list(dict.fromkeys(liked))
         with self.session() as s:
-            s.exec(delete(PendingSignup).where(PendingSignup.created < stamp - PENDING_SIGNUP_KEEP))
-            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            s.exec(delete(PendingSignup).where(col(PendingSignup.created) < stamp - PENDING_SIGNUP_KEEP))
+            row = s.exec(select(Subscriber).where(col(Subscriber.email) == email)).first()
             if row is not None and row.active:
                 s.commit()
                 return row
@@ -315,6 +317,7 @@ class Readers(StoreBase):
                     row = Subscriber(email=email, created=stamp, origin="web", active=False, **fields)
                     s.add(row)
                     s.flush()
+                    assert row.id is not None  # the flush gave it one
                     for pid in liked:
                         s.add(Interaction(subscriber_id=row.id, paper_id=pid, kind=Kind.LIKE, origin="web", at=stamp))
                 if nonce:
@@ -343,10 +346,11 @@ class Readers(StoreBase):
         stamp = _utc(now)
         email = email.lower()
         with self.session() as s:
-            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            row = s.exec(select(Subscriber).where(col(Subscriber.email) == email)).first()
             if row is None:
                 return None
-            pending = list(s.exec(select(PendingSignup).where(PendingSignup.email == email)))
+            assert row.id is not None  # a stored row
+            pending = list(s.exec(select(PendingSignup).where(col(PendingSignup.email) == email)))
             chosen = next((p for p in pending if nonce and p.nonce == nonce), None)
             if chosen is not None and row.origin == "web":
                 for key, value in chosen.fields.items():
@@ -354,7 +358,8 @@ class Readers(StoreBase):
                 mine = list(
                     s.exec(
                         select(Interaction).where(
-                            Interaction.subscriber_id == row.id, Interaction.kind.in_([Kind.LIKE, Kind.DISLIKE])
+                            col(Interaction.subscriber_id) == row.id,
+                            col(Interaction.kind).in_([Kind.LIKE, Kind.DISLIKE]),
                         )
                     )
                 )
@@ -381,7 +386,7 @@ class Readers(StoreBase):
         """Stop sending to an address, for good (the opt-out wins over the preferences file)."""
         email = email.lower()
         with self.session() as s:
-            row = s.exec(select(Subscriber).where(Subscriber.email == email)).first()
+            row = s.exec(select(Subscriber).where(col(Subscriber.email) == email)).first()
             if row is not None:
                 row.active = False
             if s.get(OptOut, email) is None:

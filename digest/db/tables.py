@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
     Column,
     Index,
+    Table,
     UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
@@ -44,6 +45,10 @@ class DeliveryStatus(StrEnum):
 WAITING = (DeliveryStatus.PENDING, DeliveryStatus.UNCONFIRMED)  # rows a sender may claim
 
 
+@overload
+def _utc(moment: datetime) -> datetime: ...
+@overload
+def _utc(moment: None) -> None: ...
 def _utc(moment: datetime | None) -> datetime | None:
     """An aware UTC datetime (a naive one is taken to be UTC already)."""
     if moment is None:
@@ -53,6 +58,10 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+@overload
+def aware(moment: datetime) -> datetime: ...
+@overload
+def aware(moment: None) -> None: ...
 def aware(moment: datetime | None) -> datetime | None:
     """A stored naive-UTC time as an aware UTC datetime."""
     if moment is None:
@@ -83,7 +92,7 @@ class Paper(SQLModel, table=True):
 class Subscriber(SQLModel, table=True):
     __tablename__ = "subscribers"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # given by the database on insert
     email: str = Field(unique=True, index=True, max_length=320)
     name: str = ""
     timezone: str = "UTC"
@@ -101,7 +110,7 @@ class Subscriber(SQLModel, table=True):
 class Interaction(SQLModel, table=True):
     __tablename__ = "interactions"
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # given by the database on insert
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     paper_id: str = Field(foreign_key="papers.id", index=True, max_length=200)
     kind: str = Field(index=True, max_length=16)
@@ -113,7 +122,7 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (UniqueConstraint("subscriber_id", "digest_date", name="one_digest_a_day"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # given by the database on insert
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     digest_date: date = Field(index=True)
     papers: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -169,7 +178,7 @@ class RateHit(SQLModel, table=True):
     __tablename__ = "rate_hits"
     __table_args__ = (Index("ix_rate_hits_key_at", "key", "at"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int = Field(default=None, primary_key=True)  # given by the database on insert
     key: str = Field(max_length=200)
     at: float  # seconds since the epoch, from the web front's clock
 
@@ -222,3 +231,8 @@ class LikeRow:
     email: str
     paper_id: str
     kind: str
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The SQLAlchemy Table behind a SQLModel table class (for bulk statements)."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]
