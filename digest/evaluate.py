@@ -1,4 +1,4 @@
-"""Offline evaluation: metrics, the benchmark-folder loader, and the `digest eval` driver.
+"""Offline evaluation: the benchmark-folder loader and the `digest eval` driver, with the metrics.
 
 A benchmark folder holds `papers.jsonl` ({"id", "title", "abstract"} a line), `train.csv` and
 `test.csv` (`user,paper` with a header line) and optionally `candidates.txt` (one paper id a line:
@@ -6,7 +6,8 @@ the pool to rank; without it every paper the user did not like in training is ra
 
 recall@k for one user = held-out papers in the top k / all held-out papers of that user, with the
 user's training papers excluded from the ranking; averaged over users with at least one held-out
-paper.  nDCG@10 uses binary relevance.
+paper.  nDCG@10 uses binary relevance.  The metric functions live in `digest.rank.metrics` (the
+hybrid's weight tuning computes its validation figures with them) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,52 +23,29 @@ import numpy as np
 import scipy.sparse as sp
 
 from digest.errors import DataError
-from digest.rank.base import Corpus, IdMap, Ranker, TrainData, pairs_to_matrix, top_k_rows
+from digest.rank.base import Corpus, IdMap, Ranker, TrainData, pairs_to_matrix
+from digest.rank.metrics import block_metrics, hits_metrics, ndcg_at_k, recall_at_k
 
 DEFAULT_KS = (10, 20, 50, 100, 300)
 DEFAULT_METHODS = ("popularity", "random", "content", "svm", "collaborative", "hybrid")
 
-
-# -- metrics -------------------------------------------------------------------------------------
-
-
-def recall_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
-    """Share of `relevant` found in the first k of `ranked` (0.0 when nothing is relevant)."""
-    relevant = set(relevant)
-    if not relevant:
-        return 0.0
-    return len(relevant.intersection(list(ranked)[:k])) / len(relevant)
-
-
-def ndcg_at_k(ranked: Sequence, relevant: Collection, k: int) -> float:
-    """Binary-relevance nDCG@k: DCG of the ranking over DCG of the ideal one (0.0 when nothing is relevant)."""
-    relevant = set(relevant)
-    if not relevant:
-        return 0.0
-    dcg = sum(1.0 / np.log2(i + 2) for i, item in enumerate(list(ranked)[:k]) if item in relevant)
-    idcg = sum(1.0 / np.log2(i + 2) for i in range(min(k, len(relevant))))
-    return float(dcg / idcg)
-
-
-def hits_metrics(
-    hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int], ndcg_k: int = 10, n_ideal: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """Per-user metrics from a users x ranks 0/1 `hits` array (the vectorised form of the two above).
-
-    `n_relevant` is each user's number of held-out papers (recall's denominator); `n_ideal` the number
-    the ranking could find (nDCG's ideal), defaulting to `n_relevant`.
-    """
-    hits = np.asarray(hits, dtype=np.float64)
-    n_relevant = np.asarray(n_relevant, dtype=np.float64)
-    n_ideal = n_relevant if n_ideal is None else np.asarray(n_ideal, dtype=np.float64)
-    safe = np.maximum(n_relevant, 1)
-    out = {f"recall@{k}": np.where(n_relevant > 0, hits[:, :k].sum(axis=1) / safe, 0.0) for k in ks}
-    disc = 1.0 / np.log2(np.arange(2, ndcg_k + 2))
-    dcg = (hits[:, :ndcg_k] * disc[: hits[:, :ndcg_k].shape[1]]).sum(axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(disc)])
-    idcg = cum[np.minimum(n_ideal, ndcg_k).astype(np.int64)]
-    out[f"ndcg@{ndcg_k}"] = np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
-    return out
+__all__ = [  # the metric functions are re-exported from `digest.rank.metrics`
+    "ANCHORS",
+    "DEFAULT_KS",
+    "DEFAULT_METHODS",
+    "Bench",
+    "block_metrics",
+    "default_cache_dir",
+    "evaluate",
+    "hits_metrics",
+    "load_bench",
+    "ndcg_at_k",
+    "parse_list",
+    "plot_recall",
+    "ranker_options",
+    "recall_at_k",
+    "run_eval",
+]
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -181,7 +159,6 @@ def evaluate(
         ranker.fit(bench.data)
     users = bench.eval_users if users is None else np.asarray(users, dtype=np.int64)
     cands = bench.candidates if bench.candidates is not None else np.arange(len(bench.data.corpus))
-    kmax = max(max(ks), 10)
     likes, test = bench.data.likes, bench.test
     n_relevant = np.diff(test.indptr)[users]
     per_user: dict[str, list[np.ndarray]] = {}
@@ -190,10 +167,7 @@ def evaluate(
         scores = np.asarray(ranker.score(ub, cands), dtype=np.float32).copy()
         scores[likes[ub][:, cands].toarray() > 0] = -np.inf
         truth = test[ub][:, cands].toarray() > 0
-        truth &= ~np.isneginf(scores)
-        top = top_k_rows(scores, kmax)
-        hits = np.take_along_axis(truth, top, axis=1)
-        for name, vals in hits_metrics(hits, n_relevant[s : s + block], ks, 10, truth.sum(axis=1)).items():
+        for name, vals in block_metrics(scores, truth, ks, n_relevant=n_relevant[s : s + block]).items():
             per_user.setdefault(name, []).append(vals)
         if progress:
             progress(min(s + block, len(users)), len(users))
