@@ -63,7 +63,7 @@ def _topic(data: TrainData, row: int) -> str:
 def test_update_with_nothing_new_changes_no_score() -> None:
     data = community()
     ranker = HybridRanker().fit(data)
-    assert ranker.state.U is not None, "the community must be large enough for ALS"
+    assert "cf" in ranker.state.parts, "the community must be large enough for ALS"
     users, cands = np.arange(len(data.users)), np.arange(len(data.corpus))
     before = ranker.score(users, cands)
     ranker.update(community())
@@ -201,7 +201,7 @@ def test_zscore_statistics_in_chunks_of_readers_are_the_same() -> None:
     r = HybridRanker().fit(community())
     users = np.arange(len(r.data.users))
     sample = np.arange(len(r.data.corpus))
-    whole, chunked = r._stats(r.state, users, sample), r._stats(r.state, users, sample, chunk=5)
+    whole, chunked = r.state.measure(users, sample), r.state.measure(users, sample, chunk=5)
     assert set(whole) == set(r.state.stats) and {"content", "lsa", "cf"} <= set(whole)
     for name, (mean, std) in whole.items():
         assert np.allclose(mean, chunked[name][0], rtol=1e-5, atol=1e-7), name

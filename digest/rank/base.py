@@ -164,8 +164,9 @@ class Ranker(ABC):
     @abstractmethod
     def fit(self, data: TrainData) -> Ranker: ...
 
-    def update(self, data: TrainData, **options: object) -> Ranker:
-        """Bring a fitted ranker up to `data` (new papers, readers, likes); by default a new fit."""
+    def update(self, data: TrainData, *, embeddings: np.ndarray | None = None) -> Ranker:
+        """Bring a fitted ranker up to `data` (new papers, readers, likes; `embeddings`, a row per paper,
+        for a ranker fitted with them); by default a new fit."""
         return self.fit(data)
 
     def prepare_update(self) -> None:  # noqa: B027 - a hook: most rankers have nothing to finish

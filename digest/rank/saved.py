@@ -27,7 +27,7 @@ from digest.rank import Ranker, TrainData, make_ranker
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when a ranker's saved state changes shape
+FORMAT = 3  # bump when a ranker's saved state changes shape (3: the hybrid split into components)
 GROWTH = 1.25  # refit when papers or readers grew by more than this factor since the fit
 
 

@@ -1,0 +1,86 @@
+"""The `emb` component (optional extra): a sentence-embedding profile, when the hybrid is given embeddings.
+
+A reader's profile is the mean of their liked papers' vectors minus the disliked ones', unit
+length.  Each paper's vector is first smoothed over the corpus (`smooth_embeddings`): unit(e +
+`emb_smooth` (2) * mean of its `emb_smooth_k` (20) nearest papers' vectors), no likes used
+(CiteULike p1 recall@300 0.295 -> 0.324, cold recall@100 +0.011; ~8 s for 17k papers).  The blend
+smooths once per fit (`HybridRanker._smooth`), and the smoothed vectors also feed the `cf` map.
+Explained by the text reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from digest.rank.base import TrainData
+from digest.rank.hybrid.component import NEIGHBOUR_POOL, Component, Day, Text, fixed_sample, row_mean, take_users, unit
+
+
+class EmbComponent(Component):
+    name = "emb"
+    textual = True
+
+    def __init__(self, *, dislike_weight: float = 0.5) -> None:
+        self.dislike_weight = dislike_weight
+
+    def fit(self, data: TrainData, text: Text) -> bool:
+        if text.embeddings is None:
+            return False
+        self.text = text
+        self.profiles = self._profiles(data.likes, data.dislikes)
+        return True
+
+    def update(self, day: Day) -> None:
+        block = self._profiles(day.data.likes[day.changed], day.changed_rows(day.data.dislikes))
+        self.profiles = take_users(self.profiles, day.user_rows, day.changed, block)
+
+    def raw(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return self.profiles[users] @ unit(self._embeddings[candidates]).T
+
+    def raw_pairs(self, users: np.ndarray, papers: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", self.profiles[users], unit(self._embeddings[papers]))
+
+    @property
+    def _embeddings(self) -> np.ndarray:
+        E = self.text.embeddings
+        if E is None:
+            raise ValueError("the emb component needs embeddings")
+        return E
+
+    def _profiles(self, likes: sp.csr_matrix, dislikes: sp.csr_matrix | None) -> np.ndarray:
+        """Mean liked embedding - `dislike_weight` x mean disliked one, unit length."""
+        E = unit(self._embeddings)
+        prof = row_mean(likes) @ E
+        if dislikes is not None and dislikes.nnz:
+            prof = prof - self.dislike_weight * (row_mean(dislikes) @ E)
+        return unit(np.asarray(prof, dtype=np.float32))
+
+
+def smooth_embeddings(
+    E: np.ndarray, beta: float, k: int = 20, *, rows: np.ndarray | None = None, pool: int = NEIGHBOUR_POOL
+) -> np.ndarray:
+    """unit(e_i + beta * mean of the unit vectors of the k most similar other papers) for `rows` (all by default).
+
+    Pulls each paper toward its neighbourhood in the corpus (uses no likes): about 7 s for 17k papers x
+    384 dimensions on one core, in row chunks.  Neighbours are looked for among at most `pool`
+    papers (a fixed sample: the same in a fit and in later updates), so a large corpus costs linear time.
+    """
+    E = unit(E)
+    rows = np.arange(len(E)) if rows is None else np.asarray(rows, dtype=np.int64)
+    cand = fixed_sample(len(E), pool)
+    k = min(k, len(cand) - 1)
+    if k < 1 or not beta:
+        return E[rows]
+    P = E[cand]
+    out = np.empty((len(rows), E.shape[1]), dtype=np.float32)
+    chunk = max(64, min(2000, 50_000_000 // max(len(P), 1)))  # similarity blocks of at most ~200 MB
+    for s in range(0, len(rows), chunk):
+        r = rows[s : s + chunk]
+        S = E[r] @ P.T
+        self_col = np.searchsorted(cand, r).clip(0, len(cand) - 1)
+        mine = cand[self_col] == r
+        S[np.flatnonzero(mine), self_col[mine]] = -np.inf  # not itself
+        top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        out[s : s + chunk] = E[r] + beta * P[top].mean(axis=1)
+    return unit(out)

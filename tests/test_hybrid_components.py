@@ -1,0 +1,90 @@
+"""The hybrid's components, each held to the one contract in `digest.rank.hybrid.component`, and the
+weight tuning measured with `digest eval`'s own metrics.
+
+The community of tests/test_saved_ranker.py (three topics, large enough for ALS), with stand-in
+embeddings so that all five components are active.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from digest.rank.base import TrainData
+from digest.rank.hybrid import COMPONENTS, DEFAULT_WEIGHTS, GRID, HybridRanker
+from digest.rank.hybrid.tuning import tune_weights
+from digest.rank.metrics import block_metrics
+from tests.test_saved_ranker import community
+
+
+def _embeddings(data: TrainData) -> np.ndarray:
+    """Stand-in sentence embeddings: a fixed random projection of each paper's words."""
+    rng = np.random.default_rng(5)
+    vocab: dict[str, np.ndarray] = {}
+    out = []
+    for text in data.corpus.texts():
+        words = text.split()
+        out.append(sum((vocab.setdefault(w, rng.standard_normal(16)) for w in words), np.zeros(16)))
+    return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[HybridRanker, TrainData]:
+    data = community(new_papers=4)
+    return HybridRanker(embeddings=_embeddings(data)).fit(data), data
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_every_component_keeps_the_contract(name: str, fitted: tuple[HybridRanker, TrainData]) -> None:
+    ranker, data = fitted
+    part = ranker.state.parts[name]
+    users, cands = np.arange(0, len(data.users), 3), np.arange(len(data.corpus))
+    block = part.raw(users, cands)
+    assert block.shape == (len(users), len(cands)) and np.isfinite(block).all()
+    # the pair form is the block, one entry at a time (explanations use it)
+    uu, cc = np.repeat(users, len(cands)), np.tile(cands, len(users))
+    np.testing.assert_allclose(part.raw_pairs(uu, cc), block.ravel(), rtol=1e-5, atol=1e-6)
+    if not part.textual:
+        assert all(part.reason(int(p)) for p in cands[:5])
+    # folding in a day with nothing new changes nothing
+    ranker.update(community(new_papers=4), embeddings=_embeddings(data))
+    np.testing.assert_allclose(part.raw(users, cands), block, rtol=1e-5, atol=1e-5)
+
+
+def test_a_component_without_what_it_needs_is_left_out() -> None:
+    ranker = HybridRanker().fit(community())  # no embeddings: no emb
+    assert list(ranker.state.parts) == ["content", "lsa", "cf", "trend"]
+    assert list(HybridRanker(weights={"lsa": 0.0}).fit(community()).state.parts) == ["content", "cf", "trend"]
+
+
+def test_tuning_measures_with_the_eval_metrics() -> None:
+    """A perfect collaborative block wins the validation, and the figures reported are `block_metrics`'s
+    (nDCG@10 decides: with 180 papers every held-out like is in anyone's top 300)."""
+    data = community()
+    seen: dict[str, np.ndarray] = {}
+
+    def blocks_of(sub: TrainData, users: np.ndarray, cands: np.ndarray) -> dict[str, np.ndarray]:
+        held = sp.csr_matrix(data.likes - sub.likes)
+        truth = held[users][:, cands].toarray() > 0
+        content = np.random.default_rng(0).standard_normal(truth.shape).astype(np.float32)
+        seen.update(truth=truth, content=content.copy(), exclude=sub.likes[users][:, cands].toarray() > 0)
+        return {"content": content, "cf": truth.astype(np.float32)}
+
+    chosen, report = tune_weights(
+        data, "warm", blocks_of, weights={"emb": 4.0}, start=DEFAULT_WEIGHTS, has_embeddings=False, objective="ndcg"
+    )
+    assert chosen is not None and chosen["cf"] in GRID["cf"] and chosen["cf"] > 0
+    assert report["val_recall@300"] == 1.0 and report["val_ndcg@10"] == 1.0
+    alone = seen["content"]
+    alone[seen["exclude"]] = -np.inf
+    m = block_metrics(alone, seen["truth"], [300])
+    assert report["content_alone"] == [round(float(m["recall@300"].mean()), 4), round(float(m["ndcg@10"].mean()), 4)]
+    assert "emb" not in report["chosen"] and chosen["emb"] == 4.0
+
+
+def test_too_few_validation_readers_keep_the_weights() -> None:
+    data = community()
+    small = TrainData(data.corpus, data.users, sp.csr_matrix(data.likes.shape, dtype=np.float32))
+    chosen, report = tune_weights(small, "cold", lambda *a: {}, weights={}, start=DEFAULT_WEIGHTS, has_embeddings=False)
+    assert chosen is None and report == {"mode": "cold", "val_users": 0, "chosen": None}
