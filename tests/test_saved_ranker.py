@@ -18,7 +18,7 @@ import pytest
 from digest.rank import Corpus, IdMap, TrainData
 from digest.rank.base import top_k_rows
 from digest.rank.hybrid import HybridRanker
-from digest.rank.saved import model_path, ranker_for_day
+from digest.rank.saved import FORMAT, model_path, ranker_for_day
 
 TOPICS = {
     "bio": "protein folding enzyme kinetics genome sequencing cell membrane receptor binding molecular dynamics",
@@ -158,6 +158,23 @@ def test_unreadable_saved_fit_is_refitted(tmp_path) -> None:
     assert report.refit and "could not be read" in report.reason
     assert ranker.score(np.arange(3), np.arange(5)).shape == (3, 5)
     assert pickle.loads(path.read_bytes())["fitted_at"] == NOW + timedelta(days=1)
+
+
+def test_saved_fit_of_an_older_format_is_refitted(tmp_path) -> None:
+    """The header is read first: an older format is refused without unpickling what follows it (a
+    ranker whose classes may have moved since).  A format-2 file is one pickle, header and ranker:
+    refused as older when it can be read, refitted as unreadable when its classes are gone."""
+    ranker_for_day("hybrid", {}, community(), NOW, data_dir=tmp_path, refit_days=7)
+    path = model_path(tmp_path, "hybrid")
+    with path.open("rb") as f:
+        header = pickle.load(f)
+    path.write_bytes(pickle.dumps({**header, "format": FORMAT - 1}) + b"not a ranker")
+    ranker, report = ranker_for_day("hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert report.refit and "older format" in report.reason
+    path.write_bytes(pickle.dumps({**header, "format": 2, "ranker": "gone"}))  # format 2: one pickle, no ranker after
+    _, report = ranker_for_day("hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert report.refit and "older format" in report.reason
+    assert ranker.score(np.arange(3), np.arange(5)).shape == (3, 5)
 
 
 @pytest.mark.parametrize("name, refit_days", [("hybrid", 0), ("content", 7)])

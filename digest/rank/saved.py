@@ -7,8 +7,11 @@ So the daily run loads the last full fit from `<data_dir>/models`, folds today's
 older than `ranking.refit_days`, was made with other ranking settings or an older format, cannot
 be read, or the corpus or the community has grown by more than a quarter since.
 
-The file is a pickle written by this program into its own data folder (trusted like the
-database next to it); it is replaced atomically, so a crash mid-write leaves the previous fit.
+The file holds two pickles written by this program into its own data folder (trusted like the
+database next to it): a small header (format, settings, date, sizes), read first so that a fit of
+an older format, other settings or the wrong age is refused without unpickling its ranker (whose
+classes may have moved since), then the ranker.  It is replaced atomically, so a crash mid-write
+leaves the previous fit.
 """
 
 from __future__ import annotations
@@ -102,17 +105,14 @@ def ranker_for_day(
     if not save:
         return ranker, ModelReport(True, reason + " (not saved: a dry run)", now, time.perf_counter() - start)
     ranker.prepare_update()
-    _save(
-        path,
-        {
-            "format": FORMAT,
-            "fingerprint": fingerprint,
-            "fitted_at": now,
-            "papers": len(data.corpus),
-            "users": len(data.users),
-            "ranker": ranker,
-        },
-    )
+    header = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "fitted_at": now,
+        "papers": len(data.corpus),
+        "users": len(data.users),
+    }
+    _save(path, header, ranker)
     return ranker, ModelReport(True, reason, now, time.perf_counter() - start, path=path)
 
 
@@ -128,30 +128,32 @@ def _fingerprint(name: str, options: dict) -> dict:
 
 
 def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data: TrainData) -> tuple[dict | None, str]:
-    """(the saved record, "") if it can be reused today, else (None, why a refit is due)."""
+    """(the saved header with its "ranker", "") if it can be reused today, else (None, why a refit is due)."""
     if not path.exists():
         return None, "no saved fit"
     try:
         with path.open("rb") as f:
-            saved = pickle.load(f)
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            return None, "the saved fit has an older format"
+            saved = pickle.load(f)  # the header (before format 3: the whole record)
+            if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+                return None, "the saved fit has an older format"
+            if saved.get("fingerprint") != fingerprint:
+                return None, "ranking settings changed"
+            age = now - saved["fitted_at"]
+            if age >= timedelta(days=refit_days) or age < timedelta(0):
+                return None, f"the saved fit is {age.days} day(s) old (refit_days = {refit_days:g})"
+            if len(data.corpus) > GROWTH * saved["papers"] or len(data.users) > GROWTH * saved["users"] + 10:
+                return None, "the corpus or the community grew by more than a quarter"
+            saved["ranker"] = pickle.load(f)
     except Exception as e:
         log.warning("cannot read saved ranker %s (%s); refitting", path, e)
         return None, f"the saved fit could not be read ({type(e).__name__})"
-    if saved.get("fingerprint") != fingerprint:
-        return None, "ranking settings changed"
-    age = now - saved["fitted_at"]
-    if age >= timedelta(days=refit_days) or age < timedelta(0):
-        return None, f"the saved fit is {age.days} day(s) old (refit_days = {refit_days:g})"
-    if len(data.corpus) > GROWTH * saved["papers"] or len(data.users) > GROWTH * saved["users"] + 10:
-        return None, "the corpus or the community grew by more than a quarter"
     return saved, ""
 
 
-def _save(path: Path, record: dict) -> None:
+def _save(path: Path, header: dict, ranker: Ranker) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with tmp.open("wb") as f:
-        pickle.dump(record, f, protocol=5)
+        pickle.dump(header, f, protocol=5)
+        pickle.dump(ranker, f, protocol=5)
     os.replace(tmp, path)
