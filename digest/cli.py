@@ -17,7 +17,7 @@ import platformdirs
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from digest.errors import ConfigError, DigestError
@@ -64,7 +64,7 @@ class _Bar:
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
@@ -165,7 +165,7 @@ def demo(
         report = run_daily(_parse_now(now), settings, force=True, keep_html=True, progress=_Bar(progress))
     _print_report(report, show_picks=True)
     for out in report.outcomes:
-        if out.status == "sent":
+        if out.status == "sent" and out.digest_date is not None:
             console.print(f"  email written to the outbox: {settings.outbox_path / out.digest_date.isoformat()}")
     if report.fatal or any(o.status == "failed" for o in report.outcomes):
         raise typer.Exit(1)
@@ -593,7 +593,7 @@ def eval_(
     if unknown:
         raise DigestError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(sorted(RANKERS))}")
     with _progress() as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def advance(method: str, done: int, total: int) -> None:
             if method not in tasks:

@@ -27,7 +27,7 @@ from email.policy import SMTP as _SMTP_POLICY
 from email.utils import format_datetime, parseaddr
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from digest.errors import (
     AuthenticationError,
@@ -40,6 +40,9 @@ from digest.errors import (
     UnconfirmedDelivery,
 )
 from digest.settings import Settings
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
 _B64_LINES = re.compile(rb".{1,76}", re.S)
@@ -339,27 +342,27 @@ class SmtpTransport:
             self._drop()
 
 
-class _WireData:
+class _WireData(smtplib.SMTP):
     """smtplib's DATA, with dot-stuffing by a byte replace instead of a regular expression over the
     message (a quarter of a millisecond per digest).  For bytes it sends exactly what smtplib
     would (a dot after every LF doubled, CRLF added if missing); text goes through smtplib's own."""
 
-    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+    def data(self, msg: ReadableBuffer | str) -> tuple[int, bytes]:
         if not isinstance(msg, bytes):
-            return super().data(msg)  # type: ignore[misc]
-        self.putcmd("data")  # type: ignore[attr-defined]
-        code, reply = self.getreply()  # type: ignore[attr-defined]
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
         q = (b"." if msg.startswith(b".") else b"") + msg.replace(b"\n.", b"\n..")
         if not q.endswith(b"\r\n"):
             q += b"\r\n"
-        self.send(q + b".\r\n")  # type: ignore[attr-defined]
+        self.send(q + b".\r\n")
         self.body_sent = True  # from here on a lost answer means "may have been delivered"
-        return self.getreply()  # type: ignore[attr-defined]
+        return self.getreply()
 
 
-class _WireSMTP(_WireData, smtplib.SMTP):
+class _WireSMTP(_WireData):
     pass
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class Encoder:
         self.max_tokens = max_tokens
         self.batch_size = batch_size
         self.threads = threads
-        self._model = None
+        self._model: Any = None  # the sentence-transformers model, loaded on first use
 
     @property
     def key(self) -> str:

@@ -7,6 +7,7 @@ has a vector and can be matched to a reader's profile.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,7 +28,7 @@ def make_vectorizer(*, ngram_max: int = 2, min_df: int = 1, max_features: int | 
     )
 
 
-def fit_tfidf(texts: Sequence[str], **options: int | None) -> tuple[TfidfVectorizer, sp.csr_matrix]:
+def fit_tfidf(texts: Sequence[str], **options: Any) -> tuple[TfidfVectorizer, sp.csr_matrix]:
     """Fit on the corpus; returns the vectorizer and the papers x terms matrix (rows L2-normalised)."""
     vectorizer = make_vectorizer(**options)
     if not texts:  # no papers at all: a one-term vocabulary and an empty matrix
@@ -48,7 +49,8 @@ def fit_tfidf(texts: Sequence[str], **options: int | None) -> tuple[TfidfVectori
 def normalize_rows(matrix: sp.csr_matrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
     """Rows scaled to unit L2 norm; zero rows stay zero."""
     if sp.issparse(matrix):
-        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        sparse = cast(sp.csr_matrix, matrix)
+        norms = np.sqrt(np.asarray(sparse.multiply(sparse).sum(axis=1)).ravel())
         norms[norms == 0] = 1.0
         return sp.csr_matrix(sp.diags(1.0 / norms) @ matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)

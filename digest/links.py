@@ -215,8 +215,8 @@ class DigestLinks:
         if not paper_id.isprintable():  # the general encoder handles it
             stamp = int.from_bytes(self.stamp, "big")
             raw = os.urandom(18)
-            more = {"s": self.sid, "p": paper_id, "k": "like", "n": _b64(raw[:9])}
-            fewer = {"s": self.sid, "p": paper_id, "k": "dislike", "n": _b64(raw[9:])}
+            more: dict[str, str | int] = {"s": self.sid, "p": paper_id, "k": "like", "n": _b64(raw[:9])}
+            fewer: dict[str, str | int] = {"s": self.sid, "p": paper_id, "k": "dislike", "n": _b64(raw[9:])}
             return (
                 f"{self.base}/click?t={self._token(self.click_hash, self.stamp + _encode({'s': self.sid, 'p': paper_id}))}",
                 f"{self.base}/feedback?t={self._token(self.feedback_hash, stamp.to_bytes(4, 'big') + _encode(more))}",
@@ -224,13 +224,13 @@ class DigestLinks:
             )
         click = self.head + paper_id.encode()
         raw = _b64(os.urandom(18)).encode()
-        more = click + b"\x1fk\x1eslike\x1fn\x1es" + raw[:12]
-        fewer = click + b"\x1fk\x1esdislike\x1fn\x1es" + raw[12:]
+        more_body = click + b"\x1fk\x1eslike\x1fn\x1es" + raw[:12]
+        fewer_body = click + b"\x1fk\x1esdislike\x1fn\x1es" + raw[12:]
         base = self.base
         return (
             f"{base}/click?t={self._token(self.click_hash, click)}",
-            f"{base}/feedback?t={self._token(self.feedback_hash, more)}",
-            f"{base}/feedback?t={self._token(self.feedback_hash, fewer)}",
+            f"{base}/feedback?t={self._token(self.feedback_hash, more_body)}",
+            f"{base}/feedback?t={self._token(self.feedback_hash, fewer_body)}",
         )
 
 

@@ -116,7 +116,7 @@ class RunReport:
 
 
 @contextmanager
-def _stage(progress: Progress | None, name: str, total: int) -> Iterator[Callable[[int], None]]:
+def _stage(progress: Progress | None, name: str, total: int) -> Iterator[Callable[..., None]]:
     done = 0
     if progress:
         progress(name, 0, total)
@@ -189,7 +189,8 @@ def sync_subscribers(store: Store, settings: Settings, now: datetime) -> dict[st
     ids = store.sync_subscribers(settings.subscribers, now)
     unmatched: dict[str, list[str]] = {}
     for sub in settings.subscribers:
-        found, missing = [], []
+        found: list[str] = []
+        missing: list[str] = []
         for entry in sub.liked:
             pid = store.resolve_paper(entry)
             (found if pid else missing).append(pid or entry)
@@ -460,18 +461,24 @@ def _mmr_rows(scores: np.ndarray, sims: np.ndarray, k: int, lambda_: float) -> n
     return out
 
 
+def counted_papers(data: TrainData, candidates: Sequence[Paper]) -> list[tuple[Paper, int]]:
+    """The window's papers with an upvote or like count, most first (ties by title)."""
+    counted = []
+    counts = data.counts
+    for p in candidates:
+        row = data.corpus.ids.get(p.id)
+        count = int(counts[row]) if row is not None and counts is not None else 0
+        if count > 0:
+            counted.append((p, count))
+    counted.sort(key=lambda pc: (-pc[1], pc[0].title))
+    return counted
+
+
 def trending(
     data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE
 ) -> list[tuple[Paper, int]]:
     """The window's most upvoted (or most liked) papers not already picked, with their counts."""
-    counted = []
-    for p in candidates:
-        row = data.corpus.ids.get(p.id)
-        count = int(data.counts[row]) if row is not None else 0
-        if count > 0 and p.id not in exclude:
-            counted.append((p, count))
-    counted.sort(key=lambda pc: (-pc[1], pc[0].title))
-    return counted[:size]
+    return [(p, c) for p, c in counted_papers(data, candidates) if p.id not in exclude][:size]
 
 
 # -- render and deliver ------------------------------------------------------------------------

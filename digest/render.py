@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote_plus
 
 import css_inline
@@ -188,9 +189,13 @@ def _serialized(value: str, attribute: bool) -> str:
     return value.replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _split(html: str) -> list[tuple[str, str, bool]] | None:
+Parts = list[tuple[str, str, bool]]  # (literal, slot name, attribute?) ... of a piece with slots
+
+
+def _split(html: str) -> Parts:
     """[(literal, slot name, attribute?)...] of a piece with slots; the last slot name is ""."""
-    out, last = [], 0
+    out: Parts = []
+    last = 0
     for m in _SLOT.finditer(html):
         before = html[last : m.start()]
         out.append((before, m.group(1), before.endswith('="')))
@@ -213,8 +218,8 @@ class _Pieces:
 
     def __init__(self, templates_dir: Path | None) -> None:
         self.env = environment(templates_dir)
-        self.pages: dict[tuple, tuple[list, list, list] | None] = {}
-        self.rows: dict[tuple, list] = {}
+        self.pages: dict[tuple[Any, ...], tuple[Parts, Parts, Parts] | None] = {}
+        self.rows: dict[tuple[Any, ...], Parts] = {}
         self.checked: bool | None = None
 
     def ok(self, view: DigestView) -> bool:
@@ -291,10 +296,13 @@ class _Pieces:
             view,
             picks=[pick] * len(view.picks),
             trending=[hot] if view.trending else [],
-            **{
-                n: _MARK.format(n) if getattr(view, n) or n in ("email", "subject", "unsubscribe_url") else ""
-                for n in _PAGE_SLOTS
-            },
+            **cast(
+                dict[str, Any],
+                {
+                    n: _MARK.format(n) if getattr(view, n) or n in ("email", "subject", "unsubscribe_url") else ""
+                    for n in _PAGE_SLOTS
+                },
+            ),
         )
         out = _INLINER.inline(self.env.get_template("email/digest.html").render(d=slotted))
         rows = ["".join(_fill(self.row(pick, ""), {"href": ""}))] * len(view.picks)

@@ -56,7 +56,7 @@ class SendResult:
     """What became of one claimed delivery, as recorded: its status and why; `unreachable` says the
     rest of the run should wait (the server cannot be reached), `fatal` that nothing can go (login)."""
 
-    status: str
+    status: DeliveryStatus
     detail: str = ""
     unreachable: str = ""
     fatal: str = ""

@@ -33,7 +33,17 @@ from digest.deliver import (
     parse_sender,
 )
 from digest.links import secret_key, unsubscribe_mailto
-from digest.pipeline import TRENDING_SIZE, Due, Progress, RunReport, due_subscribers, ingest, rank_due, sync_subscribers
+from digest.pipeline import (
+    TRENDING_SIZE,
+    Due,
+    Progress,
+    RunReport,
+    counted_papers,
+    due_subscribers,
+    ingest,
+    rank_due,
+    sync_subscribers,
+)
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
 from digest.send import SendResult, free_dead_claims, send_claimed, sender_name
@@ -81,14 +91,7 @@ def trending_lists(
 
     The window's counted papers are sorted once; each subscriber takes the first `size` not picked.
     """
-    counted = []
-    for p in candidates:
-        row = data.corpus.ids.get(p.id)
-        count = int(data.counts[row]) if row is not None else 0
-        if count > 0:
-            counted.append((p, count))
-    counted.sort(key=lambda pc: (-pc[1], pc[0].title))
-    head = counted[: size + max((len(v) for v in picks.values()), default=0)]
+    head = counted_papers(data, candidates)[: size + max((len(v) for v in picks.values()), default=0)]
     lists = {}
     for sid, chosen in picks.items():
         exclude = {p.paper.id for p in chosen}
@@ -361,14 +364,15 @@ class _Sending:
         )
 
 
-def _worker_main(settings: Settings, now: str, worker: str) -> tuple[int, int, int, str, float]:
+def _worker_main(settings: Settings, now: str, worker: str) -> WorkReport:
     """One worker process: its own store and SMTP connection (spawned, so nothing is shared)."""
     store = Store(settings.database_url)
     try:
-        r = work(store, settings, datetime.fromisoformat(now), worker=worker)
+        report = work(store, settings, datetime.fromisoformat(now), worker=worker)
     finally:
         store.close()
-    return r.sent, r.pending, r.failed, r.fatal, peak_rss_mb()
+    report.peak_rss_mb = peak_rss_mb()
+    return report
 
 
 def run_workers(settings: Settings, now: datetime, count: int) -> list[WorkReport]:
@@ -377,8 +381,7 @@ def run_workers(settings: Settings, now: datetime, count: int) -> list[WorkRepor
     host = socket.gethostname()
     args = [(settings, now.isoformat(), f"{host}:w{i}") for i in range(count)]
     with context.Pool(count) as pool:
-        results = pool.starmap(_worker_main, args)
-    return [WorkReport(a[2], *r) for a, r in zip(args, results)]
+        return pool.starmap(_worker_main, args)
 
 
 __all__ = ["PlanReport", "WorkReport", "plan_day", "run_workers", "trending_lists", "work", "write_plans"]

@@ -93,7 +93,7 @@ def write_jsonl(records: Iterable[PaperRecord], path: Path) -> int:
     count = 0
     with path.open("w", encoding="utf-8") as out:
         for rec in records:
-            row = {"id": rec.id, "title": rec.title, "abstract": rec.abstract}
+            row: dict[str, object] = {"id": rec.id, "title": rec.title, "abstract": rec.abstract}
             if rec.authors:
                 row["authors"] = rec.authors
             if rec.url:
