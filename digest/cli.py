@@ -352,7 +352,7 @@ def migrate(
         typer.Option(
             "--autogenerate",
             metavar="MESSAGE",
-            help="For developers: after upgrading, write a new revision for what the tables in digest/store.py have that the migrations lack.",
+            help="For developers: after upgrading, write a new revision for what the tables in digest/db/tables.py have that the migrations lack.",
         ),
     ] = None,
 ) -> None:
