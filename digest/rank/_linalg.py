@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -70,10 +71,10 @@ def sparse_times_dense(A: sp.spmatrix, B: np.ndarray, *, threads: int | None = N
 
 
 @contextlib.contextmanager
-def single_blas_thread():
+def single_blas_thread() -> Iterator[None]:
     """implicit's ALS runs its own threads and warns if BLAS does too: pin BLAS to one thread."""
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # no type information shipped
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         yield
         return

@@ -82,9 +82,12 @@ class CollaborativeRanker(Ranker):
         min_likes: int = 20,
         seed: int = 0,
     ) -> None:
-        self.options = dict(
-            model=model, factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed
-        )
+        self.model = model
+        self.factors = factors
+        self.regularization = regularization
+        self.alpha = alpha
+        self.iterations = iterations
+        self.seed = seed
         self.min_likes = min_likes
 
     def fit(self, data: TrainData) -> CollaborativeRanker:
@@ -92,7 +95,15 @@ class CollaborativeRanker(Ranker):
         likes = data.likes
         self.enabled = likes.nnz >= self.min_likes and min(likes.shape) >= 3
         if self.enabled:
-            self.U, self.V = fit_factors(likes, **self.options)
+            self.U, self.V = fit_factors(
+                likes,
+                model=self.model,
+                factors=self.factors,
+                regularization=self.regularization,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                seed=self.seed,
+            )
             # items nobody liked have no signal: exactly zero, not ALS's random init
             self.V[np.asarray(likes.getnnz(axis=0)) == 0] = 0.0
         return self

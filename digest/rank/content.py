@@ -5,7 +5,8 @@ This is what makes a brand-new paper rankable on its first day: it needs text, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -129,6 +130,7 @@ class ContentRanker(Ranker):
             kw_sim = np.zeros((len(papers), 0))
         corpus = self.data.corpus
         texts = [f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold() for p in papers]
+        liked_titles = [corpus.titles[p] for p in liked]
         reasons = []
         for i in range(len(papers)):
             best_like = liked_sim[i].max() if liked_sim.shape[1] else 0.0
@@ -140,8 +142,8 @@ class ContentRanker(Ranker):
                     literal,
                     best_kw,
                     best_like,
-                    lambda i=i: self.data.corpus.titles[liked[int(liked_sim[i].argmax())]],
-                    lambda i=i: keywords[int(kw_sim[i].argmax())],
+                    partial(_nearest, liked_titles, liked_sim[i]),
+                    partial(_nearest, keywords, kw_sim[i]),
                 )
             )
         return reasons
@@ -217,10 +219,13 @@ class ContentRanker(Ranker):
         bounds = np.r_[np.flatnonzero(starts), P]
         for k, u in enumerate(slots):
             kws = keywords[u]
-            rows = range(bounds[k], bounds[k + 1])
-            if kws:
-                kw_sim = (self.items[papers[rows.start : rows.stop]] @ self._keyword_matrix(tuple(kws)).T).toarray()
-            for j, i in enumerate(rows):
+            first, last = int(bounds[k]), int(bounds[k + 1])
+            kw_sim = (
+                (self.items[papers[first:last]] @ self._keyword_matrix(tuple(kws)).T).toarray()
+                if kws
+                else np.zeros((last - first, 0))
+            )
+            for j, i in enumerate(range(first, last)):
                 p = papers[i]
                 if kws:
                     text = f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold()
@@ -228,18 +233,22 @@ class ContentRanker(Ranker):
                     best_kw = kw_sim[j].max()
                 else:
                     literal, best_kw = [], 0.0
-                li = best_liked[i]
                 out.append(
                     _reason(
                         self.keyword_weight,
                         literal,
                         best_kw,
                         best_like[i],
-                        lambda li=li: corpus.titles[li],
-                        lambda j=j, kws=kws: kws[int(kw_sim[j].argmax())],  # noqa: B023 - called before the loop moves on
+                        partial(corpus.titles.__getitem__, int(best_liked[i])),
+                        partial(_nearest, kws, kw_sim[j]),
                     )
                 )
         return out
+
+
+def _nearest(options: Sequence[str], similarity: np.ndarray) -> str:
+    """The option of the highest similarity (the first of equals)."""
+    return options[int(similarity.argmax())]
 
 
 def _reason(
