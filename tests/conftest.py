@@ -198,3 +198,4 @@ def make_config(tmp_path: Path) -> ConfigFactory:
 from . import faulty_smtp  # noqa: E402 - after free_port, which it uses
 
 server = faulty_smtp.server  # the misbehaving SMTP server fixture, for every test module
+refusing_server = faulty_smtp.refusing_server  # a server that refuses every connection (554), counting them
