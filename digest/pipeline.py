@@ -525,7 +525,7 @@ def run_daily(
         report.sources = ingest(store, settings, now, progress)
         report.unmatched_likes = sync_subscribers(store, settings, now)
         if not dry_run:
-            free_dead_claims(store, now)
+            free_dead_claims(store, clock())
         subscribers = store.subscribers()
         due = due_subscribers(
             store,
@@ -557,6 +557,7 @@ def run_daily(
             progress=progress,
             lease=lease,
             sleep=sleep,
+            clock=clock,
             force=force,
         )
     finally:
@@ -732,6 +733,7 @@ def _deliver_all(
     progress: Progress | None,
     lease: RunLease | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], datetime] = wall_clock,
     force: bool = False,
 ) -> None:
     """Send each due digest in turn over one connection, paced and retried by a `Sender`.
@@ -781,6 +783,7 @@ def _deliver_all(
                         keep_html=keep_html,
                         unreachable=report.unreachable,
                         worker=worker,
+                        clock=clock,
                         force=force,
                     )
                 except AuthenticationError as e:
@@ -814,6 +817,7 @@ def _one_subscriber(
     keep_html: bool,
     unreachable: str = "",
     worker: str = "",
+    clock: Callable[[], datetime] = wall_clock,
     force: bool = False,
 ) -> None:
     """One due digest: recorded (planned) first, claimed like any worker claims it, then sent and
@@ -832,7 +836,7 @@ def _one_subscriber(
     outcome.message_id = mid
     if dry_run:
         try:
-            _, _, html, _ = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+            _, _, html, _ = compose(settings, key, sub, day, picks, trend, len(candidates), now, clock=clock)
         except Exception as e:
             outcome.status, outcome.detail = "failed", str(as_render_error(e, sub.email))
             return
@@ -865,14 +869,14 @@ def _one_subscriber(
             f"not attempted, server unreachable; next try after {retry_at:%H:%M} UTC",
         )
         return
-    claimed = store.claim_deliveries(worker, now, ids=[row.id], limit=1, ignore_wait=force)
+    claimed = store.claim_deliveries(worker, clock(), ids=[row.id], limit=1, ignore_wait=force, due_at=now)
     if not claimed:
         outcome.status, outcome.detail = "skipped", "held by another sender (a digest worker) right now"
         return
     assert transport is not None
 
     def build() -> EmailMessage:
-        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now)
+        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now, clock=clock)
         envelope = replace(envelope, message_id=mid)  # a retry is the same message
         if keep_html:
             outcome.html_path = save_html(settings, day, sub.email, html)

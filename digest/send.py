@@ -47,7 +47,8 @@ def sender_name() -> str:
 
 def free_dead_claims(store: Store, now: datetime) -> int:
     """Give back the claims of senders on this host that died (killed mid-batch): their rows need not
-    wait for the claim to lapse; only the message in flight can then go twice (same Message-ID)."""
+    wait for the claim to lapse; only the message in flight can then go twice (same Message-ID).
+    `now` is the wall clock, as for every claim."""
     return store.drop_claims_of([h for h in store.claim_holders(now) if owner_is_dead(h)])
 
 

@@ -226,9 +226,15 @@ class DeliveryQueue(StoreBase):
         lease: timedelta = timedelta(minutes=15),
         ids: Sequence[int] | None = None,
         ignore_wait: bool = False,
+        due_at: datetime | None = None,
     ) -> list[Delivery]:
         """Take up to `limit` waiting deliveries (of `ids`, if given) for `worker`: pending or
-        unconfirmed, held by nobody (or by a claim that lapsed), and due (`next_attempt_at` passed).
+        unconfirmed, held by nobody (or by a claim that lapsed), and due (`next_attempt_at` passed
+        at `due_at`, by default `now`).
+
+        `now` is the wall clock: every sender, in any process, compares claims on it, so a claim
+        made by a `digest send --now` in the past is not taken for a lapsed one.  `due_at` is the
+        digest clock of a run that decides itself what is due.
 
         PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so workers on many machines neither wait for
         nor take each other's rows.  SQLite: one guarded UPDATE ... RETURNING, atomic under its
@@ -241,7 +247,8 @@ class DeliveryQueue(StoreBase):
             & ((table.c.claimed_until == None) | (table.c.claimed_until <= stamp))  # noqa: E711
         )
         if not ignore_wait:  # (`digest send --force` retries before the wait is over)
-            free = free & ((table.c.next_attempt_at == None) | (table.c.next_attempt_at <= stamp))  # noqa: E711
+            due = _utc(due_at) if due_at is not None else stamp
+            free = free & ((table.c.next_attempt_at == None) | (table.c.next_attempt_at <= due))  # noqa: E711
         if ids is not None:
             free = free & table.c.id.in_(list(ids))
         claim = {"claimed_by": worker, "claimed_until": stamp + lease}
