@@ -395,9 +395,12 @@ def worker(
     try:
         if plan:
             planned = plan_day(store, settings, _parse_now(now))
-            if planned.model is not None:
-                console.print(str(planned.model), highlight=False)
-            console.print(f"planned {planned.planned} digest(s)")
+            if planned.busy:
+                console.print(f"[yellow]{escape(planned.busy)}[/yellow]", highlight=False)
+            else:
+                if planned.model is not None:
+                    console.print(str(planned.model), highlight=False)
+                console.print(f"planned {planned.planned} digest(s)")
         report = work(store, settings, _parse_now(now), batch=batch)
     finally:
         store.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from digest.compose import Pick, compose
-from digest.db import Delivery, DeliveryStatus, Kind, Paper, Store, Subscriber
+from digest.db import Delivery, DeliveryStatus, Kind, Paper, RunLease, Store, Subscriber
 from digest.deliver import (
     RetryPolicy,
     Sender,
@@ -32,6 +32,7 @@ from digest.deliver import (
     message_id,
     parse_sender,
 )
+from digest.due import Clock, wall_clock
 from digest.links import secret_key, unsubscribe_mailto
 from digest.pipeline import (
     TRENDING_SIZE,
@@ -54,6 +55,7 @@ from digest.settings import Settings
 class PlanReport:
     planned: int = 0
     not_due: int = 0
+    busy: str = ""  # another daily run or planner held the lease: nothing planned
     timings: dict[str, float] = field(default_factory=dict)
     model: ModelReport | None = None  # refitted or updated, and how long it took
 
@@ -143,24 +145,55 @@ def plan_day(
     force: bool = False,
     ingest_sources: bool = True,
     progress: Progress | None = None,
+    clock: Clock = wall_clock,
 ) -> PlanReport:
     """Rank every due subscriber and write their pending deliveries for the workers to send.
 
     The same due rule as the daily run (`due_subscribers`: send day and time, the catch-up window,
     recorded digests waiting for a retry, the weekly window): recorded ones are left for the workers
-    to claim when their retry time comes; fresh ones are ranked and written."""
-    import time
-
+    to claim when their retry time comes; fresh ones are ranked and written.  Planning holds the
+    daily run's lease, as `digest send` does: a second planner (or a send) started at the same
+    moment plans nothing and says so (`report.busy`); its workers send what the first one planned."""
     report = PlanReport()
-    clock = time.perf_counter
-    now = now.astimezone(UTC)
-    start = clock()
+    lease = RunLease(store, ttl=settings.schedule.lease_seconds, clock=clock)
+    if not lease.start():
+        report.busy = f"another daily run or planner is in progress ({lease.holder()}); nothing planned"
+        return report
+    try:
+        _plan(
+            store,
+            settings,
+            now.astimezone(UTC),
+            report,
+            force=force,
+            ingest_sources=ingest_sources,
+            progress=progress,
+            clock=clock,
+        )
+    finally:
+        lease.stop()
+    return report
+
+
+def _plan(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    report: PlanReport,
+    *,
+    force: bool,
+    ingest_sources: bool,
+    progress: Progress | None,
+    clock: Clock,
+) -> None:
+    timer = time.perf_counter
+    start = timer()
     if ingest_sources:
         ingest(store, settings, now, progress)
         sync_subscribers(store, settings, now)
-    free_dead_claims(store, now)
-    report.timings["ingest"] = clock() - start
-    start = clock()
+    free_dead_claims(store, clock())
+    report.timings["ingest"] = timer() - start
+    start = timer()
     subscribers = store.subscribers()
     run = RunReport(now)
     due = [
@@ -179,7 +212,7 @@ def plan_day(
     ]
     report.not_due = len(subscribers) - len(due)
     if not due:
-        return report
+        return
     data, report.model, candidates = rank_due(
         store,
         settings,
@@ -189,12 +222,11 @@ def plan_day(
         progress=progress,
         processes=settings.ranking.processes or os.cpu_count() or 1,
     )
-    report.timings["rank"] = clock() - start
-    start = clock()
+    report.timings["rank"] = timer() - start
+    start = timer()
     trend = trending_lists(data, candidates, {d.subscriber.id: d.picks for d in due})
     report.planned = write_plans(store, settings, due, trend, now)
-    report.timings["plan"] = clock() - start
-    return report
+    report.timings["plan"] = timer() - start
 
 
 def work(
@@ -205,7 +237,7 @@ def work(
     worker: str | None = None,
     transport: Transport | None = None,
     batch: int = 50,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Clock = wall_clock,
     sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[int], None] | None = None,
 ) -> WorkReport:
