@@ -12,11 +12,13 @@ committed file).  A digest's ~50 links cost a few microseconds each (`DigestLink
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -50,10 +52,26 @@ def secret_key(settings: Settings) -> str:
         return settings.secret_key.get_secret_value()
     path = settings.data_path / "secret.key"
     if not path.exists():
+        # Written whole under another name, then linked into place: processes starting at once on a
+        # fresh data folder (workers, a web front) all end up with the one key that won, never with
+        # an empty or half-written file or keys of their own.
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        key = secrets.token_urlsafe(32)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret.key.")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:  # mkstemp's file is 0600 already
+                out.write(key)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: create it, if no one did meanwhile
+                with contextlib.suppress(FileExistsError), open(path, "x", encoding="ascii") as new:
+                    new.write(key)
+                    os.chmod(path, 0o600)
+        finally:
+            os.unlink(tmp)
+    return path.read_text(encoding="ascii").strip()
 
 
 _COMPACT, _JSON = b"c", b"j"  # payload encodings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 from digest.db import DeliveryStatus, Kind, Store
 from digest.pipeline import run_daily
@@ -62,3 +63,23 @@ def test_four_workers_send_each_digest_exactly_once(
         assert len(inbox.messages) == PEOPLE
     finally:
         store.close()
+
+
+def _key_of(data_dir: str) -> str:
+    from digest.links import secret_key
+    from digest.settings import Settings
+
+    return secret_key(Settings(data_dir=data_dir))
+
+
+def test_processes_starting_at_once_on_a_fresh_data_folder_share_one_signing_key(tmp_path: Path) -> None:
+    """Workers (and a web front) started together on a new data folder must sign with one key: a
+    check-then-write let each write its own, or read the file while another was still writing it."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        keys = pool.map(_key_of, [str(tmp_path / "data")] * 24)
+    assert len(set(keys)) == 1 and len(keys[0]) >= 40
+    assert (tmp_path / "data" / "secret.key").read_text() == keys[0]
+    assert (tmp_path / "data" / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["secret.key"]  # no temporary file left
