@@ -185,8 +185,8 @@ def test_no_saved_fit_when_refitting_every_run(tmp_path, name: str, refit_days: 
 
 def test_forked_ranking_picks_the_same() -> None:
     """Blocks of readers shared among forked processes give exactly the picks of one process."""
+    from digest.db import Paper, Subscriber
     from digest.pipeline import rank_subscribers
-    from digest.store import Paper, Subscriber
 
     data = community(new_papers=10)
     ranker = HybridRanker().fit(data)

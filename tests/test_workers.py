@@ -77,8 +77,8 @@ def test_processes_starting_at_once_on_a_fresh_data_folder_share_one_signing_key
     check-then-write let each write its own, or read the file while another was still writing it."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(6) as pool:
-        keys = pool.map(_key_of, [str(tmp_path / "data")] * 24)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        keys = pool.map(_key_of, [str(tmp_path / "data")] * 16)
     assert len(set(keys)) == 1 and len(keys[0]) >= 40
     assert (tmp_path / "data" / "secret.key").read_text() == keys[0]
     assert (tmp_path / "data" / "secret.key").stat().st_mode & 0o777 == 0o600
