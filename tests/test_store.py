@@ -153,3 +153,32 @@ def test_a_sqlite_url_under_the_home_folder(tmp_path: Path, monkeypatch: pytest.
     store.close()
     assert (tmp_path / "digest-data" / "digest.db").is_file()
     assert not (tmp_path / ".." / "~").exists()
+
+
+def test_doi_code_journal_and_version_are_cleaned_and_kept(store: Store) -> None:
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    rec = PaperRecord.make(
+        id="2305.18290",
+        title="Direct Preference Optimization",
+        doi="https://doi.org/10.48550/arXiv.2305.18290.",
+        code_url="javascript:alert(1)",
+        journal_ref="NeurIPS 2023",
+        version="3",
+    )
+    assert (rec.doi, rec.code_url, rec.version) == ("10.48550/arxiv.2305.18290", "", 3)
+    assert PaperRecord.make(title="x", doi="not a doi").doi == ""
+    store.upsert_papers([rec], t0)
+    older = PaperRecord.make(
+        id="2305.18290",
+        title="Direct Preference Optimization",
+        version=1,
+        code_url="https://github.com/eric-mitchell/direct-preference-optimization",
+    )
+    store.upsert_papers([older], t0 + timedelta(days=1))
+    (row,) = store.papers(["2305.18290"])
+    assert (row.doi, row.journal_ref, row.version) == (
+        "10.48550/arxiv.2305.18290",
+        "NeurIPS 2023",
+        3,
+    )  # versions only grow
+    assert row.code_url == "https://github.com/eric-mitchell/direct-preference-optimization"  # a blank is filled

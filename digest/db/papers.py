@@ -68,6 +68,10 @@ class Papers(StoreBase):
                     "source": rec.source,
                     "upvotes": rec.upvotes,
                     "comments": rec.comments,
+                    "doi": rec.doi,
+                    "code_url": rec.code_url,
+                    "journal_ref": rec.journal_ref,
+                    "version": rec.version,
                 }
                 if row is None:
                     known[rec.id] = Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values)
@@ -82,7 +86,7 @@ class Papers(StoreBase):
                 rec_updated = values["updated"]
                 replace = row_updated is None or (rec_updated is not None and rec_updated >= row_updated)
                 for key, value in values.items():
-                    if key in ("upvotes", "comments"):
+                    if key in ("upvotes", "comments", "version"):
                         value = max(value, getattr(row, key) or 0)
                     elif not value:
                         continue  # a poorer source never erases what a richer one gave

@@ -85,6 +85,10 @@ class Paper(SQLModel, table=True):
     source: str = ""
     upvotes: int = 0
     comments: int = 0
+    doi: str = Field(default="", index=True, max_length=200)
+    code_url: str = ""
+    journal_ref: str = ""
+    version: int = 0
     first_seen: datetime = Field(index=True)
     last_changed: datetime
 
@@ -102,6 +106,7 @@ class Subscriber(SQLModel, table=True):
     max_papers: int = 10
     keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # none: all
     active: bool = True
     origin: str = "config"
     created: datetime
@@ -207,6 +212,20 @@ class PendingSignup(SQLModel, table=True):
     liked: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # paper ids
     new_reader: bool = False  # this request made the address's (inactive) row, which holds its settings until confirmed
     created: datetime = Field(index=True)
+
+
+class PaperLookup(SQLModel, table=True):
+    """A paper a reader named (a liked arXiv id or URL, a library entry) that the store did not
+    have, looked up at its source: whether it was found, and whether its absence was reported (a
+    missing one is said once, not on every run)."""
+
+    __tablename__ = "paper_lookups"
+
+    key: str = Field(primary_key=True, max_length=200)  # e.g. "arxiv:2305.18290"
+    found: bool = False
+    reported: bool = False
+    detail: str = ""
+    tried_at: datetime = Field(index=True)
 
 
 PENDING_SIGNUP_KEEP = timedelta(days=7)  # longer than a confirmation link lives (links.CONFIRM_MAX_AGE)

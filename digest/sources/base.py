@@ -17,6 +17,7 @@ import math
 import re
 import time
 import unicodedata
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -174,6 +175,10 @@ class PaperRecord:
     source: str = ""
     upvotes: int = 0
     comments: int = 0
+    doi: str = ""  # lower case, without a resolver prefix ("10.48550/arxiv.2305.18290")
+    code_url: str = ""  # the code repository, where a source knows it (Hugging Face's githubRepo)
+    journal_ref: str = ""  # where it was published, where a source says ("NeurIPS 2026")
+    version: int = 0  # the arXiv version, 0 when unknown
 
     @classmethod
     def make(
@@ -191,6 +196,10 @@ class PaperRecord:
         source: str = "",
         upvotes: Any = 0,
         comments: Any = 0,
+        doi: Any = "",
+        code_url: Any = "",
+        journal_ref: Any = "",
+        version: Any = 0,
     ) -> PaperRecord:
         """A record with every field cleaned (see the module docstring); the id falls back to the
         arXiv id in `id`, then to the title's id.  ValueError when no title is left."""
@@ -214,7 +223,22 @@ class PaperRecord:
             source=source,
             upvotes=clean_count(upvotes),
             comments=clean_count(comments),
+            doi=clean_doi(doi),
+            code_url=clean_url(code_url),
+            journal_ref=clean_text(journal_ref, MAX_TITLE_CHARS),
+            version=min(clean_count(version), 1000),
         )
+
+
+_DOI = re.compile(r"10\.\d{4,9}/\S+")
+
+
+def clean_doi(value: Any) -> str:
+    """A DOI as "10.xxxx/suffix", lower case (DOIs are case-insensitive), from a bare DOI, a
+    "doi:" one or a resolver URL; "" when there is none."""
+    text = clean_text(value, MAX_ID_CHARS * 2) if isinstance(value, str) else ""
+    found = _DOI.search(urllib.parse.unquote(text))
+    return found.group(0).rstrip(".,;").lower()[:MAX_ID_CHARS] if found else ""
 
 
 def sane_date(value: datetime | None, now: datetime) -> datetime | None:
