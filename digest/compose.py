@@ -128,7 +128,34 @@ def compose(
     *,
     clock: Callable[[], datetime] = wall_clock,
 ) -> tuple[Envelope, str, str, str]:
-    """(envelope, text, html, unsubscribe url) of one subscriber's digest.
+    """(envelope, text, html, unsubscribe url) of one subscriber's digest (`digest_view`, rendered)."""
+    view, unsub = digest_view(settings, key, sub, day, picks, trend, new_count, now, clock=clock)
+    text, html = render_digest(view)
+    sender = parse_sender(settings.smtp.sender)
+    envelope = Envelope(
+        sender=sender,
+        recipient=recipient(sub.name, sub.email),
+        subject=view.subject,
+        message_id=message_id(sender, sub.email, day),
+        when=now,
+        digest_date=day,
+    )
+    return envelope, text, html, unsub
+
+
+def digest_view(
+    settings: Settings,
+    key: str,
+    sub: Subscriber,
+    day: date,
+    picks: Sequence[Pick],
+    trend: Sequence[tuple[Paper, int]],
+    new_count: int,
+    now: datetime,
+    *,
+    clock: Callable[[], datetime] = wall_clock,
+) -> tuple[DigestView, str]:
+    """(what the digest shows, its unsubscribe url).
 
     Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
     carries a token that names the subscriber (and the paper), signed as of `now` but never later
@@ -163,16 +190,7 @@ def compose(
         signer = links.DigestLinks(settings, key, sub.id, clock=signed)
         for pv in view.picks + view.trending:
             pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
-    text, html = render_digest(view)
-    envelope = Envelope(
-        sender=sender,
-        recipient=recipient(sub.name, sub.email),
-        subject=subject,
-        message_id=message_id(sender, sub.email, day),
-        when=now,
-        digest_date=day,
-    )
-    return envelope, text, html, unsub
+    return view, unsub
 
 
 def as_render_error(error: Exception, email: str) -> DigestError:
