@@ -170,6 +170,7 @@ def demo(
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    err_console.print(f"config: {example_config_path()} (the bundled example)", markup=False, highlight=False)
     settings = load_settings(example_config_path(), overrides={"data_dir": str(folder)})
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"method": "outbox"})})
     console.print(f"demo data folder: {folder}")
