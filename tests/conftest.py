@@ -187,16 +187,17 @@ def write_config(
         if smtp_port
         else ""
     )
+    web_table = f'\n[web]\nbase_url = "{WEB}"\n' if web and "[web]" not in body else ""
     path.write_text(
         textwrap.dedent(
             f"""
             data_dir = "{(folder / "data").as_posix()}"
+            {web_table}
             [delivery]
             method = "{method}"
             {smtp}
             """
         )
-        + (f'\n[web]\nbase_url = "{WEB}"\n' if web and "[web]" not in body else "")
         + textwrap.dedent(body),
         encoding="utf-8",
     )
