@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from digest.errors import ConfigError, DigestError
-from digest.settings import Settings, default_config_path, example_config_path, load_settings
+from digest.settings import Settings, default_config_path, example_config_path, load_settings, user_config_path
 
 app = typer.Typer(
     help="A personalised research-paper digest: ranks new papers for each reader and emails them daily.",
@@ -34,7 +34,12 @@ err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Config file (default: config/digest.toml here, else the bundled example)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="Config file (default: $DIGEST_CONFIG, else config/digest.toml here, else digest.toml in your "
+        "user config folder, which `digest init` writes).",
+    ),
 ]
 NowOption = Annotated[
     str | None,
@@ -45,8 +50,15 @@ NowOption = Annotated[
 ]
 
 
+def _config_path(config: Path | None) -> Path:
+    """The config file a command uses, said on one line (on stderr, so output stays parseable)."""
+    path = config or default_config_path()
+    err_console.print(f"config: {path}", markup=False, highlight=False, soft_wrap=True)
+    return path
+
+
 def _settings(config: Path | None, **overrides: object) -> Settings:
-    return load_settings(config or default_config_path(), overrides=overrides or None)
+    return load_settings(_config_path(config), overrides=overrides or None)
 
 
 def _parse_now(value: str | None) -> datetime:
@@ -158,6 +170,7 @@ def demo(
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+    err_console.print(f"config: {example_config_path()} (the bundled example)", markup=False, highlight=False)
     settings = load_settings(example_config_path(), overrides={"data_dir": str(folder)})
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"method": "outbox"})})
     console.print(f"demo data folder: {folder}")
@@ -210,7 +223,7 @@ def run(config: ConfigOption = None) -> None:
     sign-ups included, at their send time in their time zone).  Ctrl-C stops."""
     from digest.schedule import run_forever
 
-    path = config or default_config_path()
+    path = _config_path(config)
     settings = load_settings(path)
     console.print(
         f"checking every minute who is due; Ctrl-C to stop, kill -HUP to re-read {path} now "
@@ -443,13 +456,46 @@ def fit(config: ConfigOption = None, now: NowOption = None) -> None:
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate a config file and print what it sets up."""
-    path = config or default_config_path()
+    path = _config_path(config)
     settings = load_settings(path)
     console.print(f"{path}: OK")
     console.print(f"  database: {settings.database_url}")
     console.print(f"  delivery: {settings.delivery.method}")
     console.print(f"  sources: {', '.join(s.label for s in settings.sources) or 'none'}")
     console.print(f"  subscribers: {len(settings.subscribers)}")
+    console.print(f"  web front: {settings.web.base_url or 'none (plain links in emails, unsubscribe by email)'}")
+
+
+@app.command()
+def init(
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="Where to write it (default: digest.toml in your user config folder)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a file that is already there.")] = False,
+) -> None:
+    """Write a commented starter config (one reader, arXiv papers, delivery to an outbox folder) and
+    say how to send a first digest."""
+    from digest.settings import starter_config
+
+    target = (path or user_config_path()).expanduser()
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; edit it, or pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(starter_config(), encoding="utf-8")
+    here = "" if path is None or target == user_config_path() else f" --config {target}"
+    console.print(
+        f"wrote a starter config to {target}\n"
+        "next:\n"
+        f"  1. edit it: your address and the papers you like under [[subscribers]], the arXiv categories under [[sources]]\n"
+        f"  2. digest check-config{here}      validates it and says what it sets up\n"
+        f"  3. digest send --dry-run{here}    fetches papers and renders your first digest, sends nothing\n"
+        f'  4. set [smtp] and [delivery] method = "smtp" (login in DIGEST_SMTP_USERNAME / DIGEST_SMTP_PASSWORD), '
+        f"then digest send{here}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("import-listing")
@@ -538,6 +584,17 @@ def serve(
     from digest.web import create_app
 
     settings = _settings(config)
+    if not settings.web.base_url:  # its own links (sign-up confirmations) need an address: this one
+        settings = settings.model_copy(
+            update={"web": settings.web.model_copy(update={"base_url": f"http://{host}:{port}"})}
+        )
+        err_console.print(
+            "note: [web] base_url is empty, so the daily emails carry no links to this server; "
+            "set it to the address readers reach it at",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"serving on http://{host}:{port} (links in emails point at {settings.web.base_url})",
         highlight=False,

@@ -31,10 +31,19 @@ from digest.errors import (
     DigestError,
     RenderError,
 )
-from digest.links import unsubscribe_url
-from digest.render import DigestView, PaperView, format_authors, format_date, paper_url, render_digest, trim
+from digest.links import unsubscribe_mailto, unsubscribe_url
+from digest.render import (
+    DigestView,
+    PaperView,
+    format_authors,
+    format_date,
+    paper_url,
+    pdf_url,
+    render_digest,
+    trim,
+)
 from digest.settings import Settings
-from digest.sources.base import safe_unicode
+from digest.sources.base import arxiv_id, safe_unicode
 
 
 @dataclass
@@ -65,7 +74,21 @@ def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 
         reason=safe_unicode(reason),
         score=score,
         count=count,
+        **_paper_links(paper.id, paper.pdf_url, paper.code_url),
     )
+
+
+@lru_cache(maxsize=32768)
+def _paper_links(pid: str, pdf: str, code: str) -> dict[str, str]:
+    """The arXiv id, PDF and code links an email shows beside the title, straight to their sites
+    (only http(s) addresses; the sources clean them, rows stored earlier are checked again here)."""
+    aid = arxiv_id(pid) or ""
+    return {
+        "arxiv_id": aid,
+        "abs_url": f"https://arxiv.org/abs/{aid}" if aid else "",
+        "pdf_url": pdf_url(pid, pdf),
+        "code_url": code if code.startswith(("http://", "https://")) else "",
+    }
 
 
 @lru_cache(maxsize=32768)
@@ -105,16 +128,48 @@ def compose(
     *,
     clock: Callable[[], datetime] = wall_clock,
 ) -> tuple[Envelope, str, str, str]:
-    """(envelope, text, html, unsubscribe url) of one subscriber's digest.
+    """(envelope, text, html, unsubscribe url) of one subscriber's digest (`digest_view`, rendered)."""
+    view, unsub = digest_view(settings, key, sub, day, picks, trend, new_count, now, clock=clock)
+    text, html = render_digest(view)
+    sender = parse_sender(settings.smtp.sender)
+    envelope = Envelope(
+        sender=sender,
+        recipient=recipient(sub.name, sub.email),
+        subject=view.subject,
+        message_id=message_id(sender, sub.email, day),
+        when=now,
+        digest_date=day,
+    )
+    return envelope, text, html, unsub
+
+
+def digest_view(
+    settings: Settings,
+    key: str,
+    sub: Subscriber,
+    day: date,
+    picks: Sequence[Pick],
+    trend: Sequence[tuple[Paper, int]],
+    new_count: int,
+    now: datetime,
+    *,
+    clock: Callable[[], datetime] = wall_clock,
+) -> tuple[DigestView, str]:
+    """(what the digest shows, its unsubscribe url).
 
     Every link that acts for the reader (paper click, more/fewer like this, preferences, unsubscribe)
     carries a token that names the subscriber (and the paper), signed as of `now` but never later
     than the real `clock`: a digest made with a `--now` in the future must not carry links that the
     web front refuses as not yet valid until then.
+
+    Without a web front (`[web] base_url` empty) there are none of those links: titles go straight
+    to the papers, there are no buttons, and unsubscribing is a mailto: to the sender (the
+    unsubscribe url returned is then "", and the List-Unsubscribe header carries the mailto alone).
     """
     sender = parse_sender(settings.smtp.sender)
     signed = links.at(min(now, clock()))
-    unsub = unsubscribe_url(settings, key, sub.email, clock=signed)
+    web = bool(settings.web.base_url)
+    unsub = unsubscribe_url(settings, key, sub.email, clock=signed) if web else ""
     subject = settings.delivery.subject.format(date=day.strftime("%a %-d %b %Y"), count=len(picks))
     view = DigestView(
         name=sub.name,
@@ -124,26 +179,18 @@ def compose(
         trending=[_view(p, settings, count=c) for p, c in trend],
         trending_label="likes" if not any(p.upvotes for p, _ in trend) else "upvotes",
         new_count=new_count,
-        unsubscribe_url=unsub,
+        unsubscribe_url=unsub or unsubscribe_mailto(sender.addr_spec, sub.email),
         subject=subject,
-        manage_url=links.manage_url(settings, key, sub.email, clock=signed),
-        browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest"),
+        manage_url=links.manage_url(settings, key, sub.email, clock=signed) if web else "",
+        browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest") if web else "",
         origin=sub.origin,
+        unsubscribe_by_mail=not web,
     )
-    if sub.id is not None:
+    if sub.id is not None and web:
         signer = links.DigestLinks(settings, key, sub.id, clock=signed)
         for pv in view.picks + view.trending:
             pv.click_url, pv.more_url, pv.fewer_url = signer.for_paper(pv.id)
-    text, html = render_digest(view)
-    envelope = Envelope(
-        sender=sender,
-        recipient=recipient(sub.name, sub.email),
-        subject=subject,
-        message_id=message_id(sender, sub.email, day),
-        when=now,
-        digest_date=day,
-    )
-    return envelope, text, html, unsub
+    return view, unsub
 
 
 def as_render_error(error: Exception, email: str) -> DigestError:

@@ -98,8 +98,11 @@ def build_message(
     msg["Subject"] = _single_line(envelope.subject, "subject")
     msg["Date"] = format_datetime(envelope.when)
     msg["Message-ID"] = envelope.message_id
-    msg["List-Unsubscribe"] = f"<{unsubscribe_mailto}>, <{unsubscribe_url}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{unsubscribe_mailto}>, <{unsubscribe_url}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    else:  # no web front: unsubscribing is an email to the sender (RFC 8058 one-click needs an https URL)
+        msg["List-Unsubscribe"] = f"<{unsubscribe_mailto}>"
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Digest-Date"] = envelope.digest_date.isoformat()
     msg.set_content(text, subtype="plain", charset="utf-8")
@@ -145,13 +148,14 @@ def message_bytes(
             _folded("To", str(envelope.recipient)),
             _folded("Subject", subject),
             _folded("Date", format_datetime(envelope.when)),
-            f"Message-ID: {_single_line(envelope.message_id, 'message id')}\r\n"
-            f"List-Unsubscribe: <{unsubscribe_mailto}>,\r\n <{unsubscribe_url}>\r\n"
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-            "Auto-Submitted: auto-generated\r\n"
-            f"X-Digest-Date: {envelope.digest_date.isoformat()}\r\n"
-            "MIME-Version: 1.0\r\n"
-            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode("ascii"),
+            (
+                f"Message-ID: {_single_line(envelope.message_id, 'message id')}\r\n"
+                + _list_unsubscribe(unsubscribe_url, unsubscribe_mailto)
+                + "Auto-Submitted: auto-generated\r\n"
+                f"X-Digest-Date: {envelope.digest_date.isoformat()}\r\n"
+                "MIME-Version: 1.0\r\n"
+                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'
+            ).encode("ascii"),
         )
     )
     parts = [head]
@@ -175,6 +179,13 @@ def message_bytes(
         parts.append(payload + b"\r\n")  # the CRLF before a boundary is not content
     parts.append(f"--{boundary}--\r\n".encode("ascii"))
     return b"".join(parts)
+
+
+def _list_unsubscribe(url: str, mailto: str) -> str:
+    """The List-Unsubscribe header lines: mailto and one-click URL, or the mailto alone without a web front."""
+    if not url:
+        return f"List-Unsubscribe: <{mailto}>\r\n"
+    return f"List-Unsubscribe: <{mailto}>,\r\n <{url}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ class PaperView:
     click_url: str = ""  # the paper link through the web front, which counts the click
     more_url: str = ""  # "more like this"
     fewer_url: str = ""  # "fewer like this"
+    arxiv_id: str = ""  # shown as arXiv:ID, linked to abs_url
+    abs_url: str = ""  # its arXiv page
+    pdf_url: str = ""  # the paper's PDF, straight (no web front needed)
+    code_url: str = ""  # its code repository, where the source named one (Hugging Face)
 
     @property
     def href(self) -> str:
@@ -65,6 +69,7 @@ class DigestView:
     trending_label: str = "upvotes"
     browser_url: str = ""  # the same digest as a web page
     origin: str = ""  # how the reader came to be subscribed: "config" (the file) or "web" (signed up), for the footer
+    unsubscribe_by_mail: bool = False  # no web front: unsubscribe_url is a mailto: to the sender
 
 
 def paper_url(paper_id: str, url: str, title: str) -> str:
@@ -75,6 +80,14 @@ def paper_url(paper_id: str, url: str, title: str) -> str:
     if aid:
         return f"https://arxiv.org/abs/{aid}"
     return f"https://arxiv.org/search/?searchtype=title&query={quote_plus(title)}"
+
+
+def pdf_url(paper_id: str, url: str) -> str:
+    """The paper's PDF: the source's own link, else arXiv's for an arXiv paper, else none."""
+    if url.startswith(("http://", "https://")):
+        return url
+    aid = arxiv_id(paper_id)
+    return f"https://arxiv.org/pdf/{aid}" if aid else ""
 
 
 def trim(text: str, limit: int) -> str:
@@ -246,6 +259,10 @@ class _Pieces:
             p.abstract,
             p.date,
             p.count,
+            p.arxiv_id,
+            p.abs_url,
+            p.pdf_url,
+            p.code_url,
             label,
             bool(p.reason),
             bool(p.click_url),
@@ -284,6 +301,7 @@ class _Pieces:
             bool(view.trending),
             view.trending_label,
             view.origin,
+            view.unsubscribe_by_mail,
             bool(view.name),
             bool(view.manage_url),
             bool(view.browser_url),

@@ -36,6 +36,7 @@ ENV_DATA_DIR = "DIGEST_DATA_DIR"
 ENV_SMTP_USERNAME = "DIGEST_SMTP_USERNAME"
 ENV_SMTP_PASSWORD = "DIGEST_SMTP_PASSWORD"
 ENV_SECRET_KEY = "DIGEST_SECRET_KEY"
+ENV_CONFIG = "DIGEST_CONFIG"
 
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 _EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
@@ -258,8 +259,9 @@ class DeliverySettings(_Section):
 
 class WebSettings(_Section):
     base_url: str = Field(
-        "http://localhost:8000",
-        description="Public address of `digest serve`; links in emails (unsubscribe, feedback) point here.",
+        "",
+        description="Public address of `digest serve`, reachable by readers; empty (no web front): emails carry "
+        "plain paper links, no click tracking or More/Fewer buttons, and unsubscribe by email.",
     )
     subscribe_limit: int = Field(
         5, ge=1, le=10_000, description="Sign-up attempts allowed per client IP address in 10 minutes."
@@ -275,6 +277,8 @@ class WebSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if not value:
+            return value
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must start with http:// or https:// and name a host")
         return value.rstrip("/")
@@ -568,10 +572,55 @@ def example_config_path() -> Path:
     return resource_path("config/digest.example.toml")
 
 
-def default_config_path(cwd: Path | None = None) -> Path:
-    """`config/digest.toml` under the working folder if present, else the example."""
-    candidate = (cwd or Path.cwd()) / "config" / "digest.toml"
-    return candidate if candidate.is_file() else example_config_path()
+def user_config_path() -> Path:
+    """digest.toml in the user's config folder (e.g. ~/.config/digest), where `digest init` writes."""
+    return Path(platformdirs.user_config_dir("digest")) / "digest.toml"
+
+
+def default_config_path(cwd: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The config a command uses without --config: $DIGEST_CONFIG, else config/digest.toml under the
+    working folder, else digest.toml in the user config folder.  Never the bundled example (a cron
+    job would quietly send the demo to nobody): with none of them, a ConfigError says what to do."""
+    env = os.environ if env is None else env
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG]).expanduser()
+    tried = [(cwd or Path.cwd()) / "config" / "digest.toml", user_config_path()]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no config file: none at {tried[0]} or {tried[1]}, and ${ENV_CONFIG} is not set; "
+        "run `digest init` to write one, or pass --config FILE"
+    )
+
+
+def starter_config() -> str:
+    """The file `digest init` writes: the example config, every setting with its comment, but for one
+    placeholder reader, papers from arXiv, and the outbox (a first try sends nothing by mistake)."""
+    text = example_config_path().read_text(encoding="utf-8")
+    rest = text.split("\n", 1)[1]  # its first line calls it the example
+    steps = [
+        (r'(?m)^method = "[a-z]+"$', 'method = "outbox"'),
+        (r'(?m)^kind = "sample"$', 'kind = "arxiv"'),
+        (r'(?m)^name = "sample"$', 'name = "arxiv"'),
+        (r"(?m)^categories = \[\]$", 'categories = ["cs.LG", "cs.CL"]'),
+        (r"(?ms)^# New machine-learning and vision papers from arXiv.*?(?=^# The papers the Hugging Face)", ""),
+        (r'(?m)^email = "[^"]*"$', 'email = "you@example.org"'),
+        (r'(?m)^name = "Ada"$', 'name = ""'),
+        (r"(?ms)^liked = \[.*?^\]$", 'liked = []  # e.g. ["2106.09685", "Attention Is All You Need"]'),
+        (r"(?m)^keywords = \[[^\]]*\]$", 'keywords = ["language models"]'),
+        (r"(?m)^exclude_keywords = \[[^\]]*\]$", "exclude_keywords = []"),
+    ]
+    for pattern, new in steps:
+        rest, n = re.subn(pattern, new.replace("\\", "\\\\"), rest, count=1)
+        if n != 1:  # tests/test_init.py fails first
+            raise ConfigError(f"the example config no longer has {pattern!r}", path=str(example_config_path()))
+    head = (
+        "# digest: your configuration, written by `digest init` from the documented example.\n"
+        "# Put your address and the papers you like under [[subscribers]] and your arXiv categories under\n"
+        "# [[sources]]; `digest check-config` validates it, `digest send --dry-run` renders a first digest.\n"
+    )
+    return head + rest
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

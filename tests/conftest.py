@@ -28,9 +28,16 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's secrets, data folder or config."""
-    for name in ("DIGEST_SMTP_USERNAME", "DIGEST_SMTP_PASSWORD", "DIGEST_SECRET_KEY", "DIGEST_DATA_DIR"):
+    for name in (
+        "DIGEST_SMTP_USERNAME",
+        "DIGEST_SMTP_PASSWORD",
+        "DIGEST_SECRET_KEY",
+        "DIGEST_DATA_DIR",
+        "DIGEST_CONFIG",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DIGEST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))  # no digest.toml of the developer's
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -158,20 +165,34 @@ def store(database_url: str) -> Iterator[Store]:
 ConfigFactory = Callable[..., Settings]
 
 
+WEB = "http://localhost:8000"  # the web front most tests link through (a body with its own [web] decides)
+
+
 def write_config(
-    folder: Path, body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml"
+    folder: Path,
+    body: str = "",
+    *,
+    smtp_port: int | None = None,
+    method: str = "outbox",
+    name: str = "digest.toml",
+    web: bool = True,
 ) -> Settings:
-    """Write a TOML config into `folder` (data in folder/data) and load it; `body` is appended to a minimal base."""
+    """Write a TOML config into `folder` (data in folder/data) and load it; `body` is appended to a minimal base.
+
+    `web`: the base names a web front ([web] base_url = WEB) unless the body has a [web] table;
+    web=False leaves it out, as a new user's file does (plain links, no buttons)."""
     path = folder / name
     smtp = (
         f'\n[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsender = "Digest <digest@example.org>"\ntimeout = 5\n'
         if smtp_port
         else ""
     )
+    web_table = f'\n[web]\nbase_url = "{WEB}"\n' if web and "[web]" not in body else ""
     path.write_text(
         textwrap.dedent(
             f"""
             data_dir = "{(folder / "data").as_posix()}"
+            {web_table}
             [delivery]
             method = "{method}"
             {smtp}
@@ -188,9 +209,14 @@ def make_config(tmp_path: Path) -> ConfigFactory:
     """Write a TOML config into tmp_path and load it; `body` is appended to a minimal base."""
 
     def factory(
-        body: str = "", *, smtp_port: int | None = None, method: str = "outbox", name: str = "digest.toml"
+        body: str = "",
+        *,
+        smtp_port: int | None = None,
+        method: str = "outbox",
+        name: str = "digest.toml",
+        web: bool = True,
     ) -> Settings:
-        return write_config(tmp_path, body, smtp_port=smtp_port, method=method, name=name)
+        return write_config(tmp_path, body, smtp_port=smtp_port, method=method, name=name, web=web)
 
     return factory
 

@@ -54,8 +54,10 @@ def hf_item(
     comments: int = 0,
     published: str = "2026-11-22T09:00:00.000Z",
     summary: str = "A summary.",
+    github: str | None = None,
 ) -> dict:
-    """One daily-papers item as the Hugging Face API answers it."""
+    """One daily-papers item as the Hugging Face API answers it (`githubRepo`: the code repository's
+    URL the authors linked, with `githubStars`; null or absent when there is none)."""
     return {
         "paper": {
             "id": aid,
@@ -64,6 +66,7 @@ def hf_item(
             "title": title,
             "summary": summary,
             "upvotes": upvotes,
+            **({"githubRepo": github, "githubStars": 12} if github is not None else {}),
         },
         "publishedAt": published,
         "title": title,

@@ -55,12 +55,13 @@ def test_bad_config_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
-        f"error: {bad}: subscribers[0].timezone: unknown time zone 'Nowhere/City' (use an IANA name such as Europe/Berlin)"
+        f"config: {bad}",
+        f"error: {bad}: subscribers[0].timezone: unknown time zone 'Nowhere/City' (use an IANA name such as Europe/Berlin)",
     ]
 
 
 def test_bad_now_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_cli("send", "--now", "yesterday", cwd=tmp_path)
+    result = run_cli("send", "--config", str(_one_reader_config(tmp_path)), "--now", "yesterday", cwd=tmp_path)
     assert (
         result.returncode == 2 and "is not an ISO 8601 date-time" in result.stderr and "Traceback" not in result.stderr
     )
@@ -114,6 +115,7 @@ def test_a_config_that_would_break_the_run_stops_before_anything_is_written(tmp_
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines == [
+            f"config: {config}",
             f"error: {config}: delivery.subject: unknown placeholder {{name}}; use {{date}}, {{count}}",
             f"error: {config}: ranking.ranker: Input should be 'hybrid', 'content', 'collaborative', "
             "'trending', 'popularity', 'random' or 'svm'",

@@ -85,7 +85,9 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
         check=False,
     )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
-    assert refused.stderr.startswith(f"error: broken@example.org: the digest of {today} was sent at "), refused.stderr
+    said = refused.stderr.splitlines()
+    assert said[0] == f"config: {config}", refused.stderr
+    assert said[1].startswith(f"error: broken@example.org: the digest of {today} was sent at "), refused.stderr
     assert refused.stderr.rstrip().endswith("UTC: nothing to send again"), refused.stderr
     store = Store(f"sqlite:///{tmp_path / 'data' / 'digest.db'}")
     try:

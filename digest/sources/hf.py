@@ -2,7 +2,8 @@
 
 `GET {base_url}/api/daily_papers?date=YYYY-MM-DD` answers a JSON list of items, each with a `paper`
 object (`id` = arXiv id, `title`, `summary`, `authors` as objects with `name`, `publishedAt`,
-`upvotes`) and the item's own `numComments`, `title` and `publishedAt`.  The checkpoint is the last
+`upvotes`, and `githubRepo`: the code repository's URL where the authors linked one, else null
+or absent) and the item's own `numComments`, `title` and `publishedAt`.  The checkpoint is the last
 day fully fetched; a run fetches each day after it up to today (at most `max_days` days, oldest
 first), and never checkpoints today itself, whose list and upvotes still grow.  "Today" is the
 run's, or the real one if the run's is later (`digest send --now` in the future).  A day that fails
@@ -63,6 +64,7 @@ def parse_item(item: Any, *, source: str, now: datetime) -> PaperRecord:
         source=source,
         upvotes=paper.get("upvotes"),
         comments=comments,
+        code_url=paper.get("githubRepo") or "",  # the repository URL the authors linked, or null
     )
 
 
