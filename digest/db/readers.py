@@ -57,6 +57,7 @@ class Readers(StoreBase):
                     "max_papers": sub.max_papers,
                     "keywords": list(sub.keywords),
                     "exclude_keywords": list(sub.exclude_keywords),
+                    "categories": list(sub.categories),
                 }
                 if row is None:
                     row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)

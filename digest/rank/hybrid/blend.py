@@ -103,6 +103,7 @@ class Fitted:
 class HybridRanker(Ranker):
     name = "hybrid"
     folds_in = True
+    floor = 1.0  # a blended z-score: one standard deviation above the reader's mean over the corpus sample
 
     def __init__(
         self,
