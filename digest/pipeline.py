@@ -150,6 +150,10 @@ def ingest(
     fetched.  `since` fetches from that date whatever the checkpoints say.
     """
     sources = [s for s in settings.sources if only is None or s.label in only]
+    # the union of the readers' categories, the config's and the database's (web sign-ups)
+    followed = tuple(
+        dict.fromkeys([c for sub in settings.subscribers for c in sub.categories] + store.reader_categories())
+    )
     reports = []
     with _stage(progress, "Ingesting sources", len(sources)) as advance:
         for src in sources:
@@ -160,7 +164,7 @@ def ingest(
                     progress(f"  {label}", done, total)
 
             try:
-                options = FetchOptions(since=since, sleep=sleep, progress=step)
+                options = FetchOptions(since=since, sleep=sleep, progress=step, reader_categories=followed)
                 result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
                 for pid, why in report.counts.rejected.items():

@@ -77,6 +77,12 @@ class Readers(StoreBase):
             s.commit()
         return ids
 
+    def reader_categories(self) -> list[str]:
+        """Every category an active subscriber follows (web sign-ups included), each once."""
+        with self.session() as s:
+            rows = s.exec(select(Subscriber.categories).where(col(Subscriber.active) == True))  # noqa: E712
+            return list(dict.fromkeys(c for cats in rows for c in cats or ()))
+
     def subscribers(self, *, active_only: bool = True) -> list[Subscriber]:
         with self.session() as s:
             query = select(Subscriber).order_by(col(Subscriber.id))
