@@ -252,3 +252,53 @@ def test_trending_never_shows_what_the_reader_saw_or_excluded(store: Store, make
 
     lists = trending_lists(data, candidates, [Due(sub, now.date(), None, [], set(hidden))])
     assert [t[0] for t in lists[sid]] == ["p5", "p6"]
+
+
+def test_readers_choose_categories_on_the_web(make_config: ConfigFactory) -> None:
+    """Sign-up and preferences offer the configured sources' categories as checkboxes; a ticked one
+    is saved on the reader (through the pending sign-up); one not offered is a 400 with a message."""
+    from starlette.testclient import TestClient
+
+    from digest import links
+    from digest.web import create_app
+
+    settings = make_config(
+        """
+        [web]
+        base_url = "https://digest.example.org"
+        [[sources]]
+        kind = "arxiv"
+        categories = ["cs.CV", "cs.CL"]
+        """
+    )
+    store = Store(settings.database_url)
+    try:
+        with TestClient(create_app(settings, store=store), base_url="https://digest.example.org") as client:
+            form = client.get("/subscribe")
+            assert form.status_code == 200
+            assert re.findall(r'name="categories" value="([^"]+)"', form.text) == ["cs.CV", "cs.CL"]
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+            base = {"csrf": csrf, "timezone": "UTC", "send_at": "07:30", "email": "cleo@example.org"}
+            bad = client.post("/subscribe", data={**base, "categories": ["cs.CL", "astro-ph"]})
+            assert bad.status_code == 400 and "choose from the categories listed" in bad.text
+            assert re.search(r'value="cs.CL" checked', bad.text)  # what was ticked stays ticked
+            ok = client.post("/subscribe", data={**base, "categories": ["cs.CL"]})
+            assert ok.status_code == 200 and "Check your inbox" in ok.text
+            assert store.confirm_subscription("cleo@example.org", NOW) is not None
+            cleo = store.subscriber(email="cleo@example.org")
+            assert cleo is not None and cleo.active and cleo.categories == ["cs.CL"]
+
+            url = links.manage_url(settings, links.secret_key(settings), "cleo@example.org")
+            page = client.get(url)
+            assert re.search(r'value="cs.CL" checked', page.text) and not re.search(r'value="cs.CV" checked', page.text)
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+            prefs = {"csrf": csrf, "timezone": "UTC", "send_at": "07:30", "max_papers": "5"}
+            saved = client.post(url, data={**prefs, "categories": ["cs.CV", "cs.CL"]})
+            assert saved.status_code == 200 and "Saved" in saved.text
+            assert store.subscriber(email="cleo@example.org").categories == ["cs.CV", "cs.CL"]  # type: ignore[union-attr]
+            refused = client.post(url, data={**prefs, "categories": "math.ST"})
+            assert refused.status_code == 400 and "choose from the categories listed" in refused.text
+            cleared = client.post(url, data=prefs)  # none ticked: every category
+            assert cleared.status_code == 200 and store.subscriber(email="cleo@example.org").categories == []  # type: ignore[union-attr]
+    finally:
+        store.close()
