@@ -340,7 +340,7 @@ class RankingSettings(_Section):
         description="The relevance floor of the daily digest: a candidate whose score (the one that decides the "
         "order: the hybrid's per-reader z-score, the content ranker's cosine) is below this is not picked, so a "
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
-        '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.05; the others none); -1e9 turns it off.',
+        '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
     )
     embeddings: bool = Field(
         False,
