@@ -410,7 +410,8 @@ class _RankJob:
         scores = np.array(ranker.score(users, rows), dtype=np.float32)  # a copy we may write into
         # what each reader may be sent: above the floor, in their categories, not seen, not excluded
         # (as -inf in the block); readers sharing a category set share one mask
-        scores[scores < self.min_score] = -np.inf
+        if self.min_score > -np.inf:
+            scores[scores < self.min_score] = -np.inf
         for i, sub in enumerate(chunk):
             cats = tuple(sorted(sub.categories or ()))
             if cats:
@@ -894,7 +895,13 @@ def _one_subscriber(
     sub, day, picks = due.subscriber, due.day, due.picks
     if not picks and settings.delivery.on_empty == "skip":
         since = (now - timedelta(days=settings.ranking.window_days)).date()
-        outcome.status, outcome.detail = "no-papers", f'no new papers since {since} (nothing sent; on_empty = "skip")'
+        why = (
+            f"no new papers since {since} for this reader: none of the {len(candidates)} is in their categories, "
+            "not excluded and above the relevance floor"
+            if candidates
+            else f"no new papers since {since}"
+        )
+        outcome.status, outcome.detail = "no-papers", f'{why} (nothing sent; on_empty = "skip")'
         return
     trend = trending(data, candidates, {p.paper.id for p in picks} | due.seen, subscriber=sub)
     mid = (

@@ -138,9 +138,14 @@ def test_categories_per_reader(tmp_path: Path, make_config: ConfigFactory) -> No
         categories = ["cs.CL"]
         [[subscribers]]
         email = "all@example.org"
+        [[subscribers]]
+        email = "stats@example.org"
+        categories = ["math.ST"]
         """
     )
     report = run_daily(NOW, settings, dry_run=True, force=True)
+    (stats,) = [o for o in report.outcomes if o.email == "stats@example.org"]
+    assert stats.status == "no-papers" and "none of the 6 is in their categories" in stats.detail
     got = {o.email: {p.paper.id for p in o.picks} for o in report.outcomes}
     assert got["cv@example.org"] == {"cv-1", "cv-2", "both"}
     assert got["cl@example.org"] == {"cl-1", "cl-2", "both"}
@@ -148,7 +153,7 @@ def test_categories_per_reader(tmp_path: Path, make_config: ConfigFactory) -> No
     store = Store(settings.database_url)
     try:
         assert {s.email: s.categories for s in store.subscribers()}["cv@example.org"] == ["cs.CV"]
-        assert set(store.reader_categories()) == {"cs.CV", "cs.CL"}
+        assert set(store.reader_categories()) == {"cs.CV", "cs.CL", "math.ST"}
     finally:
         store.close()
 
