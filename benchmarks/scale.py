@@ -290,7 +290,7 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
     from digest.db import Kind, Store
     from digest.due import local_date
     from digest.links import secret_key
-    from digest.pipeline import Due, candidate_papers, day_ranker, rank_subscribers, train_data
+    from digest.pipeline import Due, candidate_papers, day_ranker, rank_subscribers, relevance_floor, train_data
     from digest.settings import load_settings
     from digest.workers import peak_rss_mb, trending_lists, write_plans
 
@@ -327,16 +327,16 @@ def _plan(config: Path, new: int, seed: int, svm_sample: int) -> dict:
         candidates,
         seen,
         diversity=settings.ranking.diversity,
+        min_score=relevance_floor(settings, ranker),
         processes=settings.ranking.processes or os.cpu_count() or 1,
     )
-    trend = trending_lists(data, candidates, picks)
+    due = [Due(s, local_date(NOW, s.timezone), None, picks[s.id], set(seen.get(s.id, ()))) for s in subscribers]
+    trend = trending_lists(data, candidates, due)
     stage("rank_s", t)
     result["rank_children_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     result["candidates"] = len(candidates)
     t = time.perf_counter()
-    write_plans(
-        store, settings, [Due(s, local_date(NOW, s.timezone), None, picks[s.id]) for s in subscribers], trend, NOW
-    )
+    write_plans(store, settings, due, trend, NOW)
     stage("plan_write_s", t)
     result["planner_peak_rss_mb"] = round(peak_rss_mb())
 

@@ -126,12 +126,12 @@ def _print_report(report, *, show_picks: bool) -> None:
         console.print(line, markup=False, highlight=False)
         if show_picks and out.picks:
             table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+            # in the order sent, without the raw score: after the diversity re-ranking it is not the order
             table.add_column("#", justify="right")
-            table.add_column("score", justify="right")
             table.add_column("paper")
             table.add_column("why")
             for i, pick in enumerate(out.picks, 1):
-                table.add_row(str(i), f"{pick.score:.3f}", escape(pick.paper.title), escape(pick.reason))
+                table.add_row(str(i), escape(pick.paper.title), escape(pick.reason))
             console.print(table)
         if out.html_path:
             console.print(f"  HTML digest: {out.html_path}")
@@ -156,7 +156,7 @@ def demo(
     """Run the whole daily job once on the bundled sample papers and the example config.
 
     Starts from a fresh demo database each time, delivers to a local outbox folder (.eml files),
-    and prints the example subscriber's picks with their scores and reasons.
+    and prints the example subscriber's picks in the order sent, with their reasons.
     """
     from digest.db import discard_database
     from digest.pipeline import run_daily

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -149,6 +150,10 @@ def ingest(
     fetched.  `since` fetches from that date whatever the checkpoints say.
     """
     sources = [s for s in settings.sources if only is None or s.label in only]
+    # the union of the readers' categories, the config's and the database's (web sign-ups)
+    followed = tuple(
+        dict.fromkeys([c for sub in settings.subscribers for c in sub.categories] + store.reader_categories())
+    )
     reports = []
     with _stage(progress, "Ingesting sources", len(sources)) as advance:
         for src in sources:
@@ -159,7 +164,7 @@ def ingest(
                     progress(f"  {label}", done, total)
 
             try:
-                options = FetchOptions(since=since, sleep=sleep, progress=step)
+                options = FetchOptions(since=since, sleep=sleep, progress=step, reader_categories=followed)
                 result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
                 for pid, why in report.counts.rejected.items():
@@ -267,13 +272,46 @@ def day_ranker(
     )
 
 
+@lru_cache(maxsize=4096)
+def _exclusion_pattern(keywords: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(r"\b" + re.escape(k) for k in keywords), re.IGNORECASE)
+
+
+def relevance_floor(settings: Settings, ranker: Ranker) -> float:
+    """The score below which no candidate is picked: `ranking.min_score`, else the ranker's own floor."""
+    floor = settings.ranking.min_score
+    return ranker.floor if floor == "auto" else floor
+
+
 def exclusion_mask(candidates: Sequence[Paper], keywords: Sequence[str]) -> np.ndarray:
     """True for candidates whose title or abstract mentions any of the keywords (word start, any case)."""
     if not keywords:
         return np.zeros(len(candidates), dtype=bool)
-    pattern = re.compile("|".join(r"\b" + re.escape(k) for k in keywords), re.IGNORECASE)
+    pattern = _exclusion_pattern(tuple(keywords))
     return np.fromiter(
         (bool(pattern.search(f"{p.title} {p.abstract}")) for p in candidates), dtype=bool, count=len(candidates)
+    )
+
+
+def category_mask(candidates: Sequence[Paper], categories: Sequence[str]) -> np.ndarray:
+    """True for candidates outside all of `categories` (a cross-listed paper is in each of its
+    categories); all False when `categories` is empty (a reader with none gets every category)."""
+    if not categories:
+        return np.zeros(len(candidates), dtype=bool)
+    wanted = set(categories)
+    return np.fromiter((wanted.isdisjoint(p.categories or ()) for p in candidates), dtype=bool, count=len(candidates))
+
+
+def may_show(sub: Subscriber, paper: Paper, hidden: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether `paper` may appear anywhere in this reader's digest (picks or trending): not in
+    `hidden` (what they were sent, liked, disliked or clicked), in their categories, not excluded."""
+    if paper.id in hidden:
+        return False
+    if sub.categories and set(sub.categories).isdisjoint(paper.categories or ()):
+        return False
+    return not (
+        sub.exclude_keywords
+        and _exclusion_pattern(tuple(sub.exclude_keywords)).search(f"{paper.title} {paper.abstract}")
     )
 
 
@@ -285,6 +323,7 @@ def rank_subscribers(
     seen: dict[int, set[str]],
     *,
     diversity: float = 0.5,
+    min_score: float = -np.inf,
     block: int = 1024,
     processes: int = 1,
     progress: Callable[[int], None] | None = None,
@@ -294,6 +333,8 @@ def rank_subscribers(
     Papers the subscriber was already sent, liked, disliked or clicked, and papers matching their
     exclude_keywords, are never picked.  With `diversity` < 1 the picks are re-ranked by maximal
     marginal relevance over a short list, so the top is not ten near-copies of one topic.
+    A reader with categories only gets candidates in one of them; a candidate scoring below
+    `min_score` (the relevance floor) is never picked, so a thin day gives fewer picks.
     With `processes` > 1 (and more than one block of readers) the blocks are shared among forked
     processes, which see the fitted ranker without copying it; the picks are the same.
     """
@@ -302,7 +343,7 @@ def rank_subscribers(
     rows = data.corpus.ids.indices(p.id for p in candidates)
     features = ranker.item_features(rows) if diversity < 1 else None
     sim = cosine_similarity_matrix(features) if features is not None else None
-    job = _RankJob(ranker, data, subscribers, candidates, seen, rows, sim, diversity)
+    job = _RankJob(ranker, data, subscribers, candidates, seen, rows, sim, diversity, min_score)
     starts = list(range(0, len(subscribers), block))
     blocks = [(s, min(s + block, len(subscribers))) for s in starts]
     picks: dict[int, list[Pick]] = {}
@@ -346,7 +387,9 @@ class _RankJob:
     rows: np.ndarray
     sim: np.ndarray | None
     diversity: float
+    min_score: float = -np.inf
     masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    category_masks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
     position: dict[str, int] = field(default_factory=dict)
 
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -365,8 +408,16 @@ class _RankJob:
         chunk = self.subscribers[start:stop]
         users = np.array([data.users.index(s.email) for s in chunk])
         scores = np.array(ranker.score(users, rows), dtype=np.float32)  # a copy we may write into
-        # what each reader may be sent: not seen, not excluded (as -inf in the block)
+        # what each reader may be sent: above the floor, in their categories, not seen, not excluded
+        # (as -inf in the block); readers sharing a category set share one mask
+        if self.min_score > -np.inf:
+            scores[scores < self.min_score] = -np.inf
         for i, sub in enumerate(chunk):
+            cats = tuple(sorted(sub.categories or ()))
+            if cats:
+                if cats not in self.category_masks:
+                    self.category_masks[cats] = category_mask(candidates, cats)
+                scores[i, self.category_masks[cats]] = -np.inf
             key = tuple(sub.exclude_keywords)
             if key:
                 if key not in self.masks:
@@ -475,10 +526,25 @@ def counted_papers(data: TrainData, candidates: Sequence[Paper]) -> list[tuple[P
 
 
 def trending(
-    data: TrainData, candidates: Sequence[Paper], exclude: set[str], size: int = TRENDING_SIZE
+    data: TrainData,
+    candidates: Sequence[Paper],
+    exclude: set[str],
+    size: int = TRENDING_SIZE,
+    *,
+    subscriber: Subscriber | None = None,
+    counted: Sequence[tuple[Paper, int]] | None = None,
 ) -> list[tuple[Paper, int]]:
-    """The window's most upvoted (or most liked) papers not already picked, with their counts."""
-    return [(p, c) for p, c in counted_papers(data, candidates) if p.id not in exclude][:size]
+    """The window's most upvoted (or most liked) papers not in `exclude` (the picks, and what the
+    reader was sent, liked, disliked or clicked), with their counts; for a `subscriber`, only papers
+    `may_show` allows (their categories, not their exclude_keywords).  `counted`: the window's
+    `counted_papers`, when computed once for many readers."""
+    out: list[tuple[Paper, int]] = []
+    for p, c in counted if counted is not None else counted_papers(data, candidates):
+        if len(out) >= size:
+            break
+        if p.id not in exclude and (subscriber is None or may_show(subscriber, p)):
+            out.append((p, c))
+    return out
 
 
 # -- render and deliver ------------------------------------------------------------------------
@@ -592,8 +658,10 @@ def rank_due(
     candidates = candidate_papers(store, data, recent)
     fresh = [d.subscriber for d in due if d.existing is None]
     seen = store.papers_seen(
-        [s.id for s in fresh], [p.id for p in candidates], [Kind.SENT, Kind.LIKE, Kind.DISLIKE, Kind.CLICKED]
+        [d.subscriber.id for d in due], [p.id for p in candidates], [Kind.SENT, Kind.LIKE, Kind.DISLIKE, Kind.CLICKED]
     )
+    for d in due:
+        d.seen = set(seen.get(d.subscriber.id, ()))
     if widest > default_days:
         older = recent - recent_for[default_days]
         for sub in fresh:
@@ -607,6 +675,7 @@ def rank_due(
             candidates,
             seen,
             diversity=settings.ranking.diversity,
+            min_score=relevance_floor(settings, ranker),
             processes=processes,
             progress=advance,
         )
@@ -623,6 +692,7 @@ class Due:
     day: date
     existing: Delivery | None = None
     picks: list[Pick] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # sent, liked, disliked or clicked: not in trending either
 
 
 def due_subscribers(
@@ -825,9 +895,15 @@ def _one_subscriber(
     sub, day, picks = due.subscriber, due.day, due.picks
     if not picks and settings.delivery.on_empty == "skip":
         since = (now - timedelta(days=settings.ranking.window_days)).date()
-        outcome.status, outcome.detail = "no-papers", f'no new papers since {since} (nothing sent; on_empty = "skip")'
+        why = (
+            f"no new papers since {since} for this reader: none of the {len(candidates)} is in their categories, "
+            "not excluded and above the relevance floor"
+            if candidates
+            else f"no new papers since {since}"
+        )
+        outcome.status, outcome.detail = "no-papers", f'{why} (nothing sent; on_empty = "skip")'
         return
-    trend = trending(data, candidates, {p.paper.id for p in picks})
+    trend = trending(data, candidates, {p.paper.id for p in picks} | due.seen, subscriber=sub)
     mid = (
         due.existing.message_id
         if due.existing is not None and due.existing.message_id

@@ -339,6 +339,13 @@ class RankingSettings(_Section):
         "1,024 readers; 0 means one per CPU core.",
     )
     abstract_chars: int = Field(420, ge=80, le=5000, description="Abstracts are trimmed to about this many characters.")
+    min_score: float | Literal["auto"] = Field(
+        "auto",
+        description="The relevance floor of the daily digest: a candidate whose score (the one that decides the "
+        "order: the hybrid's per-reader z-score, the content ranker's cosine) is below this is not picked, so a "
+        "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
+        '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
+    )
     embeddings: bool = Field(
         False,
         description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "
@@ -410,11 +417,7 @@ class SourceSettings(_Section):
     @field_validator("categories")
     @classmethod
     def _categories(cls, value: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in value]
-        bad = [v for v in cleaned if not re.match(r"^[A-Za-z-]+(\.[A-Za-z-]+)?$", v)]
-        if bad:
-            raise ValueError(f"{bad[0]!r} is not an arXiv category such as cs.LG")
-        return cleaned
+        return check_categories(value)
 
     @model_validator(mode="after")
     def _needs_per_kind(self) -> SourceSettings:
@@ -427,6 +430,15 @@ class SourceSettings(_Section):
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+
+def check_categories(value: list[str]) -> list[str]:
+    """arXiv-category-like tokens (cs.LG, math.ST, hep-th), stripped, repeats dropped."""
+    cleaned = [v.strip() for v in value]
+    bad = [v for v in cleaned if not re.match(r"^[A-Za-z-]+(\.[A-Za-z-]+)?$", v)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not an arXiv category such as cs.LG")
+    return list(dict.fromkeys(cleaned))
 
 
 class SubscriberSettings(_Section):
@@ -450,6 +462,16 @@ class SubscriberSettings(_Section):
     exclude_keywords: list[str] = Field(
         default_factory=list, description="Papers whose title or abstract contains any of these are never sent."
     )
+    categories: list[str] = Field(
+        default_factory=list,
+        description='Only papers in at least one of these arXiv categories (cross-lists count), e.g. ["cs.CL"]; '
+        "empty: papers of every category. The arxiv sources fetch the union of every reader's categories.",
+    )
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        return check_categories(value)
 
     @field_validator("email")
     @classmethod

@@ -44,6 +44,7 @@ from digest.pipeline import (
     ingest,
     rank_due,
     sync_subscribers,
+    trending,
 )
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
@@ -87,17 +88,17 @@ def peak_rss_mb() -> float:
 
 
 def trending_lists(
-    data: TrainData, candidates: Sequence[Paper], picks: dict[int, list[Pick]], size: int = TRENDING_SIZE
+    data: TrainData, candidates: Sequence[Paper], due: Sequence[Due], size: int = TRENDING_SIZE
 ) -> dict[int, list[list[object]]]:
-    """Each subscriber's trending list ([paper id, count], best first) leaving out their own picks.
-
-    The window's counted papers are sorted once; each subscriber takes the first `size` not picked.
-    """
-    head = counted_papers(data, candidates)[: size + max((len(v) for v in picks.values()), default=0)]
+    """Each due subscriber's trending list ([paper id, count], best first) leaving out their own picks
+    and what they were sent, liked, disliked or clicked, within their categories and exclusions
+    (`pipeline.trending`, the one rule).  The window's counted papers are sorted once."""
+    counted = counted_papers(data, candidates)
     lists = {}
-    for sid, chosen in picks.items():
-        exclude = {p.paper.id for p in chosen}
-        lists[sid] = [[p.id, c] for p, c in head if p.id not in exclude][:size]
+    for d in due:
+        hidden = {p.paper.id for p in d.picks} | d.seen
+        chosen = trending(data, candidates, hidden, size, subscriber=d.subscriber, counted=counted)
+        lists[d.subscriber.id] = [[p.id, c] for p, c in chosen]
     return lists
 
 
@@ -224,7 +225,7 @@ def _plan(
     )
     report.timings["rank"] = timer() - start
     start = timer()
-    trend = trending_lists(data, candidates, {d.subscriber.id: d.picks for d in due})
+    trend = trending_lists(data, candidates, due)
     report.planned = write_plans(store, settings, due, trend, now)
     report.timings["plan"] = timer() - start
 

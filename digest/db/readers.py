@@ -57,6 +57,7 @@ class Readers(StoreBase):
                     "max_papers": sub.max_papers,
                     "keywords": list(sub.keywords),
                     "exclude_keywords": list(sub.exclude_keywords),
+                    "categories": list(sub.categories),
                 }
                 if row is None:
                     row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)
@@ -75,6 +76,12 @@ class Readers(StoreBase):
                     row.active = False
             s.commit()
         return ids
+
+    def reader_categories(self) -> list[str]:
+        """Every category an active subscriber follows (web sign-ups included), each once."""
+        with self.session() as s:
+            rows = s.exec(select(Subscriber.categories).where(col(Subscriber.active) == True))  # noqa: E712
+            return list(dict.fromkeys(c for cats in rows for c in cats or ()))
 
     def subscribers(self, *, active_only: bool = True) -> list[Subscriber]:
         with self.session() as s:

@@ -160,6 +160,9 @@ class Ranker(ABC):
 
     name: ClassVar[str]
     folds_in: ClassVar[bool] = False  # does `update` fold new data in (worth saving the fit, `rank.saved`)
+    # the relevance floor of the daily digest on this ranker's scale (`ranking.min_score` unset): a
+    # candidate scoring below it is not picked; measured per ranker (README "Honest picks"), none here
+    floor: ClassVar[float] = float("-inf")
 
     @abstractmethod
     def fit(self, data: TrainData) -> Ranker: ...

@@ -5,7 +5,7 @@ Only this package reads paper input from disk or the network; the store saves wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from digest.resources import sample_corpus_path
@@ -37,10 +37,22 @@ def _listing(
     return read_listings(listing_files(settings.resolve(src.path)), source=src.label)
 
 
+def wanted_categories(src: SourceSettings, settings: Settings, reader_categories: Iterable[str]) -> list[str]:
+    """The categories a category source fetches: its own, and on the first configured source of its
+    kind also every reader's category that no source of that kind lists (so each is fetched once)."""
+    own = list(src.categories)
+    same = [s for s in settings.sources if s.kind == src.kind]
+    if not same or same[0].label != src.label:
+        return own
+    listed = {c for s in same for c in s.categories}
+    return own + [c for c in dict.fromkeys(reader_categories) if c not in listed]
+
+
 def _arxiv(
     src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
 ) -> FetchResult:
-    return fetch_arxiv(src, cursor, now, options)
+    wanted = wanted_categories(src, settings, options.reader_categories)
+    return fetch_arxiv(src.model_copy(update={"categories": wanted}), cursor, now, options)
 
 
 def _hf_daily(
@@ -70,4 +82,4 @@ def fetch(
     return FETCHERS[src.kind](src, settings, cursor, now, options or FetchOptions())
 
 
-__all__ = ["FETCHERS", "FetchOptions", "FetchResult", "PaperRecord", "fetch"]
+__all__ = ["FETCHERS", "FetchOptions", "FetchResult", "PaperRecord", "fetch", "wanted_categories"]

@@ -292,6 +292,7 @@ class FetchOptions:
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[int, int], None] | None = None  # (pages or days done, total)
     clock: Callable[[], datetime] = real_now
+    reader_categories: tuple[str, ...] = ()  # what the readers follow (`sources.wanted_categories`)
 
     def advance(self, done: int, total: int) -> None:
         if self.progress is not None:

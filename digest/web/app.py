@@ -212,7 +212,13 @@ class _Front:
             errors=errors,
             query=query,
             found=found,
+            offered_categories=self.offered_categories(),
+            chosen_categories=values.get("categories") or [],
         )
+
+    def offered_categories(self) -> list[str]:
+        """The categories a reader may choose: the configured sources' (each once)."""
+        return list(dict.fromkeys(c for src in self.settings.sources for c in src.categories))
 
     def subscribe_form(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
@@ -235,7 +241,9 @@ class _Front:
             )
         if not self.subscribe_limiter.hit(self.ip(request)):
             return self.too_many(request)
-        checked = forms.check_subscribe(form, smtputf8=self.settings.smtp.smtputf8)
+        checked = forms.check_subscribe(
+            form, smtputf8=self.settings.smtp.smtputf8, categories=self.offered_categories()
+        )
         ids = []
         for entry in checked.liked:
             pid = self.store.resolve_paper(entry)
@@ -244,9 +252,10 @@ class _Front:
                     "liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title"
                 )
             ids.append(pid)
-        values = forms.shown(
+        values: dict[str, Any] = forms.shown(
             form, ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked")
         )
+        values["categories"] = form.get("categories", [])
         if checked.errors:
             return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
         email = checked.values["email"]
@@ -452,6 +461,7 @@ class _Front:
             "weekly_day": sub.weekly_day,
             "keywords": ", ".join(sub.keywords),
             "exclude_keywords": ", ".join(sub.exclude_keywords),
+            "categories": list(sub.categories),
         }
         return self.page(
             request,
@@ -464,6 +474,8 @@ class _Front:
             errors=errors or {},
             notice=notice,
             editable=sub.origin == "web",
+            offered_categories=self.offered_categories(),
+            chosen_categories=(values or current).get("categories") or [],
             likes=self.store.liked_papers(sub.id, Kind.LIKE),
             dislikes=self.store.liked_papers(sub.id, Kind.DISLIKE),
             digest_url=links.manage_url(self.settings, self.key, sub.email, clock=self.clock, path="/digest"),
@@ -494,11 +506,12 @@ class _Front:
                     "form": "Your settings come from the preferences file; ask whoever runs this digest to change them."
                 },
             )
-        checked = forms.check_preferences(form)
+        checked = forms.check_preferences(form, categories=self.offered_categories())
         if checked.errors:
-            values = forms.shown(
+            values: dict[str, Any] = forms.shown(
                 form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day", "keywords", "exclude_keywords")
             )
+            values["categories"] = form.get("categories", [])
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
         try:
             sub = self.store.update_preferences(sub.id, checked.values)

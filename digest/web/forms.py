@@ -11,6 +11,7 @@ the schema) is an error on that field, so every bad input gets a 4xx and a messa
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -155,6 +156,7 @@ def _validate(checked: Checked, raw: dict[str, Any]) -> None:
         "max_papers": sub.max_papers,
         "keywords": sub.keywords,
         "exclude_keywords": sub.exclude_keywords,
+        "categories": sub.categories,
         "frequency": sub.frequency,
         "weekly_day": sub.weekly_day,
     }
@@ -170,6 +172,15 @@ def _keywords(checked: Checked, form: dict[str, list[str]], name: str) -> list[s
     elif any(len(w) > MAX_KEYWORD for w in words):
         checked.errors[name] = f"keywords are at most {MAX_KEYWORD} characters each"
     return words[:MAX_KEYWORDS]
+
+
+def _categories(checked: Checked, form: dict[str, list[str]], offered: Sequence[str]) -> list[str]:
+    """The ticked categories, each one of `offered` (the configured sources' categories)."""
+    ticked = list(dict.fromkeys(v.strip() for v in form.get("categories", []) if v.strip()))
+    if any(c not in offered for c in ticked):
+        checked.errors["categories"] = "choose from the categories listed"
+        return []
+    return ticked
 
 
 def _when(checked: Checked, form: dict[str, list[str]]) -> dict[str, str]:
@@ -191,7 +202,7 @@ NON_ASCII_ADDRESS = (
 )
 
 
-def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool) -> Checked:
+def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool, categories: Sequence[str] = ()) -> Checked:
     """A sign-up: email, name, time zone, send time, how often, keywords, liked papers (typed or ticked).
 
     A non-ASCII address only when the mail server takes SMTPUTF8 (`smtp.smtputf8`)."""
@@ -211,14 +222,21 @@ def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool) -> Checked:
     if len(liked) > MAX_LIKED or any(len(x) > MAX_LIKED_ENTRY for x in liked):
         checked.errors["liked"] = f"at most {MAX_LIKED} papers, one per line"
     checked.liked = list(dict.fromkeys(liked))[:MAX_LIKED]
-    raw = {"email": email, "name": name, "keywords": _keywords(checked, form, "keywords"), **_when(checked, form)}
+    raw = {
+        "email": email,
+        "name": name,
+        "keywords": _keywords(checked, form, "keywords"),
+        "categories": _categories(checked, form, categories),
+        **_when(checked, form),
+    }
     if not checked.errors:
         _validate(checked, raw)
     return checked
 
 
-def check_preferences(form: dict[str, list[str]]) -> Checked:
-    """A preferences edit: time zone, send time, how often, keywords, exclude keywords, max papers."""
+def check_preferences(form: dict[str, list[str]], *, categories: Sequence[str] = ()) -> Checked:
+    """A preferences edit: time zone, send time, how often, keywords, exclude keywords, categories
+    (from `categories`, the configured ones), max papers."""
     checked = Checked()
     max_papers = first(form, "max_papers") or "10"
     if not _NUMBER.fullmatch(max_papers) or not 1 <= int(max_papers) <= 50:
@@ -228,6 +246,7 @@ def check_preferences(form: dict[str, list[str]]) -> Checked:
         "max_papers": int(max_papers) if "max_papers" not in checked.errors else 10,
         "keywords": _keywords(checked, form, "keywords"),
         "exclude_keywords": _keywords(checked, form, "exclude_keywords"),
+        "categories": _categories(checked, form, categories),
         **_when(checked, form),
     }
     if not checked.errors:

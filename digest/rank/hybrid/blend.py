@@ -103,6 +103,7 @@ class Fitted:
 class HybridRanker(Ranker):
     name = "hybrid"
     folds_in = True
+    floor = 1.0  # blended per-reader z-scores (each part against the reader's corpus sample): see README
 
     def __init__(
         self,
