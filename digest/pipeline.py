@@ -162,6 +162,10 @@ def ingest(
                 options = FetchOptions(since=since, sleep=sleep, progress=step)
                 result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
+                if result.updates:  # arXiv replacements: stored papers only, never new ones
+                    report.counts.add(store.upsert_papers(result.updates, now, insert=False))
+                    if report.counts.absent:
+                        result.notes.append(f"{report.counts.absent} replaced papers we never had were left out")
                 for pid, why in report.counts.rejected.items():
                     result.skip("could not be stored", f"{pid} ({why})")
                 report.skipped, report.examples = result.skipped, result.examples

@@ -26,8 +26,14 @@ _BAD_RECORD = (DataError, IntegrityError, UnicodeError, OverflowError, ValueErro
 class Papers(StoreBase):
     """Papers and source checkpoints."""
 
-    def upsert_papers(self, records: Iterable[PaperRecord], now: datetime) -> UpsertCounts:
+    def upsert_papers(
+        self, records: Iterable[PaperRecord], now: datetime, *, insert: bool = True, backfill: bool = False
+    ) -> UpsertCounts:
         """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper).
+
+        `insert=False` only updates stored papers (an arXiv replacement of a paper we never had is
+        left out, counted in `absent`).  `backfill=True` stores a new paper as first seen when it was
+        published, so an old paper looked up by id is never one of today's candidates.
 
         A record the database cannot hold is left out and named in `rejected`; the others are
         stored.  The batch goes in one transaction; when it fails on a bad record it is halved until
@@ -35,7 +41,7 @@ class Papers(StoreBase):
         """
         records = list(records)
         try:
-            return self._upsert_batch(records, now)
+            return self._upsert_batch(records, now, insert=insert, backfill=backfill)
         except _BAD_RECORD as e:
             if len(records) == 1:
                 reason = str(getattr(e, "orig", None) or e).splitlines()[0][:200]
@@ -43,10 +49,10 @@ class Papers(StoreBase):
         counts = UpsertCounts()
         half = len(records) // 2
         for part in (records[:half], records[half:]):
-            counts.add(self.upsert_papers(part, now))
+            counts.add(self.upsert_papers(part, now, insert=insert, backfill=backfill))
         return counts
 
-    def _upsert_batch(self, records: list[PaperRecord], now: datetime) -> UpsertCounts:
+    def _upsert_batch(self, records: list[PaperRecord], now: datetime, *, insert: bool, backfill: bool) -> UpsertCounts:
         counts = UpsertCounts()
         stamp = _utc(now)
         with self.session() as s:
@@ -73,8 +79,12 @@ class Papers(StoreBase):
                     "journal_ref": rec.journal_ref,
                     "version": rec.version,
                 }
+                if row is None and not insert:
+                    counts.absent += 1
+                    continue
                 if row is None:
-                    known[rec.id] = Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values)
+                    seen = min(values["published"] or stamp, stamp) if backfill else stamp
+                    known[rec.id] = Paper(id=rec.id, first_seen=seen, last_changed=stamp, **values)
                     s.add(known[rec.id])
                     counts.new += 1
                     continue
@@ -164,6 +174,11 @@ class Papers(StoreBase):
                 escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 stmt = stmt.where(func.lower(col(Paper.title)).like(f"%{escaped}%", escape="\\"))
             return list(s.exec(stmt.order_by(col(Paper.first_seen).desc(), col(Paper.id)).limit(limit)))
+
+    def source_state(self, name: str) -> SourceState | None:
+        """A source's saved checkpoint, last success and last error (None before its first run)."""
+        with self.session() as s:
+            return s.get(SourceState, name)
 
     def source_cursor(self, name: str) -> str | None:
         with self.session() as s:

@@ -6,15 +6,20 @@ entries submitted before it).  A run pages back (`max_pages` at most, a `request
 between requests, as arXiv asks) until entries are older than the checkpoint, or on the first run
 older than `max_days`.  The id is the arXiv id without its version, so a new
 version updates the paper instead of adding one.  The checkpoint only moves when every page was
-read whole: after a failure or a broken page the next run reads the same span again.
+read whole: after a failure or a cut-off page the next run reads the same span again.  A page
+whose XML is broken is read entry by entry (`parse_feed`), so one malformed entry is skipped and
+named while the others are kept, each exactly as served.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import feedparser
+from feedparser.exceptions import CharacterEncodingOverride, NonXMLContentType
 
 from digest.errors import SourceError
 from digest.settings import SourceSettings
@@ -22,6 +27,59 @@ from digest.sources.base import FetchOptions, FetchResult, PaperRecord, arxiv_id
 from digest.sources.http import Http, policy_for
 
 DEFAULT_BASE_URL = "https://export.arxiv.org"
+
+
+@dataclass
+class ParsedFeed:
+    """A feed read entry by entry: its header fields, the entries that parsed, the ones that did not."""
+
+    feed: dict[str, Any]
+    entries: list[Any]
+    malformed: list[str] = field(default_factory=list)  # where each broken entry was (its id, or "entry N")
+    cut_off: bool = False  # the document ends before its closing tag: the rest of it never arrived
+    version: str = ""  # feedparser's name for the format ("rss20", "atom10"); "" when it is neither
+
+
+_BENIGN = (CharacterEncodingOverride, NonXMLContentType)
+
+
+def _well_formed(parsed: Any) -> bool:
+    return not parsed.get("bozo") or isinstance(parsed.get("bozo_exception"), _BENIGN)
+
+
+def parse_feed(body: bytes, *, item: str = "entry") -> ParsedFeed:
+    """Parse an Atom (`item="entry"`) or RSS (`item="item"`) document with feedparser.
+
+    A well-formed document is parsed once.  A broken one is cut at each `<entry>` (`<item>`) and
+    every piece parsed alone inside the document's own header, so a truncated or malformed entry
+    cannot swallow its neighbours (feedparser's lenient mode merges them) and is named instead."""
+    whole = feedparser.parse(body)
+    if _well_formed(whole):
+        return ParsedFeed(
+            dict(whole.get("feed") or {}), list(whole.get("entries") or []), version=str(whole.get("version") or "")
+        )
+    text = body.decode("utf-8", errors="replace")
+    starts = [m.start() for m in re.finditer(rf"<{item}[\s>]", text)]
+    closing = "</feed>" if item == "entry" else "</channel>"
+    tail = "</feed>" if item == "entry" else "</channel></rss>"
+    end = text.rfind(closing)
+    cut_off = end < 0
+    if not starts:
+        return ParsedFeed(dict(whole.get("feed") or {}), [], ["the document"], cut_off, str(whole.get("version") or ""))
+    head = text[: starts[0]]
+    header = feedparser.parse((head + tail).encode())
+    result = ParsedFeed(dict(header.get("feed") or {}), [], [], cut_off, str(header.get("version") or ""))
+    bounds = [*starts[1:], end if end > starts[-1] else len(text)]
+    for n, (start, stop) in enumerate(zip(starts, bounds, strict=True), 1):
+        piece = text[start:stop]
+        parsed = feedparser.parse((head + piece + tail).encode())
+        entries = list(parsed.get("entries") or [])
+        if _well_formed(parsed) and len(entries) == 1:
+            result.entries.append(entries[0])
+        elif not (cut_off and n == len(starts)):  # the cut-off last one is the page's fault, not its own
+            found = re.search(r"<(?:id|guid)[^>]*>\s*([^<\s]{1,100})", piece)
+            result.malformed.append(found.group(1) if found else f"{item} {n}")
+    return result
 
 
 def _when(value: Any) -> datetime | None:
@@ -106,14 +164,16 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
                     raise  # the source is down: nothing to save
                 result.error = str(e)
                 return result  # the cursor stays: the next run reads this span again
-            feed = feedparser.parse(content)
-            entries = feed.get("entries") or []
+            feed = parse_feed(content)
+            entries = feed.entries
             if any("/api/errors" in str(e.get("id") or "") for e in entries):
                 result.error = f"{url}: arXiv rejected the query: {entries[0].get('summary', '').strip()[:300]}"
                 return result
-            if feed.get("bozo"):
+            if feed.cut_off:
                 result.skipped["broken feed page"] += 1
                 whole = False
+            for where in feed.malformed:
+                result.skip("malformed entry", where[:80])
             for entry in entries:
                 try:
                     rec = parse_entry(entry, source=src.label, now=now)
@@ -130,7 +190,7 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
                 result.records.append(rec)
                 if rec.published is not None and (newest is None or rec.published > newest):
                     newest = rec.published
-            total = _int(feed.get("feed", {}).get("opensearch_totalresults"))
+            total = _int(feed.feed.get("opensearch_totalresults"))
             if done or not entries or (total is not None and (page + 1) * src.page_size >= total):
                 done = True
                 break
@@ -145,7 +205,7 @@ def fetch_arxiv(src: SourceSettings, cursor: str | None, now: datetime, options:
         newest = newest if newest.tzinfo else newest.replace(tzinfo=UTC)
         result.cursor = min(newest, options.clock()).isoformat()
     elif not whole:
-        result.notes.append("a page was broken: the checkpoint stays, the next run reads these pages again")
+        result.notes.append("a page was cut off: the checkpoint stays, the next run reads these pages again")
     return result
 
 
