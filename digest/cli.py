@@ -100,6 +100,8 @@ def _print_report(report, *, show_picks: bool) -> None:
             console.print(f"  note: {note}", markup=False, highlight=False)
     if report.model is not None:
         console.print(str(report.model), highlight=False)
+    for line in report.lookup_notes:
+        console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     for email, entries in report.unmatched_likes.items():
         for entry in entries:
             console.print(

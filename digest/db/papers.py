@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
-from digest.db.tables import Paper, SourceState, UpsertCounts, _utc, aware
+from digest.db.tables import Paper, PaperLookup, SourceState, UpsertCounts, _utc, aware
 from digest.sources.base import PaperRecord, arxiv_id, title_key
 
 # What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
@@ -174,6 +174,23 @@ class Papers(StoreBase):
                 escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 stmt = stmt.where(func.lower(col(Paper.title)).like(f"%{escaped}%", escape="\\"))
             return list(s.exec(stmt.order_by(col(Paper.first_seen).desc(), col(Paper.id)).limit(limit)))
+
+    def paper_lookups(self, keys: Sequence[str]) -> dict[str, PaperLookup]:
+        """The saved outcome of earlier lookups of these keys ("arxiv:2305.18290"), by key."""
+        with self.session() as s:
+            return {
+                row.key: row
+                for chunk in _chunks(list(dict.fromkeys(keys)), 500)
+                for row in s.exec(select(PaperLookup).where(col(PaperLookup.key).in_(list(chunk))))
+            }
+
+    def save_lookup(self, key: str, *, found: bool, reported: bool, detail: str, now: datetime) -> None:
+        """Remember one lookup: found or not, and whether its absence has been reported."""
+        with self.session() as s:
+            row = s.get(PaperLookup, key) or PaperLookup(key=key, tried_at=_utc(now))
+            row.found, row.reported, row.detail, row.tried_at = found, reported, detail[:500], _utc(now)
+            s.add(row)
+            s.commit()
 
     def source_state(self, name: str) -> SourceState | None:
         """A source's saved checkpoint, last success and last error (None before its first run)."""

@@ -113,6 +113,7 @@ def parse_entry(entry: Any, *, source: str, now: datetime) -> PaperRecord:
         raise ValueError("missing or absurd date")
     updated = sane_date(_when(entry.get("updated")), now) or published
     url, pdf = _links(entry)
+    version = re.search(r"v(\d+)$", raw_id.strip())
     return PaperRecord.make(
         id=pid,
         title=str(entry.get("title") or ""),
@@ -124,6 +125,9 @@ def parse_entry(entry: Any, *, source: str, now: datetime) -> PaperRecord:
         published=published,
         updated=max(updated, published),
         source=source,
+        doi=entry.get("arxiv_doi") or "",
+        journal_ref=entry.get("arxiv_journal_ref") or "",
+        version=int(version.group(1)) if version else 0,
     )
 
 
@@ -214,3 +218,71 @@ def _int(value: Any) -> int | None:
         return int(str(value).strip())
     except (TypeError, ValueError):
         return None
+
+
+@dataclass
+class IdLookup:
+    """What the API said about some ids: the papers found, the ids it does not have, and the ids
+    it could not be asked about (`error` says why; ask again later)."""
+
+    records: list[PaperRecord] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+ID_BATCH = 50  # ids per id_list request
+
+
+def fetch_ids(src: SourceSettings, ids: list[str], now: datetime, options: FetchOptions) -> IdLookup:
+    """Look up version-less arXiv ids through the API's `id_list`, `ID_BATCH` at a time, paced and
+    retried by the source's policy.  An id the API answers nothing for (or calls malformed) is
+    missing; ids of a batch that failed or came back cut off are `failed`, never missing."""
+    out = IdLookup()
+    url = f"{src.base_url or DEFAULT_BASE_URL}/api/query"
+    batches = [ids[i : i + ID_BATCH] for i in range(0, len(ids), ID_BATCH)]
+    with Http(policy_for(src), sleep=options.sleep) as http:
+        for n, batch in enumerate(batches):
+            if out.error:
+                out.failed.extend(batch)
+                continue
+            pending = list(batch)
+            while pending:
+                try:
+                    body = http.get(url, {"id_list": ",".join(pending), "max_results": len(pending)})
+                except SourceError as e:
+                    out.error = str(e)
+                    out.failed.extend(pending)
+                    break
+                feed = parse_feed(body)
+                bad = [
+                    str(e.get("id") or "").split("incorrect_id_format_for_", 1)[1]
+                    for e in feed.entries
+                    if "incorrect_id_format_for_" in str(e.get("id") or "")
+                ]
+                if bad:  # one malformed id fails the whole request: drop it and ask for the rest
+                    named = [i for i in pending if i in bad] or pending[:1]
+                    out.missing.extend(named)
+                    pending = [i for i in pending if i not in named]
+                    continue
+                if any("/api/errors" in str(e.get("id") or "") for e in feed.entries):
+                    out.error = f"{url}: arXiv rejected the lookup: {feed.entries[0].get('summary', '')[:200]}"
+                    out.failed.extend(pending)
+                    break
+                seen: set[str] = set()
+                for entry in feed.entries:
+                    try:
+                        rec = parse_entry(entry, source="arxiv lookup", now=now)
+                    except ValueError:
+                        continue  # an empty entry for an id it does not have (an older API answer)
+                    if rec.id in pending and rec.id not in seen:
+                        seen.add(rec.id)
+                        out.records.append(rec)
+                unseen = [i for i in pending if i not in seen]
+                if feed.cut_off or feed.malformed or not feed.version:
+                    out.failed.extend(unseen)  # the answer was broken: ask again next time
+                else:
+                    out.missing.extend(unseen)
+                break
+            options.advance(n + 1, len(batches))
+    return out
