@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -50,13 +48,6 @@ def answer_id_list(httpserver: HTTPServer, *, status: int = 200) -> list[Request
 
     httpserver.expect_request("/api/query").respond_with_handler(handler)
     return seen
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'digest.db'}")
-    yield s
-    s.close()
 
 
 def likes(store: Store) -> set[str]:

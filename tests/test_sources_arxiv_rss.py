@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
@@ -22,13 +20,6 @@ from .source_feeds import DATA, NOW, arxiv_rss_source
 LISTING = (DATA / "arxiv_rss_cs.LG.xml").read_text()
 EMPTY = (DATA / "arxiv_rss_empty.xml").read_text()
 SATURDAY = datetime(2026, 12, 5, 12, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'digest.db'}")
-    yield s
-    s.close()
 
 
 def serve(httpserver: HTTPServer, path: str, body: str | Response) -> None:
@@ -154,3 +145,15 @@ def test_digest_status_and_send_say_arxiv_announced_nothing(httpserver: HTTPServ
     )
     assert status.returncode == 0, status.stderr
     assert "source arxiv: arXiv announced nothing on Saturday 2026-12-05" in status.stdout
+
+
+def test_one_failed_category_of_two_is_an_error_not_announced_nothing(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
+    serve(httpserver, "/rss/cs.LG", EMPTY)
+    serve(httpserver, "/rss/cs.CV", Response("gone", status=404))
+    settings = make_config(arxiv_rss_source(httpserver.url_for(""), categories=("cs.LG", "cs.CV")))
+    [report] = ingest(store, settings, SATURDAY, sleep=lambda s: None)
+    assert "404" in report.error and "/rss/cs.CV" in report.error
+    assert not any("announced nothing on" in n for n in report.notes)
+    assert store.source_cursor("arxiv") is None

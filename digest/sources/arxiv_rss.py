@@ -163,8 +163,8 @@ def fetch_arxiv_rss(src: SourceSettings, cursor: str | None, now: datetime, opti
     result.records = list(found.values())
     result.updates = list(updates.values())
     announced = max(days, default=min(now, options.clock()).date())
-    if read and entries == 0:
+    if failure is None and entries == 0:  # every listing read, and all were empty: not a failure
         result.notes.append(announced_nothing(announced))
-    if read and failure is None:
+    if failure is None:
         result.cursor = json.dumps({"announced": announced.isoformat(), "entries": entries})
     return result
