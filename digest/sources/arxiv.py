@@ -14,6 +14,7 @@ named while the others are kept, each exactly as served.
 from __future__ import annotations
 
 import re
+import xml.parsers.expat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -51,8 +52,9 @@ def parse_feed(body: bytes, *, item: str = "entry") -> ParsedFeed:
     """Parse an Atom (`item="entry"`) or RSS (`item="item"`) document with feedparser.
 
     A well-formed document is parsed once.  A broken one is cut at each `<entry>` (`<item>`) and
-    every piece parsed alone inside the document's own header, so a truncated or malformed entry
-    cannot swallow its neighbours (feedparser's lenient mode merges them) and is named instead."""
+    the pieces parsed strictly inside the document's own header, halves apart until each broken
+    entry stands alone, so it cannot swallow its neighbours (feedparser's lenient mode merges
+    them) and is named instead."""
     whole = feedparser.parse(body)
     if _well_formed(whole):
         return ParsedFeed(
@@ -70,16 +72,40 @@ def parse_feed(body: bytes, *, item: str = "entry") -> ParsedFeed:
     header = feedparser.parse((head + tail).encode())
     result = ParsedFeed(dict(header.get("feed") or {}), [], [], cut_off, str(header.get("version") or ""))
     bounds = [*starts[1:], end if end > starts[-1] else len(text)]
-    for n, (start, stop) in enumerate(zip(starts, bounds, strict=True), 1):
-        piece = text[start:stop]
-        parsed = feedparser.parse((head + piece + tail).encode())
-        entries = list(parsed.get("entries") or [])
-        if _well_formed(parsed) and len(entries) == 1:
-            result.entries.append(entries[0])
-        elif not (cut_off and n == len(starts)):  # the cut-off last one is the page's fault, not its own
-            found = re.search(r"<(?:id|guid)[^>]*>\s*([^<\s]{1,100})", piece)
-            result.malformed.append(found.group(1) if found else f"{item} {n}")
+    pieces = [text[a:b] for a, b in zip(starts, bounds, strict=True)]
+    if cut_off:
+        pieces.pop()  # the cut-off last one is the page's fault, not its own
+    _parse_pieces(head, tail, pieces, 0, item, result)
     return result
+
+
+def _xml_ok(doc: bytes) -> bool:
+    """Is `doc` well-formed, namespaces included (expat, as feedparser's strict parser)?"""
+    parser = xml.parsers.expat.ParserCreate(namespace_separator=" ")
+    try:
+        parser.Parse(doc, True)
+    except xml.parsers.expat.ExpatError:
+        return False
+    return True
+
+
+def _parse_pieces(head: str, tail: str, pieces: list[str], first: int, item: str, result: ParsedFeed) -> None:
+    """Parse entries `pieces` together; when that fails, each half on its own, down to the single
+    broken entries (a few parses per broken entry, not one per entry)."""
+    if not pieces:
+        return
+    doc = (head + "".join(pieces) + tail).encode()
+    parsed = feedparser.parse(doc) if _xml_ok(doc) else None  # expat first: feedparser's lenient retry is slow
+    entries = list(parsed.get("entries") or []) if parsed is not None else []
+    if parsed is not None and _well_formed(parsed) and len(entries) == len(pieces):
+        result.entries.extend(entries)
+    elif len(pieces) == 1:
+        found = re.search(r"<(?:id|guid)[^>]*>\s*([^<\s]{1,100})", pieces[0])
+        result.malformed.append(found.group(1) if found else f"{item} {first + 1}")
+    else:
+        half = len(pieces) // 2
+        _parse_pieces(head, tail, pieces[:half], first, item, result)
+        _parse_pieces(head, tail, pieces[half:], first + half, item, result)
 
 
 def _when(value: Any) -> datetime | None:
