@@ -112,6 +112,8 @@ def _print_report(report, *, show_picks: bool) -> None:
             console.print(f"  note: {note}", markup=False, highlight=False)
     if report.model is not None:
         console.print(str(report.model), highlight=False)
+    for line in report.lookup_notes:
+        console.print(f"[yellow]{escape(line)}[/yellow]", highlight=False, soft_wrap=True)
     for email, entries in report.unmatched_likes.items():
         for entry in entries:
             console.print(
@@ -258,6 +260,7 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        _print_source_states(store, settings)
         known = {s.email for s in settings.subscribers}
         subscribers = list(settings.subscribers) + [s for s in store.subscribers() if s.email not in known]
         if not subscribers:
@@ -308,6 +311,29 @@ def status(config: ConfigOption = None, now: NowOption = None) -> None:
                 )
     finally:
         store.close()
+
+
+def _print_source_states(store, settings: Settings) -> None:
+    """For `digest status`: each arXiv listing's last announcement ("arXiv announced nothing on ...")
+    and any source's last failure."""
+    from digest.sources.arxiv_rss import status_line
+
+    for src in settings.sources:
+        state = store.source_state(src.label)
+        if src.kind == "arxiv_rss":
+            console.print(
+                f"source {src.label}: {status_line(state.cursor if state else None)}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        if state is not None and state.last_error:
+            console.print(
+                f"source {src.label}: last run failed: {state.last_error}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @app.command()

@@ -54,6 +54,7 @@ from digest.errors import (
     StoreError,
 )
 from digest.links import secret_key, unsubscribe_mailto
+from digest.lookup import lookup_arxiv
 from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.base import top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
@@ -61,6 +62,7 @@ from digest.rank.saved import ModelReport, ranker_for_day
 from digest.send import free_dead_claims, send_claimed, sender_name
 from digest.settings import Settings
 from digest.sources import FetchOptions, fetch
+from digest.sources.base import arxiv_id
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class RunReport:
     now: datetime
     sources: list[SourceReport] = field(default_factory=list)
     unmatched_likes: dict[str, list[str]] = field(default_factory=dict)
+    lookup_notes: list[str] = field(default_factory=list)  # liked ids looked up at arXiv: missing, failed
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str = ""  # the whole run stopped (e.g. SMTP login refused): said once, not per subscriber
     busy: str = ""  # another run held the lease, so this one did nothing
@@ -167,6 +170,10 @@ def ingest(
                 options = FetchOptions(since=since, sleep=sleep, progress=step, reader_categories=followed)
                 result = fetch(src, settings, cursor=store.source_cursor(src.label), now=now, options=options)
                 report.counts = store.upsert_papers(result.records, now)
+                if result.updates:  # arXiv replacements: stored papers only, never new ones
+                    report.counts.add(store.upsert_papers(result.updates, now, insert=False))
+                    if report.counts.absent:
+                        result.notes.append(f"{report.counts.absent} replaced papers we never had were left out")
                 for pid, why in report.counts.rejected.items():
                     result.skip("could not be stored", f"{pid} ({why})")
                 report.skipped, report.examples = result.skipped, result.examples
@@ -189,15 +196,36 @@ def ingest(
     return reports
 
 
-def sync_subscribers(store: Store, settings: Settings, now: datetime) -> dict[str, list[str]]:
-    """Mirror the config's subscribers and liked papers into the store; returns unmatched likes."""
+def sync_subscribers(
+    store: Store, settings: Settings, now: datetime, *, notes: list[str] | None = None
+) -> dict[str, list[str]]:
+    """Mirror the config's subscribers and liked papers into the store; returns unmatched likes.
+
+    Liked arXiv ids and URLs the store lacks are looked up at arXiv first (`digest.lookup`) and
+    count as likes at once; what that lookup has to say (an id arXiv does not have, once; a failed
+    lookup) is added to `notes`, and those entries are not listed as unmatched."""
     ids = store.sync_subscribers(settings.subscribers, now)
+    resolved = {entry: store.resolve_paper(entry) for sub in settings.subscribers for entry in sub.liked}
+    wanted = [aid for entry, pid in resolved.items() if pid is None and (aid := arxiv_id(entry))]
+    if wanted:
+        looked = lookup_arxiv(wanted, settings, store, now)
+        if notes is not None:
+            notes.extend(looked.lines())
+        said = set(looked.missing) | set(looked.known_missing) | set(looked.failed)
+        for entry, pid in resolved.items():
+            aid = arxiv_id(entry) if pid is None else None
+            if aid in looked.found:
+                resolved[entry] = aid
+            elif aid in said:
+                resolved[entry] = ""  # reported by the lookup, not as unmatched
     unmatched: dict[str, list[str]] = {}
     for sub in settings.subscribers:
         found: list[str] = []
         missing: list[str] = []
         for entry in sub.liked:
-            pid = store.resolve_paper(entry)
+            pid = resolved[entry]
+            if pid == "":
+                continue
             (found if pid else missing).append(pid or entry)
         store.replace_interactions(ids[sub.email], found, Kind.LIKE, now, origin="config")
         if missing:
@@ -589,7 +617,7 @@ def run_daily(
             report.busy = f"another daily run is in progress ({lease.holder()}); nothing done"
             return report
         report.sources = ingest(store, settings, now, progress)
-        report.unmatched_likes = sync_subscribers(store, settings, now)
+        report.unmatched_likes = sync_subscribers(store, settings, now, notes=report.lookup_notes)
         if not dry_run:
             free_dead_claims(store, clock())
         subscribers = store.subscribers()

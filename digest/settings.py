@@ -354,10 +354,12 @@ class RankingSettings(_Section):
 
 
 class SourceSettings(_Section):
-    kind: Literal["sample", "jsonl", "listing", "arxiv", "hf_daily"] = Field(
+    kind: Literal["sample", "jsonl", "listing", "arxiv", "arxiv_rss", "hf_daily"] = Field(
         description='Where papers come from: "sample" (the bundled sample corpus), '
         '"jsonl" (a file of {"id","title","abstract",...} lines), "listing" (saved listing pages: title line, abstract line), '
-        '"arxiv" (the arXiv API, new papers in `categories`), "hf_daily" (Hugging Face Daily Papers, with upvotes).'
+        '"arxiv" (the arXiv API, new papers in `categories`, also for backfill), '
+        '"arxiv_rss" (arXiv\'s daily announcement of `categories`, new and cross-listed papers; replacements update), '
+        '"hf_daily" (Hugging Face Daily Papers, with upvotes).'
     )
     name: str = Field("", description="A name for progress and reports; defaults to the kind.")
     path: str = Field(
@@ -365,12 +367,13 @@ class SourceSettings(_Section):
     )
     categories: list[str] = Field(
         default_factory=list,
-        description='arxiv: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for arxiv).',
+        description='arxiv / arxiv_rss: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for both).',
     )
     base_url: str = Field(
         "",
-        description="arxiv / hf_daily: the API's address; empty means https://export.arxiv.org or https://huggingface.co "
-        "(set it for a mirror or a test server).",
+        description="arxiv / arxiv_rss / hf_daily: the API's address; empty means https://export.arxiv.org, "
+        "https://rss.arxiv.org or https://huggingface.co (set it for a mirror or a test server; an arxiv_rss "
+        "server set here also answers the id lookups of liked papers, /api/query).",
     )
     page_size: int = Field(100, ge=1, le=2000, description="arxiv: papers asked for per request (max_results).")
     max_pages: int = Field(
@@ -423,8 +426,8 @@ class SourceSettings(_Section):
     def _needs_per_kind(self) -> SourceSettings:
         if self.kind in ("jsonl", "listing") and not self.path:
             raise ValueError(f'a source of kind "{self.kind}" needs a path')
-        if self.kind == "arxiv" and not self.categories:
-            raise ValueError('a source of kind "arxiv" needs categories, e.g. categories = ["cs.LG"]')
+        if self.kind in ("arxiv", "arxiv_rss") and not self.categories:
+            raise ValueError(f'a source of kind "{self.kind}" needs categories, e.g. categories = ["cs.LG"]')
         return self
 
     @property

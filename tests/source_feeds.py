@@ -90,3 +90,13 @@ def hf_source(base_url: str, **extra: object) -> str:
     settings = {"max_days": 3, "request_delay": 0, "backoff": 0, "max_attempts": 3, "timeout": 5} | extra
     lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     return f'\n[[sources]]\nkind = "hf_daily"\nname = "hf"\nbase_url = "{base_url}"\n{lines}'
+
+
+def arxiv_rss_source(base_url: str, categories: tuple[str, ...] = ("cs.LG",), **extra: object) -> str:
+    """A [[sources]] block for arXiv's daily listing at the test server (also its /api/query for lookups)."""
+    settings = {"request_delay": 0, "backoff": 0, "max_attempts": 2, "timeout": 5} | extra
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    return (
+        f'\n[[sources]]\nkind = "arxiv_rss"\nname = "arxiv"\ncategories = {json.dumps(list(categories))}\n'
+        f'base_url = "{base_url}"\n{lines}'
+    )

@@ -262,3 +262,24 @@ def test_the_checkpoint_never_passes_the_real_clock(httpserver: HTTPServer, make
     )
     assert len(result.records) == 2
     assert result.cursor == NOW.isoformat()
+
+
+def test_one_malformed_entry_keeps_the_rest_of_the_page_and_the_checkpoint_moves(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
+    """feedparser's lenient mode lets an unclosed tag swallow the next entry; read alone, each entry
+    keeps its own fields and only the broken one is skipped, by id."""
+    entries = [
+        atom_entry("2611.00201v1", "First", published="2026-11-22T10:00:00Z"),
+        atom_entry("2611.00202v1", "Broken", published="2026-11-22T09:00:00Z").replace("</summary>", ""),
+        atom_entry("2611.00203v1", "Third", published="2026-11-22T08:00:00Z", summary="Third abstract."),
+    ]
+    serve_pages(httpserver, {0: atom_feed(entries)})
+    settings = make_config(arxiv_source(httpserver.url_for(""), page_size=10))
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert report.error == "" and report.counts.new == 2
+    assert report.skipped == {"malformed entry": 1}
+    assert report.examples["malformed entry"] == ["http://arxiv.org/abs/2611.00202v1"]
+    [third] = store.papers(["2611.00203"])
+    assert third.title == "Third" and third.abstract == "Third abstract."
+    assert store.source_cursor("arxiv") == "2026-11-22T10:00:00+00:00"

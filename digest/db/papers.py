@@ -14,7 +14,7 @@ from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
-from digest.db.tables import Paper, SourceState, UpsertCounts, _utc, aware
+from digest.db.tables import Paper, PaperLookup, SourceState, UpsertCounts, _utc, aware
 from digest.sources.base import PaperRecord, arxiv_id, title_key
 
 # What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
@@ -26,8 +26,14 @@ _BAD_RECORD = (DataError, IntegrityError, UnicodeError, OverflowError, ValueErro
 class Papers(StoreBase):
     """Papers and source checkpoints."""
 
-    def upsert_papers(self, records: Iterable[PaperRecord], now: datetime) -> UpsertCounts:
+    def upsert_papers(
+        self, records: Iterable[PaperRecord], now: datetime, *, insert: bool = True, backfill: bool = False
+    ) -> UpsertCounts:
         """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper).
+
+        `insert=False` only updates stored papers (an arXiv replacement of a paper we never had is
+        left out, counted in `absent`).  `backfill=True` stores a new paper as first seen when it was
+        published, so an old paper looked up by id is never one of today's candidates.
 
         A record the database cannot hold is left out and named in `rejected`; the others are
         stored.  The batch goes in one transaction; when it fails on a bad record it is halved until
@@ -35,7 +41,7 @@ class Papers(StoreBase):
         """
         records = list(records)
         try:
-            return self._upsert_batch(records, now)
+            return self._upsert_batch(records, now, insert=insert, backfill=backfill)
         except _BAD_RECORD as e:
             if len(records) == 1:
                 reason = str(getattr(e, "orig", None) or e).splitlines()[0][:200]
@@ -43,10 +49,10 @@ class Papers(StoreBase):
         counts = UpsertCounts()
         half = len(records) // 2
         for part in (records[:half], records[half:]):
-            counts.add(self.upsert_papers(part, now))
+            counts.add(self.upsert_papers(part, now, insert=insert, backfill=backfill))
         return counts
 
-    def _upsert_batch(self, records: list[PaperRecord], now: datetime) -> UpsertCounts:
+    def _upsert_batch(self, records: list[PaperRecord], now: datetime, *, insert: bool, backfill: bool) -> UpsertCounts:
         counts = UpsertCounts()
         stamp = _utc(now)
         with self.session() as s:
@@ -73,8 +79,12 @@ class Papers(StoreBase):
                     "journal_ref": rec.journal_ref,
                     "version": rec.version,
                 }
+                if row is None and not insert:
+                    counts.absent += 1
+                    continue
                 if row is None:
-                    known[rec.id] = Paper(id=rec.id, first_seen=stamp, last_changed=stamp, **values)
+                    seen = min(values["published"] or stamp, stamp) if backfill else stamp
+                    known[rec.id] = Paper(id=rec.id, first_seen=seen, last_changed=stamp, **values)
                     s.add(known[rec.id])
                     counts.new += 1
                     continue
@@ -164,6 +174,28 @@ class Papers(StoreBase):
                 escaped = w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
                 stmt = stmt.where(func.lower(col(Paper.title)).like(f"%{escaped}%", escape="\\"))
             return list(s.exec(stmt.order_by(col(Paper.first_seen).desc(), col(Paper.id)).limit(limit)))
+
+    def paper_lookups(self, keys: Sequence[str]) -> dict[str, PaperLookup]:
+        """The saved outcome of earlier lookups of these keys ("arxiv:2305.18290"), by key."""
+        with self.session() as s:
+            return {
+                row.key: row
+                for chunk in _chunks(list(dict.fromkeys(keys)), 500)
+                for row in s.exec(select(PaperLookup).where(col(PaperLookup.key).in_(list(chunk))))
+            }
+
+    def save_lookup(self, key: str, *, found: bool, reported: bool, detail: str, now: datetime) -> None:
+        """Remember one lookup: found or not, and whether its absence has been reported."""
+        with self.session() as s:
+            row = s.get(PaperLookup, key) or PaperLookup(key=key, tried_at=_utc(now))
+            row.found, row.reported, row.detail, row.tried_at = found, reported, detail[:500], _utc(now)
+            s.add(row)
+            s.commit()
+
+    def source_state(self, name: str) -> SourceState | None:
+        """A source's saved checkpoint, last success and last error (None before its first run)."""
+        with self.session() as s:
+            return s.get(SourceState, name)
 
     def source_cursor(self, name: str) -> str | None:
         with self.session() as s:

@@ -237,11 +237,13 @@ class UpsertCounts:
     updated: int = 0
     unchanged: int = 0
     rejected: dict[str, str] = field(default_factory=dict)  # paper id -> why the database refused it
+    absent: int = 0  # updates for papers not stored, left out (upsert_papers(insert=False))
 
     def add(self, other: UpsertCounts) -> None:
         self.new += other.new
         self.updated += other.updated
         self.unchanged += other.unchanged
+        self.absent += other.absent
         self.rejected.update(other.rejected)
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from digest.resources import sample_corpus_path
 from digest.settings import Settings, SourceSettings
 from digest.sources.arxiv import fetch_arxiv
+from digest.sources.arxiv_rss import fetch_arxiv_rss
 from digest.sources.base import FetchOptions, FetchResult, PaperRecord
 from digest.sources.files import read_jsonl
 from digest.sources.hf import fetch_hf_daily
@@ -55,6 +56,12 @@ def _arxiv(
     return fetch_arxiv(src.model_copy(update={"categories": wanted}), cursor, now, options)
 
 
+def _arxiv_rss(
+    src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
+) -> FetchResult:
+    return fetch_arxiv_rss(src, cursor, now, options)
+
+
 def _hf_daily(
     src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
 ) -> FetchResult:
@@ -66,6 +73,7 @@ FETCHERS: dict[str, Fetcher] = {
     "jsonl": _jsonl,
     "listing": _listing,
     "arxiv": _arxiv,
+    "arxiv_rss": _arxiv_rss,
     "hf_daily": _hf_daily,
 }
 

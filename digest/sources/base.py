@@ -268,6 +268,7 @@ class FetchResult:
     error: str = ""
     notes: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> where (first few)
+    updates: list[PaperRecord] = field(default_factory=list)  # for stored papers only (arXiv replacements)
 
     def skip(self, reason: str, where: str = "") -> None:
         """Count one skipped entry under `reason`, naming where it was (a line, an id) for the first few."""
