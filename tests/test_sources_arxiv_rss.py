@@ -157,3 +157,15 @@ def test_one_failed_category_of_two_is_an_error_not_announced_nothing(
     assert "404" in report.error and "/rss/cs.CV" in report.error
     assert not any("announced nothing on" in n for n in report.notes)
     assert store.source_cursor("arxiv") is None
+
+
+def test_a_quiet_category_beside_a_busy_one_is_a_note(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
+    serve(httpserver, "/rss/cs.LG", LISTING)
+    serve(httpserver, "/rss/q-fin.TR", EMPTY)
+    settings = make_config(arxiv_rss_source(httpserver.url_for(""), categories=("cs.LG", "q-fin.TR")))
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert report.error == "" and report.counts.new == 2
+    assert "nothing announced in q-fin.TR" in report.notes
+    assert not any("announced nothing on" in n for n in report.notes)

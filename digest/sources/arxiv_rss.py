@@ -113,6 +113,7 @@ def fetch_arxiv_rss(src: SourceSettings, cursor: str | None, now: datetime, opti
     days: list[date] = []
     read = 0
     entries = 0
+    quiet: list[str] = []  # categories whose listing was empty
     failure: SourceError | None = None
     with Http(policy_for(src), sleep=options.sleep) as http:
         for i, category in enumerate(categories):
@@ -137,8 +138,8 @@ def fetch_arxiv_rss(src: SourceSettings, cursor: str | None, now: datetime, opti
             for where in feed.malformed:
                 result.skip("malformed entry", f"{category} {where}"[:80])
             entries += len(feed.entries) + len(feed.malformed)
-            if not feed.entries and not feed.malformed and len(categories) > 1:
-                result.notes.append(f"{category}: nothing announced")
+            if not feed.entries and not feed.malformed:
+                quiet.append(category)
             for item in feed.entries:
                 try:
                     rec, kind = parse_item(item, source=src.label, now=now)
@@ -165,6 +166,8 @@ def fetch_arxiv_rss(src: SourceSettings, cursor: str | None, now: datetime, opti
     announced = max(days, default=min(now, options.clock()).date())
     if failure is None and entries == 0:  # every listing read, and all were empty: not a failure
         result.notes.append(announced_nothing(announced))
+    elif quiet and entries:
+        result.notes.append(f"nothing announced in {', '.join(quiet)}")
     if failure is None:
         result.cursor = json.dumps({"announced": announced.isoformat(), "entries": entries})
     return result
