@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -241,7 +242,7 @@ def test_import_library_command(make_config: ConfigFactory, tmp_path: Path) -> N
     done = cli("import-library", str(DATA / "zotero.ris"), "--email", "ada@example.org", "-c", config, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "ada@example.org: library zotero.ris: 4 entries, 3 papers, 1 problems: zotero.ris: reference (line 34): "
+        "ada@example.org: library zotero.ris: 4 entries, 3 papers, 1 problem: zotero.ris: reference (line 34): "
         "missing title; 3 liked (3 new papers, 0 already known)"
     )
     again = cli("import-library", str(DATA / "zotero.json"), "--email", "ada@example.org", "-c", config, cwd=tmp_path)
@@ -326,3 +327,29 @@ def test_a_300_entry_library_alone_steers_the_picks(make_config: ConfigFactory, 
     assert len(ada) == 10 and sum(bool(VISION.search(t)) for t in ada) >= 7, ada  # 11% of the candidates are
     for o in report.outcomes:
         assert o.picks and not any(p.paper.source == "library" for p in o.picks), o.email
+
+
+def test_the_preferences_page_shows_the_library_likes(make_config: ConfigFactory, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from digest import links
+    from digest.web.app import create_app
+
+    (tmp_path / "zotero.bib").write_bytes((DATA / "zotero.bib").read_bytes())
+    settings = make_config(READER.format(paths='"zotero.bib"'))
+    store = Store(settings.database_url)
+    try:
+        from digest.pipeline import ingest
+
+        ingest(store, settings, NOW)
+        sync_subscribers(store, settings, NOW)
+        sync_libraries(store, settings, NOW)
+        url = links.manage_url(settings, links.secret_key(settings), "ada@example.org")
+        with TestClient(create_app(settings, store=store), base_url="https://digest.example.org") as client:
+            parts = urlsplit(url)
+            page = client.get(f"{parts.path}?{parts.query}")
+        assert page.status_code == 200
+        assert "Direct Preference Optimization: Your Language Model Is Secretly a Reward Model" in page.text
+        assert page.text.count("from your library zotero.bib") == 5
+    finally:
+        store.close()

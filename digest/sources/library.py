@@ -60,7 +60,7 @@ class LibraryResult:
         line = f"{self.entries} entries, {len(self.records)} papers"
         if self.problems:
             shown = "; ".join(self.problems[:MAX_EXAMPLES]) + ("; ..." if len(self.problems) > MAX_EXAMPLES else "")
-            line += f", {len(self.problems)} problems: {shown}"
+            line += f", {len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}: {shown}"
         return line
 
 
