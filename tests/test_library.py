@@ -353,3 +353,52 @@ def test_the_preferences_page_shows_the_library_likes(make_config: ConfigFactory
         assert page.text.count("from your library zotero.bib") == 5
     finally:
         store.close()
+
+
+def test_a_library_file_posted_on_the_preferences_page(make_config: ConfigFactory) -> None:
+    """The upload: a good file becomes likes; a bad or oversized one is refused with why (never a 5xx)
+    and changes nothing."""
+    from starlette.testclient import TestClient
+
+    from digest import links
+    from digest.web import forms
+    from digest.web.app import create_app
+
+    settings = make_config(READER.format(paths=""))
+    store = Store(settings.database_url)
+    try:
+        sync_subscribers(store, settings, NOW)
+        ada = store.subscriber(email="ada@example.org")
+        assert ada is not None
+        parts = urlsplit(links.manage_url(settings, links.secret_key(settings), "ada@example.org"))
+        with TestClient(create_app(settings, store=store), base_url="https://digest.example.org") as client:
+            page = client.get(f"{parts.path}?{parts.query}")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert page.status_code == 200 and csrf and 'enctype="multipart/form-data"' in page.text
+            url = f"/preferences/library?{parts.query}"
+
+            def post(name: str, data: bytes):
+                return client.post(url, data={"csrf": csrf.group(1)}, files={"library": (name, data, "text/plain")})
+
+            done = post("My Library.bib", (DATA / "zotero.bib").read_bytes())
+            assert done.status_code == 200, done.text
+            assert "Imported your library My Library.bib: 6 entries, 5 papers, 2 problems" in done.text
+            assert len(store.liked_papers(ada.id)) == 5
+            bad = post("photo.bib", random.Random(2).randbytes(3000))
+            assert bad.status_code == 400
+            assert (
+                "photo.bib: not a text file (export the library as BibTeX, RIS or CSL-JSON) Nothing was changed."
+                in bad.text
+            )
+            for size in (forms.MAX_UPLOAD + 1, 50 * 1024 * 1024):
+                big = post("huge.bib", b"%" * size)
+                assert big.status_code == 413 and "larger than 5 MB" in big.text
+            empty = client.post(url, data={"csrf": csrf.group(1)}, files={"other": ("x.bib", b"", "text/plain")})
+            assert empty.status_code == 400 and "Choose a library file first." in empty.text
+            forged = client.post(url, data={"csrf": "nope"}, files={"library": ("x.bib", b"@misc{a, title={T}}")})
+            assert forged.status_code == 403
+            assert len(store.liked_papers(ada.id)) == 5  # none of these changed anything
+            again = post("My Library.bib", (DATA / "zotero.ris").read_bytes())  # the same name: replaced
+            assert again.status_code == 200 and len(store.liked_papers(ada.id)) == 3
+    finally:
+        store.close()

@@ -125,13 +125,7 @@ def _binary(head: bytes) -> bool:
 
 
 def _kind(name: str, text: str) -> str:
-    lower = name.lower()
-    if lower.endswith((".bib", ".bibtex")):
-        return "bibtex"
-    if lower.endswith(".ris"):
-        return "ris"
-    if lower.endswith(".json"):
-        return "csl"
+    """The format by content (what a file holds wins over its name), else by extension."""
     head = text.lstrip()[:4096]
     if head.startswith(("[", "{")):
         return "csl"
@@ -139,6 +133,13 @@ def _kind(name: str, text: str) -> str:
         return "ris"
     if re.search(r"@\w+\s*[{(]", head):
         return "bibtex"
+    lower = name.lower()
+    if lower.endswith((".bib", ".bibtex")):
+        return "bibtex"
+    if lower.endswith(".ris"):
+        return "ris"
+    if lower.endswith(".json"):
+        return "csl"
     return ""
 
 
