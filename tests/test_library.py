@@ -398,6 +398,22 @@ def test_a_library_file_posted_on_the_preferences_page(make_config: ConfigFactor
             forged = client.post(url, data={"csrf": "nope"}, files={"library": ("x.bib", b"@misc{a, title={T}}")})
             assert forged.status_code == 403
             assert len(store.liked_papers(ada.id)) == 5  # none of these changed anything
+            hostile = [
+                ("multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data; name="library"'),
+                ("multipart/form-data", b"no boundary at all"),
+                ("multipart/form-data; boundary=xx", b"--xx\r\n\r\n\r\n--xx--\r\n"),
+                ("application/x-www-form-urlencoded", b"csrf=" + csrf.group(1).encode()),
+            ]
+            for content_type, body in hostile:
+                answer = client.post(url, content=body, headers={"content-type": content_type})
+                assert 400 <= answer.status_code < 500, (content_type, body, answer.status_code)
+
+            def endless():  # chunked, no content-length: cut off at the limit
+                for _ in range(2000):
+                    yield b"A" * 4096
+
+            streamed = client.post(url, content=endless(), headers={"content-type": "multipart/form-data; boundary=xx"})
+            assert streamed.status_code == 413
             again = post("My Library.bib", (DATA / "zotero.ris").read_bytes())  # the same name: replaced
             assert again.status_code == 200 and len(store.liked_papers(ada.id)) == 3
     finally:
