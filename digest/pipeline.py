@@ -217,6 +217,11 @@ def import_library(store: Store, subscriber_id: int, result: LibraryResult, now:
     return f"{result.summary()}; {len(set(liked))} liked ({counts.new} new papers, {merged} already known)"
 
 
+def _library_state(email: str, origin: str) -> str:
+    """The source_state row keeping a reader's library file's hash (short: a path can be long)."""
+    return "library:" + hashlib.sha256(f"{email}|{origin}".encode()).hexdigest()[:40]
+
+
 def sync_libraries(store: Store, settings: Settings, now: datetime) -> list[str]:
     """Read each reader's `library` files into their likes, a file only when it changed since
     the last read (a hash per reader and file in source_state); a file no longer listed takes its
@@ -230,9 +235,9 @@ def sync_libraries(store: Store, settings: Settings, now: datetime) -> list[str]
         for origin in store.interaction_origins(row.id, Kind.LIKE, prefix="library:"):
             if origin not in wanted:
                 store.replace_interactions(row.id, [], Kind.LIKE, now, origin=origin)
-                store.save_source_state(f"{origin}|{sub.email}", cursor=None, now=now)
+                store.save_source_state(_library_state(sub.email, origin), cursor=None, now=now)
         for origin, path in wanted.items():
-            state = f"{origin}|{sub.email}"
+            state = _library_state(sub.email, origin)
             try:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
                 if digest and digest == store.source_cursor(state):
