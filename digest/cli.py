@@ -119,6 +119,8 @@ def _print_report(report, *, show_picks: bool) -> None:
             console.print(
                 f"[yellow]{escape(email)}: liked entry matches no known paper: {escape(repr(entry))}[/yellow]"
             )
+    for line in report.libraries:
+        console.print(line, markup=False, highlight=False)
     for out in report.outcomes:
         line = f"{out.email}: {out.status}"
         if out.digest_date:
@@ -538,6 +540,39 @@ def import_listing(
     count = write_jsonl(result.records, output)
     skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.most_common()) or "none"
     console.print(f"{count} papers from {len(files)} page(s) written to {output}; skipped: {skipped}")
+
+
+@app.command("import-library")
+def import_library(
+    file: Annotated[Path, typer.Argument(help="A BibTeX (.bib), RIS (.ris) or CSL-JSON (.json) library export.")],
+    email: Annotated[str, typer.Option("--email", help="The reader whose liked papers the library becomes.")],
+    config: ConfigOption = None,
+    now: NowOption = None,
+) -> None:
+    """Import a reader's library (Zotero, Mendeley, JabRef exports) as their liked papers.
+
+    Importing the same file again replaces that file's likes; the papers stay out of the day's news."""
+    from digest import pipeline
+    from digest.db import Store
+    from digest.sources.base import MAX_EXAMPLES
+    from digest.sources.library import read_library
+
+    settings = _settings(config)
+    moment = _parse_now(now)
+    result = read_library(file)
+    store = Store(settings.database_url)
+    try:
+        pipeline.sync_subscribers(store, settings, moment)
+        row = store.subscriber(email=email.strip())
+        if row is None:
+            raise DigestError(f"--email: no reader {email.strip()!r} (add them to the config or sign them up first)")
+        line = pipeline.import_library(store, row.id, result, moment, origin=f"import:{file.name}")
+    finally:
+        store.close()
+    console.print(f"{row.email}: library {file.name}: {line}", markup=False, highlight=False)
+    if len(result.problems) > MAX_EXAMPLES:  # the line names the first few
+        for problem in result.problems:
+            console.print(f"  {problem}", markup=False, highlight=False)
 
 
 @app.command()

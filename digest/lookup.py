@@ -81,7 +81,7 @@ def lookup_arxiv(
     if not ask:
         return report
     result = fetch_ids(src, ask, now, FetchOptions(sleep=sleep))
-    counts = store.upsert_papers(result.records, now, backfill=True)
+    counts = store.upsert_papers(result.records, now, old=True)
     for rec in result.records:
         if rec.id not in counts.rejected:
             report.found.append(rec.id)

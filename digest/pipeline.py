@@ -7,6 +7,7 @@ finished row is never sent again.  One source's or one subscriber's failure neve
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import re
@@ -63,6 +64,7 @@ from digest.send import free_dead_claims, send_claimed, sender_name
 from digest.settings import Settings
 from digest.sources import FetchOptions, fetch
 from digest.sources.base import arxiv_id
+from digest.sources.library import LibraryResult, read_library
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class RunReport:
     sources: list[SourceReport] = field(default_factory=list)
     unmatched_likes: dict[str, list[str]] = field(default_factory=dict)
     lookup_notes: list[str] = field(default_factory=list)  # liked ids looked up at arXiv: missing, failed
+    libraries: list[str] = field(default_factory=list)  # "ada@x.org: library zotero.bib: 298 entries, ..."
     outcomes: list[Outcome] = field(default_factory=list)
     fatal: str = ""  # the whole run stopped (e.g. SMTP login refused): said once, not per subscriber
     busy: str = ""  # another run held the lease, so this one did nothing
@@ -231,6 +234,57 @@ def sync_subscribers(
         if missing:
             unmatched[sub.email] = missing
     return unmatched
+
+
+def import_library(store: Store, subscriber_id: int, result: LibraryResult, now: datetime, *, origin: str) -> str:
+    """Store a library's papers (merged with the stored ones by arXiv id, DOI, then title; new
+    ones kept out of the day's candidates) and make them exactly this origin's likes of the
+    reader; returns a line saying what happened."""
+    records = store.match_records(result.records)
+    counts = store.upsert_papers(records, now, old=True)
+    liked = [r.id for r in records if r.id not in counts.rejected]
+    store.replace_interactions(subscriber_id, liked, Kind.LIKE, now, origin=origin)
+    for pid, why in counts.rejected.items():
+        result.problem(f"paper {pid}", f"could not be stored ({why})")
+    merged = len(set(liked)) - counts.new
+    return f"{result.summary()}; {len(set(liked))} liked ({counts.new} new papers, {merged} already known)"
+
+
+def _library_state(email: str, origin: str) -> str:
+    """The source_state row keeping a reader's library file's hash (short: a path can be long)."""
+    return "library:" + hashlib.sha256(f"{email}|{origin}".encode()).hexdigest()[:40]
+
+
+def sync_libraries(store: Store, settings: Settings, now: datetime) -> list[str]:
+    """Read each reader's `library` files into their likes, a file only when it changed since
+    the last read (a hash per reader and file in source_state); a file no longer listed takes its
+    likes with it.  One line per file read or failed; a bad file never stops the others."""
+    lines: list[str] = []
+    for sub in settings.subscribers:
+        row = store.subscriber(email=sub.email)
+        if row is None:
+            continue
+        wanted = {f"library:{settings.resolve(p)}": settings.resolve(p) for p in sub.library}
+        for origin in store.interaction_origins(row.id, Kind.LIKE, prefix="library:"):
+            if origin not in wanted:
+                store.replace_interactions(row.id, [], Kind.LIKE, now, origin=origin)
+                store.save_source_state(_library_state(sub.email, origin), cursor=None, now=now)
+        for origin, path in wanted.items():
+            state = _library_state(sub.email, origin)
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+                if digest and digest == store.source_cursor(state):
+                    continue
+                result = read_library(path)
+                line = import_library(store, row.id, result, now, origin=origin)
+                store.save_source_state(state, cursor=digest, now=now)
+                lines.append(f"{sub.email}: library {path.name}: {line}")
+            except StoreError:
+                raise
+            except DigestError as e:
+                store.save_source_state(state, cursor=None, now=now, error=str(e))
+                lines.append(f"{sub.email}: library {path.name}: failed: {e} (its likes are kept as they were)")
+    return lines
 
 
 # -- rank ---------------------------------------------------------------------------------------
@@ -618,6 +672,7 @@ def run_daily(
             return report
         report.sources = ingest(store, settings, now, progress)
         report.unmatched_likes = sync_subscribers(store, settings, now, notes=report.lookup_notes)
+        report.libraries = sync_libraries(store, settings, now)
         if not dry_run:
             free_dead_claims(store, clock())
         subscribers = store.subscribers()

@@ -461,6 +461,11 @@ class SubscriberSettings(_Section):
         default_factory=list,
         description="Papers you liked: arXiv ids (2106.09685), arXiv or Hugging Face paper URLs, or exact titles.",
     )
+    library: list[str] = Field(
+        default_factory=list,
+        description="Your reference library as liked papers: BibTeX, RIS or CSL-JSON exports (Zotero, Mendeley, "
+        "JabRef), relative to this file; re-read when a file changes.",
+    )
     keywords: list[str] = Field(default_factory=list, description="Topics you care about; they pull papers up.")
     exclude_keywords: list[str] = Field(
         default_factory=list, description="Papers whose title or abstract contains any of these are never sent."
@@ -505,7 +510,7 @@ class SubscriberSettings(_Section):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("liked", "keywords", "exclude_keywords")
+    @field_validator("liked", "library", "keywords", "exclude_keywords")
     @classmethod
     def _no_blank(cls, value: list[str]) -> list[str]:
         cleaned = [v.strip() for v in value]

@@ -43,6 +43,7 @@ from digest.pipeline import (
     due_subscribers,
     ingest,
     rank_due,
+    sync_libraries,
     sync_subscribers,
     trending,
 )
@@ -192,6 +193,7 @@ def _plan(
     if ingest_sources:
         ingest(store, settings, now, progress)
         sync_subscribers(store, settings, now)
+        sync_libraries(store, settings, now)
     free_dead_claims(store, clock())
     report.timings["ingest"] = timer() - start
     start = timer()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +21,10 @@ from digest.sources.base import PaperRecord, arxiv_id, title_key
 # What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
 # large, an unencodable string): that record is refused, the rest are stored.  Never the errors of
 # the database itself (OperationalError: disk full, read-only, gone), which stop the run.
+# When a paper from a reader's library (an old paper) was first seen, as far as the day's candidates
+# go: never.  A source that later fetches the paper gives it its real first_seen.
+LIBRARY_SEEN = datetime(1970, 1, 1, tzinfo=UTC)
+
 _BAD_RECORD = (DataError, IntegrityError, UnicodeError, OverflowError, ValueError, TypeError)
 
 
@@ -27,13 +32,14 @@ class Papers(StoreBase):
     """Papers and source checkpoints."""
 
     def upsert_papers(
-        self, records: Iterable[PaperRecord], now: datetime, *, insert: bool = True, backfill: bool = False
+        self, records: Iterable[PaperRecord], now: datetime, *, insert: bool = True, old: bool = False
     ) -> UpsertCounts:
         """Insert new papers, update changed ones (a new arXiv version is an update, not a new paper).
 
         `insert=False` only updates stored papers (an arXiv replacement of a paper we never had is
-        left out, counted in `absent`).  `backfill=True` stores a new paper as first seen when it was
-        published, so an old paper looked up by id is never one of today's candidates.
+        left out, counted in `absent`).  `old=True`: papers a reader named (a library's entries, liked
+        ids looked up at arXiv), old papers: new rows are first seen at LIBRARY_SEEN (never among the
+        day's candidates) and known rows only get their blanks filled.
 
         A record the database cannot hold is left out and named in `rejected`; the others are
         stored.  The batch goes in one transaction; when it fails on a bad record it is halved until
@@ -41,7 +47,7 @@ class Papers(StoreBase):
         """
         records = list(records)
         try:
-            return self._upsert_batch(records, now, insert=insert, backfill=backfill)
+            return self._upsert_batch(records, now, insert=insert, old=old)
         except _BAD_RECORD as e:
             if len(records) == 1:
                 reason = str(getattr(e, "orig", None) or e).splitlines()[0][:200]
@@ -49,10 +55,10 @@ class Papers(StoreBase):
         counts = UpsertCounts()
         half = len(records) // 2
         for part in (records[:half], records[half:]):
-            counts.add(self.upsert_papers(part, now, insert=insert, backfill=backfill))
+            counts.add(self.upsert_papers(part, now, insert=insert, old=old))
         return counts
 
-    def _upsert_batch(self, records: list[PaperRecord], now: datetime, *, insert: bool, backfill: bool) -> UpsertCounts:
+    def _upsert_batch(self, records: list[PaperRecord], now: datetime, *, insert: bool, old: bool) -> UpsertCounts:
         counts = UpsertCounts()
         stamp = _utc(now)
         with self.session() as s:
@@ -83,7 +89,7 @@ class Papers(StoreBase):
                     counts.absent += 1
                     continue
                 if row is None:
-                    seen = min(values["published"] or stamp, stamp) if backfill else stamp
+                    seen = _utc(LIBRARY_SEEN) if old else stamp
                     known[rec.id] = Paper(id=rec.id, first_seen=seen, last_changed=stamp, **values)
                     s.add(known[rec.id])
                     counts.new += 1
@@ -95,6 +101,10 @@ class Papers(StoreBase):
                 row_updated = aware(row.updated)
                 rec_updated = values["updated"]
                 replace = row_updated is None or (rec_updated is not None and rec_updated >= row_updated)
+                replace = replace and not old
+                if not old and aware(row.first_seen) <= LIBRARY_SEEN:
+                    row.first_seen = stamp  # a library's paper that a source now brings: news from today
+                    changed = True
                 for key, value in values.items():
                     if key in ("upvotes", "comments", "version"):
                         value = max(value, getattr(row, key) or 0)
@@ -145,10 +155,31 @@ class Papers(StoreBase):
             rows = s.exec(
                 select(col(Paper.id)).where(
                     (col(Paper.first_seen) >= stamp)
-                    | ((col(Paper.published) != None) & (col(Paper.published) >= stamp))  # noqa: E711
+                    | (
+                        (col(Paper.published) != None)  # noqa: E711
+                        & (col(Paper.published) >= stamp)
+                        & (col(Paper.first_seen) > _utc(LIBRARY_SEEN))  # a library's paper is not news
+                    )
                 )
             )
             return list(rows)
+
+    def match_records(self, records: Sequence[PaperRecord]) -> list[PaperRecord]:
+        """`records` with the ids of the stored papers they are (by arXiv id, then DOI, then
+        normalised title), so an upsert merges with them; the others keep their own ids."""
+        out = []
+        with self.session() as s:
+            for rec in records:
+                pid: str | None = None
+                if arxiv_id(rec.id) and s.get(Paper, rec.id) is not None:
+                    pid = rec.id
+                if pid is None and rec.doi:
+                    pid = s.exec(select(col(Paper.id)).where(col(Paper.doi) == rec.doi).order_by(col(Paper.id))).first()
+                if pid is None and (key := title_key(rec.title)):
+                    query = select(col(Paper.id)).where(col(Paper.title_key) == key).order_by(col(Paper.id))
+                    pid = s.exec(query).first()
+                out.append(dataclasses.replace(rec, id=pid) if pid and pid != rec.id else rec)
+        return out
 
     def resolve_paper(self, entry: str) -> str | None:
         """The paper an arXiv id, arXiv/HF URL or exact title (case and spacing aside) names."""

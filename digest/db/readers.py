@@ -147,6 +147,20 @@ class Readers(StoreBase):
                     )
             s.commit()
 
+    def interaction_origins(self, subscriber_id: int, kind: str, *, prefix: str = "") -> list[str]:
+        """The origins of a subscriber's interactions of a kind (those starting with `prefix`)."""
+        with self.session() as s:
+            rows = s.exec(
+                select(col(Interaction.origin))
+                .where(
+                    col(Interaction.subscriber_id) == subscriber_id,
+                    col(Interaction.kind) == kind,
+                    col(Interaction.origin).startswith(prefix, autoescape=True),
+                )
+                .distinct()
+            )
+            return sorted(rows)
+
     def interactions(self, kinds: Sequence[str]) -> list[LikeRow]:
         """(email, paper, kind) of every interaction of the given kinds, for active subscribers."""
         with self.session() as s:

@@ -46,9 +46,11 @@ from digest import links
 from digest.compose import Pick, compose
 from digest.db import Kind, Store, Subscriber
 from digest.due import describe, local_date
-from digest.errors import DeliveryError, DigestError, PermanentDeliveryError, StoreError
+from digest.errors import DataError, DeliveryError, DigestError, PermanentDeliveryError, StoreError
+from digest.pipeline import import_library
 from digest.render import environment, paper_url
 from digest.settings import Settings
+from digest.sources.library import parse_library
 from digest.web import forms, mail
 from digest.web.security import (
     CSRF_COOKIE,
@@ -104,13 +106,18 @@ class _Front:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def route(self, handler: Handler, *, any_type: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def route(
+        self, handler: Handler, *, any_type: bool = False, upload: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         """The endpoint for `handler`: a POST's form is read on the event loop (`form`; None for
         other methods), then `handler(request, form)` runs in the thread pool, where it may wait for
         the database, render a page or send mail without holding up any other request."""
 
         async def endpoint(request: Request) -> Response:
-            form = await self.form(request, any_type=any_type) if request.method == "POST" else None
+            if request.method != "POST":
+                form = None
+            else:
+                form = await (self.upload(request) if upload else self.form(request, any_type=any_type))
             return await run_in_threadpool(handler, request, form)
 
         endpoint.__name__ = endpoint.__qualname__ = handler.__name__
@@ -188,6 +195,49 @@ class _Front:
         if any_type and not forms.is_form(content_type):
             return {}
         return forms.parse_form(body, content_type)
+
+    async def upload(self, request: Request) -> Form:
+        """A posted multipart form with one file, at most forms.MAX_UPLOAD bytes (a 413 beyond,
+        without reading it all), parsed by Starlette (python-multipart) from the bounded body; the
+        file goes to `request.state.upload` as (file name, bytes)."""
+        limit = forms.MAX_UPLOAD + forms.MAX_BODY
+        declared = request.headers.get("content-length", "")
+        too_large = forms.FormRefused(
+            413, f"The file is larger than {forms.MAX_UPLOAD // (1024 * 1024)} MB. Nothing was changed."
+        )
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+        except ClientDisconnect as e:
+            raise forms.FormRefused(400, "The form did not arrive whole. Nothing was changed.") from e
+        request.state.upload = None
+        if not (request.headers.get("content-type") or "").lower().startswith("multipart/form-data"):
+            return forms.parse_form(bytes(body), request.headers.get("content-type"))
+        data = bytes(body)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        try:
+            parsed = await Request(request.scope, receive).form(max_files=1, max_fields=forms.MAX_FIELDS)
+        except Exception as e:  # python-multipart's MultiPartException, or Starlette's 400 for it
+            raise forms.FormRefused(400, "The form could not be read. Nothing was changed.") from e
+        form: Form = {}
+        for key, value in parsed.multi_items():
+            if isinstance(value, str):
+                form.setdefault(key, []).append(forms.cleaned(value))
+            elif key == "library" and value.filename:
+                name = forms.cleaned(value.filename.replace("\\", "/").rsplit("/", 1)[-1], 100) or "library"
+                request.state.upload = (name, await value.read())
+        await parsed.close()
+        if request.state.upload and len(request.state.upload[1]) > forms.MAX_UPLOAD:
+            raise too_large
+        return form
 
     def csrf_valid(self, request: Request, form: Form) -> bool:
         return csrf_ok(self.key, request.cookies.get(CSRF_COOKIE), forms.first(form, CSRF_FIELD), self.clock)
@@ -519,6 +569,33 @@ class _Front:
             return self._preferences_page(request, sub, errors={"form": str(e)}, status=409)
         return self._preferences_page(request, sub, notice="Saved. Your next digest uses these settings.")
 
+    def import_library(self, request: Request, form: Form | None) -> Response:
+        """A library file (BibTeX, RIS, CSL-JSON) posted from the preferences page becomes the
+        reader's likes (replacing an earlier upload of the same file name); a bad file says why."""
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        form = form or {}
+        try:
+            sub = self.subscriber_from(self.token(request, links.MANAGE))
+        except links.InvalidToken as e:
+            return self.bad_link(request, str(e).capitalize() + ".")
+        if sub is None:
+            return self.bad_link(request)
+        if not self.csrf_valid(request, form):
+            return self.message(
+                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
+            )
+        upload = getattr(request.state, "upload", None)
+        if not upload:
+            return self._preferences_page(request, sub, status=400, errors={"library": "Choose a library file first."})
+        name, data = upload
+        try:
+            result = parse_library(data, name)
+        except DataError as e:
+            return self._preferences_page(request, sub, status=400, errors={"library": f"{e} Nothing was changed."})
+        line = import_library(self.store, sub.id, result, self.now(), origin=f"import:{name}")
+        return self._preferences_page(request, sub, notice=f"Imported your library {name}: {line}")
+
     def remove_like(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
@@ -644,6 +721,7 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/unsubscribe", route(front.unsubscribe, any_type=True), methods=["GET", "POST"]),
         Route("/preferences", route(front.preferences), methods=["GET", "POST"]),
         Route("/preferences/likes", route(front.remove_like), methods=["POST"]),
+        Route("/preferences/library", route(front.import_library, upload=True), methods=["POST"]),
         Route("/digest", route(front.digest), methods=["GET"]),
     ]
     app = Starlette(

@@ -22,6 +22,7 @@ from digest.settings import SubscriberSettings, check_email
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_BODY = 16 * 1024  # bytes in one form post
+MAX_UPLOAD = 5 * 1024 * 1024  # bytes in one library file posted from the preferences page
 MAX_FIELDS = 100  # fields in one form post (a sign-up with every search result ticked has about 30)
 MAX_FIELD = 2000  # characters in one field
 MAX_EMAIL = 254
