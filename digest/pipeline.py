@@ -493,7 +493,11 @@ class _RankJob:
         # what each reader may be sent: above the floor, in their categories, not seen, not excluded
         # (as -inf in the block); readers sharing a category set share one mask
         if self.min_score > -np.inf:
-            scores[scores < self.min_score] = -np.inf
+            # the floor, for readers with likes or keywords whose scores tell the candidates apart (a
+            # reader with neither, or a day of equally matching papers, says nothing against the floor)
+            informed = (np.diff(data.likes.indptr)[users] > 0) | np.array([bool(data.keywords[u]) for u in users])
+            informed &= np.ptp(scores, axis=1) > 1e-6 if scores.shape[1] else informed
+            scores[(scores < self.min_score) & informed[:, None]] = -np.inf
         for i, sub in enumerate(chunk):
             cats = tuple(sorted(sub.categories or ()))
             if cats:

@@ -132,3 +132,4 @@ class _Reader:
         self.frequency, self.weekly_day, self.max_papers = "daily", "monday", 5
         self.keywords: list[str] = []
         self.exclude_keywords: list[str] = []
+        self.categories: list[str] = []
