@@ -158,6 +158,16 @@ def test_with_a_web_front_the_tracked_links_and_buttons_are_there(make_config: C
     assert "More like this: https://digest.example.org/feedback?t=" in text
 
 
+OFF_TOPIC = [
+    "Robot grasping with tactile sensors",
+    "Speech recognition for low-resource languages",
+    "Graph neural networks for molecules",
+    "Reinforcement learning for traffic control",
+    "Protein folding with language models",
+    "Compilers for sparse tensor algebra",
+]
+
+
 def test_a_hugging_face_paper_arrives_with_its_code_link(
     httpserver: HTTPServer, make_config: ConfigFactory, tmp_path: Path
 ) -> None:
@@ -171,6 +181,8 @@ def test_a_hugging_face_paper_arrives_with_its_code_link(
                 hf_item("2611.10001", "Diffusion with code", github="https://github.com/lab/diffusion"),
                 hf_item("2611.10002", "Diffusion without code", github=None),
                 hf_item("2611.10003", "Diffusion, bad code link", github="javascript:alert(1)"),
+                # the rest of a real day, off this reader's topic (the relevance floor is relative to the day)
+                *(hf_item(f"2611.1010{i}", t) for i, t in enumerate(OFF_TOPIC)),
             ),
             content_type="application/json",
         )
