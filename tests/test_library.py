@@ -251,7 +251,10 @@ def test_import_library_command(make_config: ConfigFactory, tmp_path: Path) -> N
     garbage.write_bytes(bytes(range(256)) * 40)
     bad = cli("import-library", str(garbage), "--email", "ada@example.org", "-c", config, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip() == "error: lib.bib: not a text file (export the library as BibTeX, RIS or CSL-JSON)"
+    assert bad.stderr.strip().splitlines() == [
+        f"config: {config}",  # every command says which config it read
+        "error: lib.bib: not a text file (export the library as BibTeX, RIS or CSL-JSON)",
+    ]
     nobody = cli("import-library", str(DATA / "zotero.ris"), "--email", "eve@example.org", "-c", config, cwd=tmp_path)
     assert nobody.returncode == 2 and "no reader 'eve@example.org'" in nobody.stderr
     store = Store(settings.database_url)
