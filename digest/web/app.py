@@ -532,21 +532,30 @@ class _Front:
             unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
         )
 
-    def preferences(self, request: Request, form: Form | None) -> Response:
+    def _manage_reader(self, request: Request) -> Subscriber | Response:
+        """The reader a manage link names, or the page that says why not (too many tries, a bad or
+        expired link, a reader no longer known): the preamble of every page behind that link."""
         if not self.link_limiter.hit(self.ip(request)):
             return self.too_many(request)
         try:
             sub = self.subscriber_from(self.token(request, links.MANAGE))
         except links.InvalidToken as e:
             return self.bad_link(request, str(e).capitalize() + ".")
-        if sub is None:
-            return self.bad_link(request)
+        return sub if sub is not None else self.bad_link(request)
+
+    def _form_expired(self, request: Request) -> Response:
+        return self.message(
+            request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
+        )
+
+    def preferences(self, request: Request, form: Form | None) -> Response:
+        sub = self._manage_reader(request)
+        if not isinstance(sub, Subscriber):
+            return sub
         if form is None:
             return self._preferences_page(request, sub)
         if not self.csrf_valid(request, form):
-            return self.message(
-                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
-            )
+            return self._form_expired(request)
         if sub.origin != "web":
             return self._preferences_page(
                 request,
@@ -572,19 +581,12 @@ class _Front:
     def import_library(self, request: Request, form: Form | None) -> Response:
         """A library file (BibTeX, RIS, CSL-JSON) posted from the preferences page becomes the
         reader's likes (replacing an earlier upload of the same file name); a bad file says why."""
-        if not self.link_limiter.hit(self.ip(request)):
-            return self.too_many(request)
         form = form or {}
-        try:
-            sub = self.subscriber_from(self.token(request, links.MANAGE))
-        except links.InvalidToken as e:
-            return self.bad_link(request, str(e).capitalize() + ".")
-        if sub is None:
-            return self.bad_link(request)
+        sub = self._manage_reader(request)
+        if not isinstance(sub, Subscriber):
+            return sub
         if not self.csrf_valid(request, form):
-            return self.message(
-                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
-            )
+            return self._form_expired(request)
         upload = getattr(request.state, "upload", None)
         if not upload:
             return self._preferences_page(request, sub, status=400, errors={"library": "Choose a library file first."})
@@ -597,19 +599,12 @@ class _Front:
         return self._preferences_page(request, sub, notice=f"Imported your library {name}: {line}")
 
     def remove_like(self, request: Request, form: Form | None) -> Response:
-        if not self.link_limiter.hit(self.ip(request)):
-            return self.too_many(request)
         form = form or {}
-        try:
-            sub = self.subscriber_from(self.token(request, links.MANAGE))
-        except links.InvalidToken as e:
-            return self.bad_link(request, str(e).capitalize() + ".")
-        if sub is None:
-            return self.bad_link(request)
+        sub = self._manage_reader(request)
+        if not isinstance(sub, Subscriber):
+            return sub
         if not self.csrf_valid(request, form):
-            return self.message(
-                request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
-            )
+            return self._form_expired(request)
         kind, paper = forms.first(form, "kind"), forms.first(form, "paper")
         if not paper or len(paper) > 200 or not forms.usable(paper):
             return self._preferences_page(
@@ -621,14 +616,9 @@ class _Front:
         return self._preferences_page(request, sub, notice="Removed." if removed else "Nothing to remove.")
 
     def digest(self, request: Request, form: Form | None) -> Response:
-        if not self.link_limiter.hit(self.ip(request)):
-            return self.too_many(request)
-        try:
-            sub = self.subscriber_from(self.token(request, links.MANAGE))
-        except links.InvalidToken as e:
-            return self.bad_link(request, str(e).capitalize() + ".")
-        if sub is None:
-            return self.bad_link(request)
+        sub = self._manage_reader(request)
+        if not isinstance(sub, Subscriber):
+            return sub
         now = self.now()
         row = self.store.latest_delivery(sub.id, local_date(now, sub.timezone))
         if row is None:
