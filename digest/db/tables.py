@@ -89,6 +89,7 @@ class Paper(SQLModel, table=True):
     code_url: str = ""
     journal_ref: str = ""
     version: int = 0
+    revised_at: datetime | None = None  # when a new version or journal reference of a known paper arrived
     first_seen: datetime = Field(index=True)
     last_changed: datetime
 
@@ -107,6 +108,10 @@ class Subscriber(SQLModel, table=True):
     keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # none: all
+    topics: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # named interests
+    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # followed names, ORCID iDs
+    delivery: str = Field(default="email", max_length=8)  # email, feed, both
+    feed_key: str = Field(default="", max_length=64)  # in the feed link's token; a new one revokes the old links
     active: bool = True
     origin: str = "config"
     created: datetime
@@ -140,6 +145,9 @@ class Delivery(SQLModel, table=True):
     # Written by the planner so any worker can render the digest from the row alone:
     reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # one per paper
     trending: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [paper id, count]
+    highlights: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # one per paper
+    sections: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # [name, n papers]
+    notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # follow-up lines
     # A worker's claim on the row (see Store.claim_deliveries); lapses at claimed_until.
     claimed_by: str = Field(default="", max_length=100)
     claimed_until: datetime | None = Field(default=None, index=True)
@@ -210,6 +218,7 @@ class PendingSignup(SQLModel, table=True):
     email: str = Field(index=True, max_length=320)
     fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # Subscriber columns
     liked: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # paper ids
+    library: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # uploaded papers
     new_reader: bool = False  # this request made the address's (inactive) row, which holds its settings until confirmed
     created: datetime = Field(index=True)
 
