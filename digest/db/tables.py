@@ -108,8 +108,9 @@ class Subscriber(SQLModel, table=True):
     keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     exclude_keywords: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     categories: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # none: all
-    topics: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # named interests
-    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # followed names, ORCID iDs
+    # named interests ({name, keywords, liked}) and followed authors (names, ORCID iDs):
+    topics: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     delivery: str = Field(default="email", max_length=8)  # email, feed, both
     feed_key: str = Field(default="", max_length=64)  # in the feed link's token; a new one revokes the old links
     active: bool = True
@@ -218,7 +219,8 @@ class PendingSignup(SQLModel, table=True):
     email: str = Field(index=True, max_length=320)
     fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # Subscriber columns
     liked: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # paper ids
-    library: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # uploaded papers
+    # an uploaded library's papers, stored on confirmation:
+    library: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     new_reader: bool = False  # this request made the address's (inactive) row, which holds its settings until confirmed
     created: datetime = Field(index=True)
 
