@@ -314,14 +314,22 @@ class Readers(StoreBase):
             return [(paper, origin) for paper, origin in rows]
 
     def request_subscription(
-        self, email: str, fields: dict[str, Any], liked: Sequence[str], now: datetime, *, nonce: str = ""
+        self,
+        email: str,
+        fields: dict[str, Any],
+        liked: Sequence[str],
+        now: datetime,
+        *,
+        nonce: str = "",
+        library: Sequence[dict[str, Any]] = (),
     ) -> Subscriber:
         """A web sign-up, kept under `nonce` (its confirmation link's) for `confirm_subscription`.
 
         Nothing about a reader who exists changes here: anyone can type an address into the form.
         An active reader is returned as is and nothing is kept (the caller sends a "you already get
         it" notice instead of a link); a new address gets an inactive web row with these settings
-        and likes, which sends nothing until confirmed.
+        and likes, which sends nothing until confirmed.  An uploaded `library` (parsed, as JSON
+        data) waits with the sign-up: its papers are stored only when the link is used.
         """
         stamp = _utc(now)
         email = email.lower()
@@ -344,7 +352,13 @@ class Readers(StoreBase):
                 if nonce:
                     s.add(
                         PendingSignup(
-                            nonce=nonce, email=email, fields=fields, liked=liked, new_reader=new_reader, created=stamp
+                            nonce=nonce,
+                            email=email,
+                            fields=fields,
+                            liked=liked,
+                            library=list(library),
+                            new_reader=new_reader,
+                            created=stamp,
                         )
                     )
                 s.commit()
@@ -352,8 +366,14 @@ class Readers(StoreBase):
                 if not new_reader:
                     raise
                 s.rollback()  # the same new address signed up twice at once: the other request made the row
-                return self.request_subscription(email, fields, liked, now, nonce=nonce)
+                return self.request_subscription(email, fields, liked, now, nonce=nonce, library=library)
             return row
+
+    def pending_library(self, nonce: str) -> list[dict[str, Any]]:
+        """The library uploaded with the sign-up that `nonce` names (empty when none)."""
+        with self.session() as s:
+            row = s.get(PendingSignup, nonce)
+            return list(row.library) if row is not None else []
 
     def confirm_subscription(self, email: str, now: datetime, *, nonce: str = "") -> Subscriber | None:
         """Activate a confirmed address (and forget an earlier unsubscribe), applying the sign-up its

@@ -82,6 +82,47 @@ def read_library(path: Path | str, *, name: str | None = None) -> LibraryResult:
     return parse_library(data, label)
 
 
+def library_payload(result: LibraryResult) -> dict[str, Any]:
+    """A parsed library as JSON data, kept with a web sign-up until its address is confirmed."""
+    return {
+        "name": result.path,
+        "entries": result.entries,
+        "problems": list(result.problems),
+        "records": [
+            {
+                k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in vars(r).items()
+                if v not in ("", 0, None, [])
+            }
+            for r in result.records
+        ],
+    }
+
+
+def library_from_payload(payload: dict[str, Any]) -> LibraryResult:
+    """`library_payload`'s data back as a LibraryResult (each record cleaned again: stored data is
+    read as untrusted as a file is; one that no longer makes a paper is named and skipped)."""
+    result = LibraryResult(str(payload.get("name") or "library"))
+    result.entries = int(payload.get("entries") or 0)
+    result.problems = [str(x) for x in payload.get("problems") or []]
+    for i, raw in enumerate(payload.get("records") or []):
+        fields = {k: v for k, v in dict(raw).items() if k in PaperRecord.__dataclass_fields__}
+        for when in ("published", "updated"):
+            fields[when] = _iso(fields.get(when))
+        try:
+            result.records.append(PaperRecord.make(**fields))
+        except (TypeError, ValueError) as e:
+            result.problem(f"record {i + 1}", str(e))
+    return result
+
+
+def _iso(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def _limit() -> str:
     return f"{MAX_LIBRARY_BYTES // (1024 * 1024)} MB"
 

@@ -47,10 +47,12 @@ from digest.compose import Pick, compose
 from digest.db import Kind, Store, Subscriber
 from digest.due import describe, local_date
 from digest.errors import DataError, DeliveryError, DigestError, PermanentDeliveryError, StoreError
+from digest.lookup import LookupReport, lookup_arxiv
 from digest.pipeline import import_library
 from digest.render import environment, paper_url
 from digest.settings import Settings
-from digest.sources.library import parse_library
+from digest.sources.base import arxiv_id
+from digest.sources.library import library_from_payload, library_payload, parse_library
 from digest.web import forms, mail
 from digest.web.security import (
     CSRF_COOKIE,
@@ -294,26 +296,28 @@ class _Front:
         checked = forms.check_subscribe(
             form, smtputf8=self.settings.smtp.smtputf8, categories=self.offered_categories()
         )
-        ids = []
-        for entry in checked.liked:
-            pid = self.store.resolve_paper(entry)
-            if pid is None:
-                checked.errors.setdefault(
-                    "liked", f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title"
-                )
-            ids.append(pid)
+        library: list[dict[str, Any]] = []
+        upload = getattr(request.state, "upload", None)
+        if upload:
+            try:
+                library.append(library_payload(parse_library(upload[1], upload[0])))
+            except DataError as e:
+                checked.errors["library"] = f"{e}. Choose a BibTeX, RIS or CSL-JSON export and send the form again."
         values: dict[str, Any] = forms.shown(
             form, ("email", "name", "timezone", "send_at", "frequency", "weekly_day", "keywords", "liked")
         )
         values["categories"] = form.get("categories", [])
         if checked.errors:
             return self._subscribe_page(request, values=values, errors=checked.errors, status=400)
+        ids, problem = self._liked_ids(checked.liked)
+        if problem:
+            return self._subscribe_page(request, values=values, errors={"liked": problem}, status=400)
         email = checked.values["email"]
         if not self.subscribe_limiter.hit("email:" + email):
             return self.too_many(request)
         fields = {k: v for k, v in checked.values.items() if k != "email"}
         nonce = links.nonce()
-        row = self.store.request_subscription(email, fields, [i for i in ids if i], self.now(), nonce=nonce)
+        row = self.store.request_subscription(email, fields, ids, self.now(), nonce=nonce, library=library)
         if row.active:
             msg = mail.notice(
                 self.settings,
@@ -351,12 +355,45 @@ class _Front:
             return self.message(
                 request, "We could not send the email", "Please try again in a few minutes.", status=503
             )
+        shelf = "".join(
+            f" The {len(lib['records'])} papers of your library {lib['name']} become papers you liked when you confirm."
+            for lib in library
+        )
         return self.message(
             request,
             "Check your inbox",
             f"If {email} can receive our emails, a message is on its way with a link to confirm. "
-            "Nothing is sent to an address that has not confirmed.",
+            f"Nothing is sent to an address that has not confirmed.{shelf}",
         )
+
+    def _liked_ids(self, entries: list[str]) -> tuple[list[str], str]:
+        """The stored papers a sign-up's liked entries name, and what is wrong with them ("" when
+        nothing).  An arXiv id or URL the store lacks is looked up at arXiv now (one id_list
+        request for them all), so a researcher can start from any paper they know, and hears at
+        once about an id that does not exist."""
+        resolved = {entry: self.store.resolve_paper(entry) for entry in entries}
+        unknown = {e: arxiv_id(e) for e, pid in resolved.items() if pid is None}
+        wanted = [aid for aid in unknown.values() if aid]
+        looked = lookup_arxiv(wanted, self.settings, self.store, self.now()) if wanted else LookupReport()
+        for entry, aid in unknown.items():
+            pid = self.store.resolve_paper(entry) if aid else None
+            if pid is not None:
+                resolved[entry] = pid
+            elif aid and (aid in looked.missing or aid in looked.known_missing):
+                return [], f"arXiv has no paper {aid}; check the id"
+            elif aid and aid in looked.failed:
+                return (
+                    [],
+                    f"could not look up {aid} at arXiv just now; try again in a few minutes, or give the exact title",
+                )
+            elif aid and looked.off:
+                return (
+                    [],
+                    f"{aid} is not among this digest's papers, and it looks up no arXiv ids; give the exact title",
+                )
+            else:
+                return [], f"no paper found for {entry!r}; use an arXiv id, an arXiv URL or the exact title"
+        return [pid for pid in resolved.values() if pid], ""
 
     def confirm(self, request: Request, form: Form | None) -> Response:
         if not self.link_limiter.hit(self.ip(request)):
@@ -383,13 +420,20 @@ class _Front:
             )
         if not self.store.use_token(nonce, links.CONFIRM, self.now()):
             return self.message(request, "Already confirmed", "This link has been used already; nothing changed.")
+        library = self.store.pending_library(nonce)
         row = self.store.confirm_subscription(email, self.now(), nonce=nonce)
         if row is None:
             return self.bad_link(request)
+        shelf = ""
+        if row.origin == "web":
+            for payload in library:
+                result = library_from_payload(payload)
+                line = import_library(self.store, row.id, result, self.now(), origin=f"import:{result.name}")
+                shelf += f" Your library {result.name}: {line}."
         return self.message(
             request,
             "You are subscribed",
-            f"Your digests come at {describe(row)}.",
+            f"Your digests come at {describe(row)}.{shelf}",
             manage=links.manage_url(self.settings, self.key, email, clock=self.clock),
         )
 
@@ -704,7 +748,7 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
     routes = [
         Route("/", route(front.subscribe_form), methods=["GET"]),
         Route("/subscribe", route(front.subscribe_form), methods=["GET"]),
-        Route("/subscribe", route(front.subscribe), methods=["POST"]),
+        Route("/subscribe", route(front.subscribe, upload=True), methods=["POST"]),
         Route("/confirm", route(front.confirm), methods=["GET", "POST"]),
         Route("/feedback", route(front.feedback), methods=["GET", "POST"]),
         Route("/click", route(front.click), methods=["GET"]),
