@@ -367,7 +367,8 @@ class SourceSettings(_Section):
     )
     categories: list[str] = Field(
         default_factory=list,
-        description='arxiv / arxiv_rss: the categories to follow, e.g. ["cs.LG", "cs.CV"] (required for both).',
+        description='arxiv / arxiv_rss: the categories to follow, e.g. ["cs.LG", "cs.CV"]; the first source of each '
+        "kind also fetches every reader's categories, so it may leave this empty when the readers list theirs.",
     )
     base_url: str = Field(
         "",
@@ -426,8 +427,6 @@ class SourceSettings(_Section):
     def _needs_per_kind(self) -> SourceSettings:
         if self.kind in ("jsonl", "listing") and not self.path:
             raise ValueError(f'a source of kind "{self.kind}" needs a path')
-        if self.kind in ("arxiv", "arxiv_rss") and not self.categories:
-            raise ValueError(f'a source of kind "{self.kind}" needs categories, e.g. categories = ["cs.LG"]')
         return self
 
     @property
@@ -554,6 +553,19 @@ class Settings(_Section):
     smtp_username: SecretStr | None = Field(None, exclude=True)
     smtp_password: SecretStr | None = Field(None, exclude=True)
     secret_key: SecretStr | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _categories_to_fetch(self) -> Settings:
+        """A category source (arxiv, arxiv_rss) fetches its own categories and, the first of its
+        kind, the readers' too; one with none of its own needs a reader who has some."""
+        readers = any(sub.categories for sub in self.subscribers)
+        for i, src in enumerate(self.sources):
+            if src.kind in ("arxiv", "arxiv_rss") and not src.categories and not readers:
+                raise ValueError(
+                    f'sources[{i}].categories: a source of kind "{src.kind}" needs categories, on the source '
+                    '(e.g. categories = ["cs.LG"]) or on a [[subscribers]] entry'
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_emails(self) -> Settings:

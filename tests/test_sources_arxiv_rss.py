@@ -7,10 +7,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from digest.db import Store
+from digest.errors import ConfigError
 from digest.pipeline import ingest
 from digest.sources.base import PaperRecord
 
@@ -169,3 +171,22 @@ def test_a_quiet_category_beside_a_busy_one_is_a_note(
     assert report.error == "" and report.counts.new == 2
     assert "nothing announced in q-fin.TR" in report.notes
     assert not any("announced nothing on" in n for n in report.notes)
+
+
+def test_the_listings_follow_the_readers_categories(
+    httpserver: HTTPServer, make_config: ConfigFactory, store: Store
+) -> None:
+    """Sources fetch the union: the first arxiv_rss source also reads every category a reader
+    follows, and needs none of its own when the readers list theirs."""
+    serve(httpserver, "/rss/cs.LG", LISTING)
+    serve(httpserver, "/rss/eess.SY", LISTING.replace("cs.LG updates", "eess.SY updates"))
+    readers = '\n[[subscribers]]\nemail = "a@example.org"\ncategories = ["eess.SY", "cs.LG"]\n'
+    settings = make_config(arxiv_rss_source(httpserver.url_for(""), categories=()) + readers)
+    [report] = ingest(store, settings, NOW, sleep=lambda s: None)
+    assert report.error == "" and report.counts.new == 2
+    assert sorted(r.path for r, _ in httpserver.log) == ["/rss/cs.LG", "/rss/eess.SY"]
+
+
+def test_a_category_source_with_no_categories_anywhere_is_one_clear_error(make_config: ConfigFactory) -> None:
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.categories: a source of kind \"arxiv_rss\" needs categories"):
+        make_config(arxiv_rss_source("http://127.0.0.1:9", categories=()))

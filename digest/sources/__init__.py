@@ -59,7 +59,8 @@ def _arxiv(
 def _arxiv_rss(
     src: SourceSettings, settings: Settings, cursor: str | None, now: datetime, options: FetchOptions
 ) -> FetchResult:
-    return fetch_arxiv_rss(src, cursor, now, options)
+    wanted = wanted_categories(src, settings, options.reader_categories)
+    return fetch_arxiv_rss(src.model_copy(update={"categories": wanted}), cursor, now, options)
 
 
 def _hf_daily(

@@ -36,8 +36,8 @@ UPDATE_TYPES = frozenset({"replace", "replace-cross"})
 
 
 def feed_categories(src: SourceSettings) -> list[str]:
-    """The categories whose listings this source reads: the one place to widen them (e.g. to the
-    union of every reader's categories)."""
+    """The categories whose listings this source reads, each once (`sources.wanted_categories`
+    has already added the readers' to the first source of the kind)."""
     return list(dict.fromkeys(src.categories))
 
 

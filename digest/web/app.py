@@ -269,8 +269,13 @@ class _Front:
         )
 
     def offered_categories(self) -> list[str]:
-        """The categories a reader may choose: the configured sources' (each once)."""
-        return list(dict.fromkeys(c for src in self.settings.sources for c in src.categories))
+        """The categories a reader may choose: the configured sources' and readers' (each once)."""
+        return list(
+            dict.fromkeys(
+                [c for src in self.settings.sources for c in src.categories]
+                + [c for sub in self.settings.subscribers for c in sub.categories]
+            )
+        )
 
     def subscribe_form(self, request: Request, form: Form | None) -> Response:
         if not self.settings.web.allow_signups:
