@@ -11,7 +11,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import platformdirs
 import typer
@@ -96,7 +96,9 @@ def _progress() -> Progress:
     )
 
 
-def _print_report(report, *, show_picks: bool) -> None:
+def _print_intake(report: Any) -> None:
+    """What a run or a planner took in: each source's counts, the model, liked ids looked up,
+    likes that match nothing, libraries read (a RunReport or a PlanReport)."""
     for src in report.sources:
         if src.error:
             console.print(f"[red]source {escape(src.name)}: failed: {escape(src.error)}[/red]", highlight=False)
@@ -121,6 +123,10 @@ def _print_report(report, *, show_picks: bool) -> None:
             )
     for line in report.libraries:
         console.print(line, markup=False, highlight=False)
+
+
+def _print_report(report: Any, *, show_picks: bool) -> None:
+    _print_intake(report)
     for out in report.outcomes:
         line = f"{out.email}: {out.status}"
         if out.digest_date:
@@ -439,8 +445,7 @@ def worker(
             if planned.busy:
                 console.print(f"[yellow]{escape(planned.busy)}[/yellow]", highlight=False)
             else:
-                if planned.model is not None:
-                    console.print(str(planned.model), highlight=False)
+                _print_intake(planned)
                 console.print(f"planned {planned.planned} digest(s)")
         report = work(store, settings, _parse_now(now), batch=batch)
     finally:

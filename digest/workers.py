@@ -39,6 +39,7 @@ from digest.pipeline import (
     Due,
     Progress,
     RunReport,
+    SourceReport,
     counted_papers,
     due_subscribers,
     ingest,
@@ -60,6 +61,11 @@ class PlanReport:
     busy: str = ""  # another daily run or planner held the lease: nothing planned
     timings: dict[str, float] = field(default_factory=dict)
     model: ModelReport | None = None  # refitted or updated, and how long it took
+    # what the planner took in, as a daily run reports it (see RunReport):
+    sources: list[SourceReport] = field(default_factory=list)
+    lookup_notes: list[str] = field(default_factory=list)
+    unmatched_likes: dict[str, list[str]] = field(default_factory=dict)
+    libraries: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -191,9 +197,9 @@ def _plan(
     timer = time.perf_counter
     start = timer()
     if ingest_sources:
-        ingest(store, settings, now, progress)
-        sync_subscribers(store, settings, now)
-        sync_libraries(store, settings, now)
+        report.sources = ingest(store, settings, now, progress)
+        report.unmatched_likes = sync_subscribers(store, settings, now, notes=report.lookup_notes)
+        report.libraries = sync_libraries(store, settings, now)
     free_dead_claims(store, clock())
     report.timings["ingest"] = timer() - start
     start = timer()

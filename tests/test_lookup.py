@@ -127,10 +127,15 @@ def test_digest_send_reports_a_missing_liked_id_once(httpserver: HTTPServer, tmp
     answer_id_list(httpserver)
     httpserver.expect_request("/rss/cs.LG").respond_with_data("", status=503)
     write_config(tmp_path, arxiv_rss_source(httpserver.url_for("")) + READER)
-    run = [sys.executable, "-m", "digest", "send", "-c", str(tmp_path / "digest.toml"), "--dry-run"]
-    first = subprocess.run([*run, "--now", NOW.isoformat()], capture_output=True, text=True, timeout=180)
+    config = ["-c", str(tmp_path / "digest.toml")]
+    # the planner of the scalable mode says what `digest send` says (the same intake, the same lines)
+    plan = [sys.executable, "-m", "digest", "worker", "--plan", *config, "--now", NOW.isoformat()]
+    first = subprocess.run(plan, capture_output=True, text=True, timeout=180)
     assert "liked entry 2399.99999 does not exist on arXiv" in first.stdout, first.stdout + first.stderr
+    assert "matches no known paper: 'A Title Nobody Has'" in first.stdout
     assert "matches no known paper: '2305.18290'" not in first.stdout
+    assert "source arxiv: failed" in first.stdout and "503" in first.stdout
+    run = [sys.executable, "-m", "digest", "send", *config, "--dry-run"]
     second = subprocess.run(
         [*run, "--now", (NOW + timedelta(days=1)).isoformat()], capture_output=True, text=True, timeout=180
     )
