@@ -63,6 +63,56 @@ def test_ris_and_csl_json_exports_of_the_same_items(name: str) -> None:
     assert result.problems[0].endswith("missing title")
 
 
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (  # Better BibTeX / biblatex: @online, eprinttype, date = {...}, CRLF, math in a title
+            "biblatex-crlf.bib",
+            [
+                (
+                    "2305.18290",
+                    "Direct Preference Optimization: Your Language Model Is Secretly a Reward Model",
+                    "2023-05-29",
+                ),
+                (None, "A study of α-helices & DNA", "2019-01-01"),
+                (None, "Technical report on things", "2020-01-01"),
+                (None, "My thesis", "2021-01-01"),
+            ],
+        ),
+        (  # Zotero's PREPRINT with DA, and Mendeley's T1/A1/Y1/N2, behind a BOM with CRLF lines
+            "mendeley-bom-crlf.ris",
+            [
+                (
+                    "2305.18290",
+                    "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+                    "2023-05-29",
+                ),
+                (None, "A Mendeley article", "2019-01-01"),
+            ],
+        ),
+        (  # CSL-JSON dates as date-parts strings, "raw", and a season
+            "csl-date-forms.json",
+            [
+                ("2305.18290", "Direct Preference Optimization", "2023-05-29"),
+                (None, "Old conference paper", "2009-01-01"),
+                (None, "Season date", "2011-01-01"),
+            ],
+        ),
+    ],
+)
+def test_the_export_dialects_of_other_tools(name: str, expected: list[tuple[str | None, str, str]]) -> None:
+    result = read_library(DATA / name)
+    assert result.problems == []
+    got = [(r.id if r.id[0].isdigit() else None, r.title, r.published.date().isoformat()) for r in result.records]
+    assert got == expected
+    authors = {r.title: r.authors for r in result.records}
+    if name.endswith(".bib"):
+        assert authors[expected[0][1]] == ["Rafael Rafailov", "Archit Sharma", "Jørgen Müller"]
+    if name.endswith(".ris"):
+        [mendeley] = [r for r in result.records if r.title == "A Mendeley article"]
+        assert mendeley.abstract == "The abstract in N2." and mendeley.journal_ref == "Nature"
+
+
 def test_format_is_sniffed_without_an_extension() -> None:
     for name in ("zotero.bib", "zotero.ris", "zotero.json"):
         records = parse_library((DATA / name).read_bytes(), "export.txt").records

@@ -199,8 +199,17 @@ def _date(year: Any, month: Any = None, day: Any = None) -> datetime | None:
         return None
     m = str(month or "").strip().lower()[:3]
     month_no = _MONTHS.get(m) or (int(m) if m.isdigit() and 1 <= int(m) <= 12 else 1)
-    d = int(day) if str(day or "").isdigit() and 1 <= int(str(day)) <= 28 else 1
-    return datetime(int(found.group(1)), month_no, d, tzinfo=UTC)
+    d = int(str(day)) if str(day or "").strip().isdigit() else 1
+    try:
+        return datetime(int(found.group(1)), month_no, d, tzinfo=UTC)
+    except ValueError:  # 30 February, day 0: the month is still right
+        return datetime(int(found.group(1)), month_no, 1, tzinfo=UTC)
+
+
+def _iso_date(value: Any) -> datetime | None:
+    """biblatex's `date` ("2023-05-29", "2023-05", "2023", or a range "2023-05/2023-06")."""
+    m = re.match(r"\s*(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?", str(value or ""))
+    return _date(m.group(1), m.group(2), m.group(3)) if m else None
 
 
 def find_arxiv(eprint: Any = "", prefix: Any = "", texts: Iterable[Any] = ()) -> str:
@@ -264,7 +273,7 @@ def _bibtex(text: str, result: LibraryResult) -> None:
             abstract=_unbrace(f.get("abstract", "")),
             authors=authors,
             url=f.get("url", ""),
-            published=_date(f.get("year") or f.get("date"), f.get("month"), f.get("day")),
+            published=_date(f.get("year"), f.get("month"), f.get("day")) or _iso_date(f.get("date")),
             doi=f.get("doi", ""),
             journal_ref=_unbrace(f.get("journal") or f.get("booktitle") or ""),
             categories=[c.strip() for c in str(f.get("primaryclass", "")).split(",") if c.strip()],
@@ -287,7 +296,7 @@ def _latex(value: Any) -> str:
     from pylatexenc.latex2text import LatexNodes2Text
 
     try:
-        return str(LatexNodes2Text(math_mode="verbatim").latex_to_text(value))
+        return str(LatexNodes2Text(math_mode="text").latex_to_text(value))  # $\\alpha$-helix becomes α-helix
     except Exception:  # pylatexenc gives up on some malformed input: keep the raw text (cleaned later)
         return value
 
@@ -333,13 +342,19 @@ def _ris(text: str, result: LibraryResult) -> None:
                 where,
                 title=ref.get("title") or ref.get("primary_title") or ref.get("translated_title") or "",
                 id=find_arxiv(texts=urls),
-                abstract=ref.get("abstract", ""),
+                abstract=ref.get("abstract") or ref.get("notes_abstract") or "",  # AB (Zotero), N2 (Mendeley, EndNote)
                 authors=[_flip(a) for a in ref.get("authors") or ref.get("first_authors") or []],
                 url=next(iter(ref.get("urls") or []), ""),
-                published=_date(ref.get("year") or ref.get("publication_year") or ref.get("date")),
+                published=_ris_date(ref.get("date")) or _date(ref.get("year") or ref.get("publication_year")),
                 doi=ref.get("doi", ""),
                 journal_ref=ref.get("secondary_title") or ref.get("journal_name") or "",
             )
+
+
+def _ris_date(value: Any) -> datetime | None:
+    """RIS's DA/Y1 "2023/05/29/" (or "2023/05//", "2023///"): a whole date, when it has one."""
+    m = re.match(r"\s*(\d{4})[/-](\d{1,2})(?:[/-](\d{1,2}))?", str(value or ""))
+    return _date(m.group(1), m.group(2), m.group(3)) if m else None
 
 
 def _flip(name: Any) -> str:
@@ -377,10 +392,23 @@ def _csl(text: str, result: LibraryResult) -> None:
             abstract=item.get("abstract", ""),
             authors=[_csl_name(a) for a in item.get("author") or [] if isinstance(a, dict)],
             url=item.get("URL", ""),
-            published=_date(*([*first, None, None, None])[:3]) if first else None,
+            published=(_date(*([*first, None, None, None])[:3]) if first else None)
+            or _csl_raw_date(item.get("issued")),
             doi=item.get("DOI", ""),
             journal_ref=item.get("container-title", ""),
         )
+
+
+def _csl_raw_date(issued: Any) -> datetime | None:
+    """CSL's other spellings of a date: {"raw": "2009-06"}, {"literal": "Spring 2009"}, or a bare string."""
+    text = (
+        issued
+        if isinstance(issued, str)
+        else (issued.get("raw") or issued.get("literal"))
+        if isinstance(issued, dict)
+        else ""
+    )
+    return _iso_date(text) or _date(text)
 
 
 def _csl_name(name: dict[str, Any]) -> str:
