@@ -113,6 +113,30 @@ def test_the_export_dialects_of_other_tools(name: str, expected: list[tuple[str 
         assert mendeley.abstract == "The abstract in N2." and mendeley.journal_ref == "Nature"
 
 
+@pytest.mark.parametrize(
+    "latex, text",
+    [
+        (r"M{\"u}ller and Andr\'e d\'elai", "Müller and André délai"),
+        (
+            r"\"{u}ber \c{c}a \v{s}ir \ss{} {\o}rsted Schr\"odinger \`a la \^{i}le",
+            "über ça šir ß ørsted Schrödinger à la île",
+        ),
+        (r"A study of $\alpha$-helices \& {DNA} at 50\% cost \$5", "A study of α-helices & DNA at 50% cost $5"),
+        (
+            r"\textbf{Bold} and \emph{a phrase with {nested}} braces, {{BERT}}: {P}re-training",
+            "Bold and a phrase with nested braces, BERT: Pre-training",
+        ),
+        (
+            r"$O(n^2)$ time, $\mathcal{L}_{\text{KL}}$ and an unclosed $ sign",
+            "O(n^2) time, ℒ_KL and an unclosed $ sign",
+        ),
+    ],
+)
+def test_latex_in_fields_becomes_text(latex: str, text: str) -> None:
+    [record] = parse_library(f"@misc{{k, title = {{{latex}}}}}".encode(), "x.bib").records
+    assert record.title == text
+
+
 def test_format_is_sniffed_without_an_extension() -> None:
     for name in ("zotero.bib", "zotero.ris", "zotero.json"):
         records = parse_library((DATA / name).read_bytes(), "export.txt").records
