@@ -23,6 +23,7 @@ from digest.sources.arxiv import fetch_ids
 from digest.sources.base import FetchOptions
 
 RETRY_MISSING_AFTER = timedelta(days=7)
+QUICK_TIMEOUT = 10.0  # seconds a web form waits for arXiv
 ARXIV_KINDS = ("arxiv", "arxiv_rss")
 
 
@@ -58,8 +59,12 @@ def lookup_arxiv(
     now: datetime,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    quick: bool = False,
 ) -> LookupReport:
-    """Fetch and store the version-less arXiv `ids` the store lacks; see the module docstring."""
+    """Fetch and store the version-less arXiv `ids` the store lacks; see the module docstring.
+
+    `quick` (a web form waiting for the answer): one try of at most QUICK_TIMEOUT seconds, not the
+    source's whole retry policy, so a slow arXiv holds a web thread for seconds, not minutes."""
     report = LookupReport()
     wanted = list(dict.fromkeys(ids))
     stored = {p.id for p in store.papers(wanted)}
@@ -80,6 +85,8 @@ def lookup_arxiv(
             ask.append(pid)
     if not ask:
         return report
+    if quick:
+        src = src.model_copy(update={"max_attempts": 1, "timeout": min(src.timeout, QUICK_TIMEOUT)})
     result = fetch_ids(src, ask, now, FetchOptions(sleep=sleep))
     counts = store.upsert_papers(result.records, now, old=True)
     for rec in result.records:

@@ -93,7 +93,7 @@ def test_a_failed_lookup_is_a_clear_form_error_not_a_5xx(
     httpserver: HTTPServer, make_config: ConfigFactory, smtp_server: tuple[Inbox, int]
 ) -> None:
     inbox, port = smtp_server
-    answer_id_list(httpserver, status=503)
+    asked = answer_id_list(httpserver, status=503)
     settings = make_config(arxiv_rss_source(httpserver.url_for("")) + WEB, smtp_port=port, method="smtp")
     store = Store(settings.database_url)
     try:
@@ -103,6 +103,7 @@ def test_a_failed_lookup_is_a_clear_form_error_not_a_5xx(
         assert answer.status_code == 400
         assert "could not look up 2305.18290 at arXiv just now; try again in a few minutes" in answer.text
         assert store.subscriber(email="cy@example.org") is None and not inbox.messages
+        assert len(asked) == 1  # a form waits for one quick try, not the source's retries (max_attempts 2)
     finally:
         store.close()
 

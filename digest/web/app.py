@@ -379,7 +379,7 @@ class _Front:
         resolved = {entry: self.store.resolve_paper(entry) for entry in entries}
         unknown = {e: arxiv_id(e) for e, pid in resolved.items() if pid is None}
         wanted = [aid for aid in unknown.values() if aid]
-        looked = lookup_arxiv(wanted, self.settings, self.store, self.now()) if wanted else LookupReport()
+        looked = lookup_arxiv(wanted, self.settings, self.store, self.now(), quick=True) if wanted else LookupReport()
         for entry, aid in unknown.items():
             pid = self.store.resolve_paper(entry) if aid else None
             if pid is not None:
