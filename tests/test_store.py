@@ -133,7 +133,7 @@ def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None:
     the others wait for it instead of failing on tables or a version row that just appeared."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # no re-import per process: the race is the same
     for attempt in range(12):
         url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
         results = ctx.Queue()
