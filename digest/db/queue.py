@@ -21,6 +21,9 @@ from sqlalchemy import (
     insert,
     update,
 )
+from sqlalchemy import (
+    select as core_select,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
@@ -61,7 +64,7 @@ _OUTCOME = (
 _SUBSCRIBERS = table_of(Subscriber)
 # A reader's feed validator in one statement (Store.feed_head): cheap enough for every poll.
 _FEED_HEAD = (
-    select(
+    core_select(
         _SUBSCRIBERS.c.active,
         _SUBSCRIBERS.c.feed_key,
         _SUBSCRIBERS.c.created,
