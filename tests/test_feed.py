@@ -341,6 +341,8 @@ def test_a_web_reader_chooses_feed_only_on_the_preferences_page(world: World) ->
     world.store.request_subscription("wes@example.org", {"name": "Wes"}, [], DAY_ONE, nonce="n1")
     wes = world.store.confirm_subscription("wes@example.org", DAY_ONE, nonce="n1")
     assert wes is not None and wes.delivery == "email"
+    empty = feedparser.parse(world.client.get(world.feed_link(wes.email)).content)  # no digest yet: a valid, empty feed
+    assert empty.bozo == 0 and empty.entries == [] and empty.feed.title == "Paper picks for Wes"
     manage = local(links.manage_url(world.settings, key, wes.email, clock=world.clock))
     page = world.client.get(manage)
     assert 'name="delivery"' in page.text and 'id="feed_url"' in page.text
