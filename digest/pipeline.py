@@ -98,9 +98,7 @@ class Outcome:
     """What happened for one subscriber in this run."""
 
     email: str
-    status: (
-        str  # sent, in-feed (a feed-only reader's), pending (will retry), failed, dry-run, skipped, no-papers, not-due
-    )
+    status: str  # sent, in-feed (not mailed), pending (will retry), failed, dry-run, skipped, no-papers, not-due
     digest_date: date | None = None
     picks: list[Pick] = field(default_factory=list)
     html_path: Path | None = None

@@ -465,3 +465,34 @@ def test_a_feed_only_reader_is_ranked_and_recorded_never_mailed(
         assert not set(second.papers) & set(row.papers)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("mode", ["one-process", "planner-and-workers"])
+def test_a_feed_only_digest_needs_no_mail_server(tmp_path: Path, database_url: str, mode: str) -> None:
+    """The mail server cannot be reached: the mailed digests wait for the retry, the feed-only one
+    is recorded for the feed all the same."""
+    from .conftest import free_port
+
+    write_papers(tmp_path)
+    settings = _feed_only_config(tmp_path, free_port(), database_url)  # nothing listens there
+    if mode == "one-process":
+        report = run_daily(DAY_ONE, settings, force=True, sleep=lambda seconds: None)
+        assert report.unreachable and report.by_status() == {"pending": 2, "in-feed": 1}, report.outcomes
+    else:
+        store = Store(settings.database_url)
+        try:
+            assert plan_day(store, settings, DAY_ONE, force=True).planned == 3
+            done = work(store, settings, DAY_ONE, worker="test:w0", clock=lambda: DAY_ONE, sleep=lambda seconds: None)
+        finally:
+            store.close()
+        assert done.unreachable and (done.sent, done.in_feed) == (0, 1), done
+    store = Store(settings.database_url)
+    try:
+        statuses = {s.email: store.delivery(s.id, DAY_ONE.date()).status for s in store.subscribers()}
+    finally:
+        store.close()
+    assert statuses == {
+        "mail@example.org": DeliveryStatus.PENDING,
+        "feed@example.org": DeliveryStatus.IN_FEED,
+        "both@example.org": DeliveryStatus.PENDING,
+    }
