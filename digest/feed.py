@@ -36,7 +36,7 @@ from digest.settings import Settings
 FEED_DAYS = 30  # the feed shows the digests of the 30 days up to the newest one
 FORMAT = "1"  # part of the ETag: change it when the feed's markup changes, so readers fetch it again
 MEDIA_TYPE = "application/atom+xml; charset=utf-8"
-MAX_AUTHORS = 20  # <author> elements per entry; the content names them all (`format_authors`)
+MAX_AUTHORS = 20  # <author> elements per entry (the content shows the first six, as the email does)
 
 # Characters XML 1.0 cannot carry at all (the sources drop most of them; reasons and highlights
 # are checked here too, so no paper text can make the document ill-formed).
