@@ -450,7 +450,10 @@ def worker(
         report = work(store, settings, _parse_now(now), batch=batch)
     finally:
         store.close()
-    console.print(f"{report.worker}: {report.sent} sent, {report.pending} to retry, {report.failed} failed")
+    console.print(
+        f"{report.worker}: {report.sent} sent, {report.in_feed} into feeds only, "
+        f"{report.pending} to retry, {report.failed} failed"
+    )
     if report.fatal:
         err_console.print(f"error: {report.fatal}", markup=False, highlight=False)
         raise typer.Exit(1)

@@ -185,6 +185,9 @@ def digest_view(
         browser_url=links.manage_url(settings, key, sub.email, clock=signed, path="/digest") if web else "",
         origin=sub.origin,
         unsubscribe_by_mail=not web,
+        feed_url=links.feed_url(settings, key, sub.id, sub.feed_key, clock=signed)
+        if web and sub.id is not None
+        else "",
     )
     if sub.id is not None and web:
         signer = links.DigestLinks(settings, key, sub.id, clock=signed)

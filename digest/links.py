@@ -1,4 +1,4 @@
-"""Signed links that act for a subscriber (unsubscribe, feedback), so nobody can forge them.
+"""Signed links that act for a subscriber (unsubscribe, feedback, their feed), so nobody can forge them.
 
 A token is `base64url(body) "." base64url(tag)`: the body is the signing time (4 bytes, seconds
 since the epoch) and the payload (a flat dict of short strings and ints, in a compact form), the
@@ -35,9 +35,11 @@ CLICK = "click"  # the paper link: {"s": subscriber id, "p": paper id}
 MANAGE = "manage"  # preferences and the digest in the browser: {"e": email}
 CONFIRM = "confirm"  # double opt-in: {"e": email, "n": nonce}; the nonce names the sign-up the store keeps
 CSRF = "csrf"  # forms: {"c": the value of the CSRF cookie}
+FEED = "feed"  # the reader's Atom feed: {"s": subscriber id, "k": their feed key}; a new key revokes it
 TOKEN_MAX_AGE = 60 * 60 * 24 * 60  # links in a digest stay valid for 60 days
 CONFIRM_MAX_AGE = 60 * 60 * 48  # a sign-up must be confirmed within two days
 CSRF_MAX_AGE = 60 * 60 * 4  # a form must be sent within four hours of being shown
+FEED_MAX_AGE = 60 * 60 * 24 * 365 * 100  # a feed reader keeps its link for years: it ends by a new key, not by age
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
 
@@ -201,6 +203,16 @@ def manage_url(
 ) -> str:
     """The preferences page (or, with path="/digest", the digest in the browser) for one subscriber."""
     return _link(settings, path, make_token(key, MANAGE, {"e": email}, clock=clock))
+
+
+def feed_url(settings: Settings, key: str, subscriber_id: int, feed_key: str, *, clock: Clock | None = None) -> str:
+    """The reader's Atom feed.  It carries their `feed_key` (empty until the first "new feed link"),
+    so giving them a new key (`Store.new_feed_key`) revokes every feed link made before."""
+    return _link(settings, "/feed", make_token(key, FEED, {"s": subscriber_id, "k": feed_key}, clock=clock))
+
+
+def new_feed_key() -> str:
+    return secrets.token_urlsafe(12)
 
 
 def confirm_url(settings: Settings, key: str, email: str, *, nonce: str, clock: Clock | None = None) -> str:

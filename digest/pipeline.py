@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from digest.compose import Pick, as_render_error, compose, save_html
 from digest.db import (
+    DELIVERED,
     Delivery,
     DeliveryStatus,
     Kind,
@@ -61,7 +62,7 @@ from digest.rank.base import top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
 from digest.rank.saved import ModelReport, ranker_for_day
 from digest.send import free_dead_claims, send_claimed, sender_name
-from digest.settings import Settings
+from digest.settings import Settings, mails
 from digest.sources import FetchOptions, fetch
 from digest.sources.base import arxiv_id
 from digest.sources.library import LibraryResult, read_library
@@ -97,7 +98,7 @@ class Outcome:
     """What happened for one subscriber in this run."""
 
     email: str
-    status: str  # sent, pending (will retry), failed, dry-run, skipped, no-papers, not-due
+    status: str  # sent, in-feed (not mailed), pending (will retry), failed, dry-run, skipped, no-papers, not-due
     digest_date: date | None = None
     picks: list[Pick] = field(default_factory=list)
     html_path: Path | None = None
@@ -845,7 +846,7 @@ def due_subscribers(
         if day in retried:
             continue
         existing = recorded.get((sub.id, day))
-        if existing is not None and existing.status in (DeliveryStatus.SENT, DeliveryStatus.FAILED):
+        if existing is not None and existing.status in (*DELIVERED, DeliveryStatus.FAILED):
             status = "skipped" if day == today else "not-due"
             report.outcomes.append(
                 Outcome(
@@ -920,7 +921,7 @@ def _deliver_all(
                 outcome = Outcome(d.subscriber.email, "pending", d.day, picks=d.picks)
                 report.outcomes.append(outcome)
                 try:
-                    if report.fatal:
+                    if report.fatal and mails(d.subscriber.delivery):  # a feed-only digest needs no mail server
                         outcome.detail = "not attempted (the run stopped, see the error below)"
                         continue
                     if lease is not None and lease.lost.is_set():
@@ -1016,7 +1017,8 @@ def _one_subscriber(
         trending=[[p.id, c] for p, c in trend],
     )
     policy = RetryPolicy.of(settings)
-    if unreachable:  # recorded (so the same papers go later), not attempted
+    mail = mails(sub.delivery)
+    if unreachable and mail:  # recorded (so the same papers go later), not attempted
         retry_at = now + policy.retry_after
         store.record_outcome(
             row,
@@ -1051,7 +1053,9 @@ def _one_subscriber(
             unsubscribe_mailto=unsubscribe_mailto(envelope.sender.addr_spec, sub.email),
         )
 
-    result = send_claimed(store, transport, claimed[0], build, now, worker=worker, policy=policy, email=sub.email)
+    result = send_claimed(
+        store, transport, claimed[0], build, now, worker=worker, policy=policy, email=sub.email, mail=mail
+    )
     outcome.status, outcome.detail = result.status, result.detail
     if result.fatal:
         raise AuthenticationError(result.fatal)

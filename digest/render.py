@@ -70,6 +70,7 @@ class DigestView:
     browser_url: str = ""  # the same digest as a web page
     origin: str = ""  # how the reader came to be subscribed: "config" (the file) or "web" (signed up), for the footer
     unsubscribe_by_mail: bool = False  # no web front: unsubscribe_url is a mailto: to the sender
+    feed_url: str = ""  # the reader's Atom feed (only with a web front)
 
 
 def paper_url(paper_id: str, url: str, title: str) -> str:
@@ -184,7 +185,7 @@ def render_digest_reference(view: DigestView, *, templates_dir: Path | None = No
 _NONCE = secrets.token_hex(6)
 _MARK = "\ue000" + _NONCE + "{}\ue001"
 _SLOT = re.compile("\ue000" + _NONCE + "([a-z_]+)\ue001")
-_PAGE_SLOTS = ("name", "email", "subject", "unsubscribe_url", "manage_url", "browser_url")
+_PAGE_SLOTS = ("name", "email", "subject", "unsubscribe_url", "manage_url", "browser_url", "feed_url")
 _ROW_SLOTS = ("href", "reason", "more_url", "fewer_url")
 
 
@@ -305,6 +306,7 @@ class _Pieces:
             bool(view.name),
             bool(view.manage_url),
             bool(view.browser_url),
+            bool(view.feed_url),
         )
         if key in self.pages:
             return self.pages[key]

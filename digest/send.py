@@ -4,7 +4,7 @@
 function in another process, so both keep the same promises: the row is claimed before the message
 leaves, only the message in flight can ever go twice, a timeout after DATA is "may have arrived"
 (UNCONFIRMED, never resent in the same run), 4xx waits with a doubling backoff, 5xx fails that
-address only.
+address only.  A feed-only reader's row goes through the same step and ends IN_FEED, unmailed.
 """
 
 from __future__ import annotations
@@ -73,14 +73,20 @@ def send_claimed(
     worker: str,
     policy: RetryPolicy,
     email: str,
+    mail: bool = True,
     sent_later: list[tuple[int, str]] | None = None,
 ) -> SendResult:
     """Build, send and record one claimed delivery: the one send step of the daily run and the workers.
 
     A message that cannot be built waits like a transient failure; a transient failure waits
     `policy`'s doubling time, or fails after its attempts; an unconfirmed send (no answer after
-    DATA) is tried once more on a later run, never in this one; a 5xx fails this address.
+    DATA) is tried once more on a later run, never in this one; a 5xx fails this address.  Without
+    `mail` (a feed-only reader, `settings.mails`) nothing is built or sent: the row ends IN_FEED,
+    its papers recorded as sent, as a mailed one's are.
     """
+    if not mail:
+        store.record_outcome(row, DeliveryStatus.IN_FEED, now, worker=worker, attempted=False, sent_later=sent_later)
+        return SendResult(DeliveryStatus.IN_FEED)
     try:
         sender.send(build())  # building may connect (does the server take 8bit?): its errors are the sender's
     except UnconfirmedDelivery as e:

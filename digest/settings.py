@@ -14,6 +14,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from datetime import time
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -270,7 +271,7 @@ class WebSettings(_Section):
         60,
         ge=1,
         le=100_000,
-        description="Uses of signed links (feedback, unsubscribe, preferences) per client IP per minute.",
+        description="Uses of signed links (feedback, unsubscribe, preferences, feed polls) per client IP per minute.",
     )
     allow_signups: bool = Field(True, description="Show the subscribe page; false serves only the links in emails.")
 
@@ -443,6 +444,21 @@ def check_categories(value: list[str]) -> list[str]:
     return list(dict.fromkeys(cleaned))
 
 
+class DeliveryMode(StrEnum):
+    """How a reader takes their digest (`[[subscribers]] delivery`, `subscribers.delivery`): by
+    email, only in their Atom feed (ranked and recorded, never mailed), or both.  The feed is served
+    by the web front, so "feed" and "both" need `[web] base_url`."""
+
+    EMAIL = "email"
+    FEED = "feed"
+    BOTH = "both"
+
+
+def mails(delivery: str) -> bool:
+    """Does a reader with this `delivery` get the digest by email? (Only "feed" does not.)"""
+    return delivery != DeliveryMode.FEED
+
+
 class SubscriberSettings(_Section):
     email: str = Field(description="Where the digest goes.")
     name: str = Field("", description="How the digest greets the reader.")
@@ -456,6 +472,11 @@ class SubscriberSettings(_Section):
         "monday", description='The day a "weekly" digest goes out.'
     )
     max_papers: int = Field(10, ge=1, le=100, description="Personal picks per digest.")
+    delivery: DeliveryMode = Field(
+        DeliveryMode.EMAIL,
+        description='"email", "feed" (only in your Atom feed: ranked and recorded, never mailed) or "both"; '
+        "the feed needs [web] base_url.",
+    )
     liked: list[str] = Field(
         default_factory=list,
         description="Papers you liked: arXiv ids (2106.09685), arXiv or Hugging Face paper URLs, or exact titles.",
@@ -502,6 +523,15 @@ class SubscriberSettings(_Section):
     def _send_at(cls, value: str) -> str:
         if not _SEND_AT.match(value):
             raise ValueError(f'{value!r} is not a time of day as "HH:MM" (24h), e.g. "07:30"')
+        return value
+
+    @field_validator("delivery", mode="before")
+    @classmethod
+    def _delivery(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in tuple(DeliveryMode):
+            return value.strip().lower()
+        if isinstance(value, str):
+            raise ValueError(f'{value!r} is not a delivery; use "email", "feed" (the Atom feed only) or "both"')
         return value
 
     @field_validator("frequency", "weekly_day", mode="before")
@@ -579,6 +609,11 @@ class Settings(_Section):
                     check_email(sub.email)
                 except ValueError as e:
                     raise ValueError(f"subscribers[{i}].email: {e}") from e
+            if sub.delivery != DeliveryMode.EMAIL and not self.web.base_url:
+                raise ValueError(
+                    f'subscribers[{i}].delivery: "{sub.delivery}" needs [web] base_url: the feed is served by '
+                    '`digest serve`; without a web front there is no feed (use delivery = "email")'
+                )
         return self
 
     @property

@@ -51,7 +51,7 @@ from digest.pipeline import (
 from digest.rank import TrainData
 from digest.rank.saved import ModelReport
 from digest.send import SendResult, free_dead_claims, send_claimed, sender_name
-from digest.settings import Settings
+from digest.settings import Settings, mails
 
 
 @dataclass
@@ -72,6 +72,7 @@ class PlanReport:
 class WorkReport:
     worker: str
     sent: int = 0
+    in_feed: int = 0  # feed-only readers' digests, recorded for their feed, not mailed
     pending: int = 0
     failed: int = 0
     fatal: str = ""
@@ -331,22 +332,27 @@ class _Sending:
         """Send one claimed batch, each outcome recorded as it happens; after an unreachable server
         or a refused login the rest go back untried (after the retry wait, or at once)."""
         report = self.report
-        for i, row in enumerate(claimed):
-            if report.fatal or report.unreachable:  # the rest go back: at once, or after the retry wait
+        for row in claimed:
+            sub = self.subscribers.get(row.subscriber_id)
+            if (report.fatal or report.unreachable) and (sub is None or mails(sub.delivery)):
+                # the rest go back (at once, or after the retry wait); feed-only ones need no mail server
                 wait = None if report.fatal else self.clock() + self.policy.retry_after
-                for rest in claimed[i:]:
-                    self.store.record_outcome(
-                        rest,
-                        DeliveryStatus.PENDING,
-                        self.clock(),
-                        worker=report.worker,
-                        attempted=False,
-                        error=report.fatal or report.unreachable,
-                        next_attempt_at=wait,
-                    )
-                return
+                self.store.record_outcome(
+                    row,
+                    DeliveryStatus.PENDING,
+                    self.clock(),
+                    worker=report.worker,
+                    attempted=False,
+                    error=report.fatal or report.unreachable,
+                    next_attempt_at=wait,
+                )
+                continue
             result = self.send_one(row, sent)
-            counter = {DeliveryStatus.SENT: "sent", DeliveryStatus.FAILED: "failed"}.get(result.status, "pending")
+            counter = {
+                DeliveryStatus.SENT: "sent",
+                DeliveryStatus.IN_FEED: "in_feed",
+                DeliveryStatus.FAILED: "failed",
+            }.get(result.status, "pending")
             setattr(report, counter, getattr(report, counter) + 1)
             report.fatal = report.fatal or result.fatal
             report.unreachable = report.unreachable or result.unreachable
@@ -401,6 +407,7 @@ class _Sending:
             worker=worker,
             policy=self.policy,
             email=sub.email,
+            mail=mails(sub.delivery),
             sent_later=sent,
         )
 

@@ -13,6 +13,7 @@ from digest.db.engine import MARKER_SUFFIX, database_trouble, discard_database
 from digest.db.leases import RUN_LEASE, RunLease, lease_owner, owner_is_dead
 from digest.db.store import Store
 from digest.db.tables import (
+    DELIVERED,
     WAITING,
     Delivery,
     DeliveryStatus,
@@ -33,6 +34,7 @@ from digest.db.tables import (
 )
 
 __all__ = [
+    "DELIVERED",
     "MARKER_SUFFIX",
     "RUN_LEASE",
     "WAITING",

@@ -3,12 +3,15 @@
 A row is planned PENDING (one per reader and local digest date, before anything is sent), claimed
 by one sender (`claimed_by`/`claimed_until`, honouring `next_attempt_at`), and finished by
 `record_outcome`: SENT, PENDING again with a doubling wait, UNCONFIRMED (a timeout after DATA) or
-FAILED; `requeue_delivery` puts a failed one back.  Every path that sends goes through here.
+FAILED, or IN_FEED for a feed-only reader; `requeue_delivery` puts a failed one back.  Every path
+that sends goes through here.  The delivered rows (SENT, IN_FEED) are also what a reader's Atom feed
+shows (`feed_head`, `feed_rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -18,13 +21,27 @@ from sqlalchemy import (
     insert,
     update,
 )
+from sqlalchemy import (
+    select as core_select,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
-from digest.db.tables import WAITING, Delivery, DeliveryStatus, Interaction, Kind, _utc, aware, table_of
+from digest.db.tables import (
+    DELIVERED,
+    WAITING,
+    Delivery,
+    DeliveryStatus,
+    Interaction,
+    Kind,
+    Subscriber,
+    _utc,
+    aware,
+    table_of,
+)
 from digest.errors import DigestError
 
 _DELIVERIES = table_of(Delivery)
@@ -43,6 +60,42 @@ _OUTCOME = (
         sent_at=func.coalesce(bindparam("sent_at", type_=_DELIVERIES.c.sent_at.type), _DELIVERIES.c.sent_at),
     )
 )
+
+_SUBSCRIBERS = table_of(Subscriber)
+# A reader's feed validator in one statement (Store.feed_head): cheap enough for every poll.
+_FEED_HEAD = (
+    core_select(
+        _SUBSCRIBERS.c.active,
+        _SUBSCRIBERS.c.feed_key,
+        _SUBSCRIBERS.c.created,
+        func.count(_DELIVERIES.c.id).label("delivered"),
+        func.max(_DELIVERIES.c.digest_date).label("newest"),
+        func.max(_DELIVERIES.c.sent_at).label("changed"),
+    )
+    .select_from(
+        _SUBSCRIBERS.outerjoin(
+            _DELIVERIES,
+            (_DELIVERIES.c.subscriber_id == _SUBSCRIBERS.c.id) & _DELIVERIES.c.status.in_([str(d) for d in DELIVERED]),
+        )
+    )
+    .where(_SUBSCRIBERS.c.id == bindparam("sid"))
+    .group_by(_SUBSCRIBERS.c.id, _SUBSCRIBERS.c.active, _SUBSCRIBERS.c.feed_key, _SUBSCRIBERS.c.created)
+)
+
+
+@dataclass(frozen=True)
+class FeedHead:
+    """What a reader's feed depends on, read in one query per poll: whether the reader is active,
+    the key their feed links must carry, and their delivered digests' count, newest digest date and
+    latest delivery time (nothing else changes the feed: delivered rows are final)."""
+
+    active: bool
+    feed_key: str
+    created: datetime
+    delivered: int
+    newest: date | None
+    changed: datetime | None
+
 
 _SENT_PAPERS = insert(table_of(Interaction)).values(
     subscriber_id=bindparam("sid"), paper_id=bindparam("pid"), kind=Kind.SENT, origin="digest", at=bindparam("at")
@@ -131,17 +184,42 @@ class DeliveryQueue(StoreBase):
             ).first()
 
     def latest_delivery(self, subscriber_id: int, on_or_before: date) -> Delivery | None:
-        """The subscriber's most recent digest that went out, up to a date."""
+        """The subscriber's most recent digest that went out (mailed or into the feed), up to a date."""
         with self.session() as s:
             return s.exec(
                 select(Delivery)
                 .where(
                     col(Delivery.subscriber_id) == subscriber_id,
                     col(Delivery.digest_date) <= on_or_before,
-                    col(Delivery.status) == DeliveryStatus.SENT,
+                    col(Delivery.status).in_([str(d) for d in DELIVERED]),
                 )
                 .order_by(col(Delivery.digest_date).desc())
             ).first()
+
+    def feed_head(self, subscriber_id: int) -> FeedHead | None:
+        """The reader's feed validator (`FeedHead`), or None for an unknown reader: one query."""
+        with self._begin() as conn:
+            row = conn.execute(_FEED_HEAD, {"sid": subscriber_id}).first()
+        if row is None:
+            return None
+        return FeedHead(
+            bool(row.active), row.feed_key, aware(row.created), int(row.delivered), row.newest, aware(row.changed)
+        )
+
+    def feed_rows(self, subscriber_id: int, since: date) -> list[Delivery]:
+        """The reader's delivered digests dated `since` or later, newest first: what their feed shows."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Delivery)
+                    .where(
+                        col(Delivery.subscriber_id) == subscriber_id,
+                        col(Delivery.digest_date) >= since,
+                        col(Delivery.status).in_([str(d) for d in DELIVERED]),
+                    )
+                    .order_by(col(Delivery.digest_date).desc(), col(Delivery.id).desc())
+                )
+            )
 
     def requeue_delivery(self, subscriber_id: int, digest_date: date | None, now: datetime) -> Delivery:
         """Queue a failed digest again, as it was (same papers, same Message-ID), once its cause is
@@ -165,6 +243,8 @@ class DeliveryQueue(StoreBase):
             if row.status == DeliveryStatus.SENT:
                 when = f" at {aware(row.sent_at):%Y-%m-%d %H:%M} UTC" if row.sent_at else ""
                 raise DigestError(f"the digest of {row.digest_date} was sent{when}: nothing to send again")
+            if row.status == DeliveryStatus.IN_FEED:
+                raise DigestError(f"the digest of {row.digest_date} is in the reader's feed: nothing to send again")
             if row.status != DeliveryStatus.FAILED:
                 raise DigestError(
                     f"the digest of {row.digest_date} is {row.status}, not failed: a run sends it by itself"
@@ -291,7 +371,7 @@ class DeliveryQueue(StoreBase):
     ) -> None:
         """One delivery's outcome, written as it happens (one transaction): its status and error, one
         more attempt if it was `attempted`, when it may be tried again, its claim given back, and on
-        SENT the papers recorded as sent to the reader (so they are not picked again), or, with
+        SENT or IN_FEED the papers recorded as sent to the reader (so they are not picked again), or, with
         `sent_later`, added to that list for the caller to write in bulk (`add_interactions_many`):
         a busy worker's ten index updates per digest cost more than the outcome itself."""
         stamp = _utc(now)
@@ -302,13 +382,13 @@ class DeliveryQueue(StoreBase):
             "new_error": error[:2000],
             "tried": 1 if attempted else 0,
             "next_at": _utc(next_attempt_at) if status in WAITING else None,
-            "sent_at": stamp if status == DeliveryStatus.SENT else None,
+            "sent_at": stamp if status in DELIVERED else None,
         }
         with self._begin() as conn:  # one transaction, statements built once: a sender writes one per message
             conn.execute(_OUTCOME, params)
-            if status == DeliveryStatus.SENT and row.papers and sent_later is not None:
+            if status in DELIVERED and row.papers and sent_later is not None:
                 sent_later.extend((row.subscriber_id, pid) for pid in dict.fromkeys(row.papers))
-            elif status == DeliveryStatus.SENT and row.papers:
+            elif status in DELIVERED and row.papers:
                 conn.execute(
                     _SENT_PAPERS,
                     [{"sid": row.subscriber_id, "pid": pid, "at": stamp} for pid in dict.fromkeys(row.papers)],

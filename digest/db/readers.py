@@ -58,6 +58,7 @@ class Readers(StoreBase):
                     "keywords": list(sub.keywords),
                     "exclude_keywords": list(sub.exclude_keywords),
                     "categories": list(sub.categories),
+                    "delivery": str(sub.delivery),
                 }
                 if row is None:
                     row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)
@@ -434,6 +435,17 @@ class Readers(StoreBase):
                 s.add(OptOut(email=email, at=_utc(now)))
             s.commit()
             return row is not None
+
+    def new_feed_key(self, subscriber_id: int, feed_key: str) -> Subscriber:
+        """Give a reader (from the web or the file) a new feed key: every feed link made before stops working."""
+        with self.session() as s:
+            row = s.get(Subscriber, subscriber_id)
+            if row is None:
+                raise StoreError(f"subscriber {subscriber_id} does not exist")
+            row.feed_key = feed_key
+            s.commit()
+            s.refresh(row)
+            return row
 
     def update_preferences(self, subscriber_id: int, fields: dict[str, Any]) -> Subscriber:
         """Change a web subscriber's preferences; a config subscriber's come from the file (StoreError)."""

@@ -34,15 +34,18 @@ class DeliveryStatus(StrEnum):
     """The states of a delivery row: planned PENDING -> (claimed by one sender) -> SENT, PENDING again
     with a doubling wait, or FAILED (a 5xx, or `max_attempts` used up).  UNCONFIRMED: the server took
     the message but never said so (a timeout after DATA): it may have arrived, so it is tried once
-    more on a later run only, and fails rather than go a third time."""
+    more on a later run only, and fails rather than go a third time.  IN_FEED: a feed-only reader's
+    digest, finished by the same send step without mailing it; like SENT, its papers count as sent."""
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
     UNCONFIRMED = "unconfirmed"
+    IN_FEED = "in-feed"
 
 
 WAITING = (DeliveryStatus.PENDING, DeliveryStatus.UNCONFIRMED)  # rows a sender may claim
+DELIVERED = (DeliveryStatus.SENT, DeliveryStatus.IN_FEED)  # the reader has it (mailed, or in their feed)
 
 
 @overload
@@ -111,7 +114,7 @@ class Subscriber(SQLModel, table=True):
     # named interests ({name, keywords, liked}) and followed authors (names, ORCID iDs):
     topics: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     authors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    delivery: str = Field(default="email", max_length=8)  # email, feed, both
+    delivery: str = Field(default="email", max_length=8)  # settings.DeliveryMode: email, feed, both
     feed_key: str = Field(default="", max_length=64)  # in the feed link's token; a new one revokes the old links
     active: bool = True
     origin: str = "config"

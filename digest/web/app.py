@@ -13,6 +13,9 @@ POST, where the signed URL alone is the proof.  Replies never say whether an add
     GET  /unsubscribe?t=     a button; POST /unsubscribe?t= unsubscribes at once (one-click)
     GET  /preferences?t=     preferences and likes; POST saves (web subscribers), /preferences/likes removes
     GET  /digest?t=          the latest digest, rendered with the email templates
+    GET  /feed?t=            the reader's Atom feed (feed.py): 304 for a poll that has it, 404 for a
+                             forged, altered or revoked link, 410 once the reader unsubscribed
+    POST /preferences/feed   a new feed link (a new feed key): every older one stops working
 
 Bad input never reaches the store: a post that is not one of our forms (over forms.MAX_BODY,
 over forms.MAX_FIELDS fields, another content type) gets 413 or 415, a field the settings schema
@@ -28,6 +31,7 @@ stalls only its own request, never the others.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +46,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from digest import feed as atom
 from digest import links
 from digest.compose import Pick, compose
 from digest.db import Kind, Store, Subscriber
@@ -83,6 +88,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# The feed: personal, so never in a shared cache; kept by the reader's client and checked each poll.
+FEED_HEADERS = SECURITY_HEADERS | {"Cache-Control": "private, no-cache"}
 Form = dict[str, list[str]]
 Handler = Callable[[Request, Form | None], Response]  # a route's work, run in the thread pool
 
@@ -561,6 +568,7 @@ class _Front:
             "keywords": ", ".join(sub.keywords),
             "exclude_keywords": ", ".join(sub.exclude_keywords),
             "categories": list(sub.categories),
+            "delivery": sub.delivery,
         }
         return self.page(
             request,
@@ -579,7 +587,14 @@ class _Front:
             dislikes=self.store.liked_papers(sub.id, Kind.DISLIKE),
             digest_url=links.manage_url(self.settings, self.key, sub.email, clock=self.clock, path="/digest"),
             unsubscribe_url=links.unsubscribe_url(self.settings, self.key, sub.email, clock=self.clock),
+            feed_url=self.feed_url(sub),
         )
+
+    def feed_url(self, sub: Subscriber) -> str:
+        """The reader's feed link, or "" without a web front ([web] base_url): then there is no feed."""
+        if not self.settings.web.base_url:
+            return ""
+        return links.feed_url(self.settings, self.key, sub.id, sub.feed_key, clock=self.clock)
 
     def _manage_reader(self, request: Request) -> Subscriber | Response:
         """The reader a manage link names, or the page that says why not (too many tries, a bad or
@@ -615,9 +630,21 @@ class _Front:
                 },
             )
         checked = forms.check_preferences(form, categories=self.offered_categories())
+        if checked.values.get("delivery", "email") != "email" and not self.settings.web.base_url:
+            checked.errors["delivery"] = "this digest has no web front to serve a feed; choose email"
         if checked.errors:
             values: dict[str, Any] = forms.shown(
-                form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day", "keywords", "exclude_keywords")
+                form,
+                (
+                    "timezone",
+                    "send_at",
+                    "max_papers",
+                    "frequency",
+                    "weekly_day",
+                    "keywords",
+                    "exclude_keywords",
+                    "delivery",
+                ),
             )
             values["categories"] = form.get("categories", [])
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
@@ -626,6 +653,59 @@ class _Front:
         except DigestError as e:
             return self._preferences_page(request, sub, errors={"form": str(e)}, status=409)
         return self._preferences_page(request, sub, notice="Saved. Your next digest uses these settings.")
+
+    def new_feed_link(self, request: Request, form: Form | None) -> Response:
+        """A new feed key for the reader (from the web or the file alike): the feed links made
+        before, in earlier emails or feed readers, stop working (404) at once."""
+        form = form or {}
+        sub = self._manage_reader(request)
+        if not isinstance(sub, Subscriber):
+            return sub
+        if not self.csrf_valid(request, form):
+            return self._form_expired(request)
+        sub = self.store.new_feed_key(sub.id, links.new_feed_key())
+        return self._preferences_page(
+            request, sub, notice="Your feed has a new link, below; the old one no longer works."
+        )
+
+    def _no_feed(self, request: Request) -> Response:
+        return self.message(
+            request, "Page not found", "This feed link does not work (a newer one may have replaced it).", status=404
+        )
+
+    def feed(self, request: Request, form: Form | None) -> Response:
+        """The reader's Atom feed.  A poll whose ETag or date still holds gets 304 after one query
+        (`Store.feed_head`); a link that is forged, altered or revoked (an older feed key), or any
+        link without a web front, 404; a reader who unsubscribed, 410: no data in either."""
+        if not self.link_limiter.hit(self.ip(request)):
+            return self.too_many(request)
+        if not self.settings.web.base_url:
+            return self._no_feed(request)
+        try:
+            payload = self.token(request, links.FEED, max_age=links.FEED_MAX_AGE)
+        except links.InvalidToken:
+            return self._no_feed(request)
+        sid, key = payload.get("s"), payload.get("k")
+        if not isinstance(sid, int) or not isinstance(key, str):
+            return self._no_feed(request)
+        head = self.store.feed_head(sid)
+        if head is None or not hmac.compare_digest(head.feed_key.encode(), key.encode()):
+            return self._no_feed(request)
+        if not head.active:
+            return self.message(request, "This feed has ended", "Its reader unsubscribed.", status=410)
+        current = atom.validator(sid, head)
+        headers = FEED_HEADERS | current.headers()
+        if atom.not_modified(current, request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
+            return Response(status_code=304, headers=headers)
+        sub = self.store.subscriber(id=sid)
+        if sub is None:
+            return self._no_feed(request)
+        start = atom.window_start(head)
+        rows = self.store.feed_rows(sid, start) if start is not None else []
+        papers = {p.id: p for p in self.store.papers(list(dict.fromkeys(pid for r in rows for pid in r.papers)))}
+        self_url = f"{self.settings.web.base_url}/feed?t={request.query_params.get('t', '')}"
+        body = atom.build_feed(self.settings, self.env, sub, head, rows, papers, self_url=self_url)
+        return Response(body, media_type=atom.MEDIA_TYPE, headers=headers)
 
     def import_library(self, request: Request, form: Form | None) -> Response:
         """A library file (BibTeX, RIS, CSL-JSON) posted from the preferences page becomes the
@@ -762,6 +842,8 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: links.C
         Route("/preferences/likes", route(front.remove_like), methods=["POST"]),
         Route("/preferences/library", route(front.import_library, upload=True), methods=["POST"]),
         Route("/digest", route(front.digest), methods=["GET"]),
+        Route("/feed", route(front.feed), methods=["GET"]),
+        Route("/preferences/feed", route(front.new_feed_link), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

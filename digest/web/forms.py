@@ -161,6 +161,8 @@ def _validate(checked: Checked, raw: dict[str, Any]) -> None:
         "frequency": sub.frequency,
         "weekly_day": sub.weekly_day,
     }
+    if "delivery" in raw:
+        checked.values["delivery"] = str(sub.delivery)
     if "email" in raw:
         checked.values["email"] = sub.email
         checked.values["name"] = sub.name
@@ -237,7 +239,7 @@ def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool, categories: S
 
 def check_preferences(form: dict[str, list[str]], *, categories: Sequence[str] = ()) -> Checked:
     """A preferences edit: time zone, send time, how often, keywords, exclude keywords, categories
-    (from `categories`, the configured ones), max papers."""
+    (from `categories`, the configured ones), max papers, delivery (email, feed or both)."""
     checked = Checked()
     max_papers = first(form, "max_papers") or "10"
     if not _NUMBER.fullmatch(max_papers) or not 1 <= int(max_papers) <= 50:
@@ -248,6 +250,7 @@ def check_preferences(form: dict[str, list[str]], *, categories: Sequence[str] =
         "keywords": _keywords(checked, form, "keywords"),
         "exclude_keywords": _keywords(checked, form, "exclude_keywords"),
         "categories": _categories(checked, form, categories),
+        "delivery": _text(checked, form, "delivery", limit=10) or "email",
         **_when(checked, form),
     }
     if not checked.errors:
