@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from digest.cli import app
 from digest.db import Delivery, DeliveryStatus, Store
 from digest.errors import DigestError
+from digest.settings import SubscriberSettings
 
 from .conftest import free_port
 from .faulty_smtp import Server
@@ -99,7 +100,9 @@ def test_a_permanently_failed_digest_is_sent_again_once_with_the_same_message_id
 def test_requeue_refuses_what_is_not_failed_and_finds_the_latest_failed(store: Store) -> None:
     """The store's half, on SQLite and PostgreSQL."""
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-    sub_id = store.sync_subscribers([_Reader("r@example.org")], now)["r@example.org"]
+    sub_id = store.sync_subscribers([SubscriberSettings(email="r@example.org", send_at="07:00", max_papers=5)], now)[
+        "r@example.org"
+    ]
     with pytest.raises(DigestError, match="no failed digest to send again"):
         store.requeue_delivery(sub_id, None, now)
     days = [date(2026, 11, 21), date(2026, 11, 22), date(2026, 11, 23)]
@@ -122,14 +125,3 @@ def test_requeue_refuses_what_is_not_failed_and_finds_the_latest_failed(store: S
     )
     assert row.next_attempt_at == now and row.created == now  # due now; the catch-up window starts again
     assert store.delivery(sub_id, days[0]).status == DeliveryStatus.FAILED  # the older one is left as it is
-
-
-class _Reader:
-    """The fields `Store.sync_subscribers` reads of a config subscriber."""
-
-    def __init__(self, email: str) -> None:
-        self.email, self.name, self.timezone, self.send_at = email, "", "UTC", "07:00"
-        self.frequency, self.weekly_day, self.max_papers = "daily", "monday", 5
-        self.keywords: list[str] = []
-        self.exclude_keywords: list[str] = []
-        self.categories: list[str] = []
