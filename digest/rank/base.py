@@ -13,7 +13,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -147,6 +147,18 @@ def pairs_to_matrix(pairs: Iterable[tuple[str, str]], rows: IdMap, cols: IdMap) 
     return m
 
 
+@dataclass
+class TextSpace:
+    """A ranker's text space, for what is worked out beside the ranking (a pick's highlighted
+    sentence, the clusters of a reader's likes): the fitted vectorizer, a TF-IDF row per corpus
+    paper and a profile row per user, in the same terms."""
+
+    vectorizer: Any  # a fitted sklearn TfidfVectorizer
+    items: sp.csr_matrix
+    profiles: sp.csr_matrix
+    dense: np.ndarray | None = None  # a dense unit vector per paper (the hybrid's LSA space), if the ranker has one
+
+
 class Ranker(ABC):
     """Fit once, then score users against candidate papers.
 
@@ -193,6 +205,10 @@ class Ranker(ABC):
 
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix | np.ndarray | None:
         """Feature rows of these papers, for the diversity step (None: the ranker has no text space)."""
+        return None
+
+    def text_space(self) -> TextSpace | None:
+        """The fitted TF-IDF space with every user's profile in it (None: the ranker has none)."""
         return None
 
     def recommend(
