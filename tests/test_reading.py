@@ -85,7 +85,15 @@ keywords = ["semantic segmentation"]
 """
 
 
-def _config(make_config: ConfigFactory, folder: Path, port: int, *, ranker: str = "content", body: str = ADA + BEN):
+def _config(
+    make_config: ConfigFactory,
+    folder: Path,
+    port: int,
+    *,
+    ranker: str = "content",
+    body: str = ADA + BEN,
+    name: str = "digest.toml",
+) -> Settings:
     return make_config(
         f"""
         [ranking]
@@ -98,6 +106,7 @@ def _config(make_config: ConfigFactory, folder: Path, port: int, *, ranker: str 
         + body,
         smtp_port=port,
         method="smtp",
+        name=name,
     )
 
 
@@ -303,7 +312,7 @@ def test_both_daily_modes_store_the_same_sections_highlights_and_notes(
         folder.mkdir()
         if mode == "workers":
             shutil.copytree(tmp_path / "send" / "data" / "models", folder / "data" / "models")
-        settings = _config(lambda *a, **k: make_config(*a, **k, name=f"{mode}.toml"), folder, port, ranker=ranker)
+        settings = _config(make_config, folder, port, ranker=ranker, name=f"{mode}.toml")
         settings = settings.model_copy(update={"data_dir": str(folder / "data")})
         if mode == "send":
             run_daily(NOW, settings, force=True)
@@ -317,7 +326,7 @@ def test_both_daily_modes_store_the_same_sections_highlights_and_notes(
         rows.append({e: (d.papers, d.sections, d.highlights, d.notes) for e, d in _rows(settings).items()})
     assert rows[0] == rows[1]
     ada = rows[0]["ada@example.org"]
-    assert [n for n, _ in ada[1]][0] == "From authors you follow" and len(ada[1]) >= 3
+    assert ada[1][0][0] == "From authors you follow" and len(ada[1]) >= 3
     assert len(inbox.messages) == 4
 
 
