@@ -383,3 +383,34 @@ def test_the_web_digest_page_shows_the_sections_in_chromium(
     assert [h.casefold() for h in headings[: len(names)]] == [n.casefold() for n in names]
     assert names[0] == "From authors you follow" and {"Segmentation", "Language models"} <= set(names)
     assert shown == [h for h in row.highlights if h]
+
+
+def test_web_preferences_take_topics_and_authors(make_config: ConfigFactory) -> None:
+    """A topic a line ("name: keyword, keyword") and an author a line on the preferences page;
+    a bad line is a 400 naming the field, never a 500; the next digest has the sections."""
+    from .test_web import _web_subscriber, csrf_of, make_world
+
+    for world in make_world(make_config):
+        url = _web_subscriber(world, "pia@example.org")
+        page = world.client.get(url)
+        assert page.status_code == 200 and 'name="topics"' in page.text and 'name="authors"' in page.text
+        base = {"csrf": csrf_of(page), "timezone": "UTC", "send_at": "07:30", "max_papers": "6"}
+        bad = world.client.post(url, data={**base, "topics": "just words"})
+        assert bad.status_code == 400 and "name: keyword, keyword" in bad.text
+        bad = world.client.post(url, data={**base, "authors": "Bengio"})
+        assert bad.status_code == 400 and "not a full name" in bad.text
+        bad = world.client.post(url, data={**base, "topics": "A: x\na: y"})
+        assert bad.status_code == 400 and "own name" in bad.text
+        topics = "Segmentation: semantic segmentation, instance segmentation\nLanguage: large language models"
+        saved = world.client.post(url, data={**base, "topics": topics, "authors": "Yoshua Bengio\n0000-0002-1825-0097"})
+        assert saved.status_code == 200 and "Saved" in saved.text
+        assert "Segmentation: semantic segmentation, instance segmentation" in saved.text
+        pia = world.store.subscriber(email="pia@example.org")
+        assert [t["name"] for t in pia.topics] == ["Segmentation", "Language"]
+        assert pia.topics[0]["keywords"] == ["semantic segmentation", "instance segmentation"]
+        assert pia.authors == ["Yoshua Bengio", "0000-0002-1825-0097"]
+        world.clock.advance(days=1)
+        world.run()
+        row = world.store.last_delivery(pia.id)
+        assert row is not None and [n for n, _ in row.sections] == ["Segmentation", "Language"]
+        assert sum(n for _, n in row.sections) == len(row.papers) == 6

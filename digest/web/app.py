@@ -512,6 +512,8 @@ class _Front:
             "keywords": ", ".join(sub.keywords),
             "exclude_keywords": ", ".join(sub.exclude_keywords),
             "categories": list(sub.categories),
+            "topics": forms.topics_text(sub.topics or []),
+            "authors": "\n".join(sub.authors or []),
         }
         return self.page(
             request,
@@ -568,7 +570,18 @@ class _Front:
         checked = forms.check_preferences(form, categories=self.offered_categories())
         if checked.errors:
             values: dict[str, Any] = forms.shown(
-                form, ("timezone", "send_at", "max_papers", "frequency", "weekly_day", "keywords", "exclude_keywords")
+                form,
+                (
+                    "timezone",
+                    "send_at",
+                    "max_papers",
+                    "frequency",
+                    "weekly_day",
+                    "keywords",
+                    "exclude_keywords",
+                    "topics",
+                    "authors",
+                ),
             )
             values["categories"] = form.get("categories", [])
             return self._preferences_page(request, sub, errors=checked.errors, values=values, status=400)
