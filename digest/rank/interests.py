@@ -267,19 +267,26 @@ class InterestRanker(Ranker):
             self.sizes = {u: [len(i.liked) for i in f] for u, f in zip(owners, found)}
         return self
 
-    def score(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def score(self, users: np.ndarray, candidates: np.ndarray, *, chunk: int = 256) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         out = np.array(self.base.score(users, candidates), dtype=np.float32)
-        for i, u in enumerate(users.tolist()):
-            rows = self.rows.get(u)
-            if not rows:
-                continue
-            block = self.base.score(np.array(rows), candidates)
-            ranks = np.argsort(np.argsort(-block, axis=1, kind="stable"), axis=1).astype(np.float64)
-            share_ = np.array(self.sizes[u], dtype=np.float64)
-            share_ /= share_.sum()
-            # position in a merge taking each interest in proportion to its size: rank / share
-            out[i] = -np.min((ranks + 1) / share_[:, None], axis=0).astype(np.float32)
+        owners = [(i, u) for i, u in enumerate(users.tolist()) if u in self.rows]
+        for s in range(0, len(owners), chunk):
+            part = owners[s : s + chunk]
+            rows = np.array([r for _, u in part for r in self.rows[u]], dtype=np.int64)
+            block = np.asarray(self.base.score(rows, candidates), dtype=np.float32)
+            # each interest's rank of every candidate (1 = its best)
+            ranks = np.empty(block.shape, dtype=np.float32)
+            order = np.argsort(-block, axis=1, kind="stable")
+            np.put_along_axis(ranks, order, np.arange(1, block.shape[1] + 1, dtype=np.float32)[None, :], axis=1)
+            at = 0
+            for i, u in part:
+                n = len(self.rows[u])
+                weights = np.array(self.sizes[u], dtype=np.float32)
+                weights /= weights.sum()
+                # the position in a merge taking each interest in turn, in proportion to its size
+                out[i] = -np.min(ranks[at : at + n] / weights[:, None], axis=0)
+                at += n
         return out
 
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
