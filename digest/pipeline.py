@@ -842,6 +842,8 @@ def rank_readers(
         ranker.update(augmented)
         space = ranker.text_space()
         rows_of = {s.id: r for s, r in zip(sectioned, interest_rows)}
+        if progress:
+            progress(len(sectioned))  # ranked below, one reader at a time
     plain = [s for s in subscribers if s.id not in interests]
     picks = rank_subscribers(
         ranker,

@@ -138,11 +138,12 @@ def environment(templates_dir: Path | None = None) -> Environment:
 
 
 @lru_cache(maxsize=65536)
-def _wrap(text: str, width: int = 76, indent: str = "") -> str:
-    """textwrap.fill, remembered: the same abstract is wrapped once per run, not once per digest."""
+def _wrap(text: str, width: int = 76, indent: str = "", first: str | None = None) -> str:
+    """textwrap.fill, remembered: the same abstract is wrapped once per run, not once per digest.
+    `first` is the first line's indent when it differs ("   » " before a highlight)."""
     import textwrap
 
-    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(text, width=width, initial_indent=indent if first is None else first, subsequent_indent=indent)
 
 
 @lru_cache(maxsize=65536)
