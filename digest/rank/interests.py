@@ -85,12 +85,13 @@ def cluster_likes(vectors: np.ndarray) -> np.ndarray | None:
     cosine silhouette of MIN_SEPARATION, with MIN_CLUSTER papers in each cluster)."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    n = len(vectors)
+    x = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
+    norms = np.linalg.norm(x, axis=1)
+    known = norms > 0  # a paper with no text (an empty title) has no direction: it joins the largest cluster
+    n = int(known.sum())
     if n < MIN_LIKES:
         return None
-    x = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.where(norms > 0, norms, 1.0)
+    x = x[known] / norms[known, None]
     tree = linkage(x, "average", metric="cosine")
     best, best_score = None, MIN_SEPARATION
     for k in range(2, min(MAX_CLUSTERS, n // MIN_CLUSTER) + 1):
@@ -101,7 +102,11 @@ def cluster_likes(vectors: np.ndarray) -> np.ndarray | None:
         score = _silhouette(x, labels) - EXTRA_CLUSTER * (k - 2)
         if score > best_score:
             best, best_score = labels, score
-    return best
+    if best is None:
+        return None
+    out = np.full(len(known), int(np.bincount(best).argmax()), dtype=np.int64)
+    out[known] = best
+    return out
 
 
 def _names(space: TextSpace, items: sp.csr_matrix, labels: np.ndarray, terms: int = 2) -> list[str]:
