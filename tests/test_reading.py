@@ -414,3 +414,29 @@ def test_web_preferences_take_topics_and_authors(make_config: ConfigFactory) -> 
         row = world.store.last_delivery(pia.id)
         assert row is not None and [n for n, _ in row.sections] == ["Segmentation", "Language"]
         assert sum(n for _, n in row.sections) == len(row.papers) == 6
+
+
+def test_interests_are_found_by_clustering_the_likes_and_named_by_their_terms() -> None:
+    """Six graph papers and six speech papers liked: two interests, named by their terms; twelve
+    language-model papers: one interest (no sections).  In an LSA space of the sample corpus's
+    TF-IDF, as the hybrid has."""
+    from sklearn.decomposition import TruncatedSVD
+
+    from digest.rank.interests import found_interests
+
+    corpus = Corpus.from_records((r["id"], r["title"], r["abstract"]) for r in SAMPLE)
+
+    def titled(word: str, n: int) -> list[str]:
+        return [r["id"] for r in SAMPLE if word in r["title"].lower()][:n]
+
+    two = titled("graph", 6) + titled("speech", 6)
+    one = titled("language model", 12)
+    data = TrainData.from_pairs(corpus, IdMap(["two", "one"]), [("two", p) for p in two] + [("one", p) for p in one])
+    space = ContentRanker(profile_terms=200).fit(data).text_space()
+    space.dense = TruncatedSVD(200, random_state=0).fit_transform(space.items)
+    found = found_interests(space, data.likes[0].indices)
+    assert len(found) == 2, [(i.name, len(i.liked)) for i in found]
+    groups = [{corpus.ids.ids[r] for r in i.liked} for i in found]
+    assert {frozenset(g) for g in groups} == {frozenset(titled("graph", 6)), frozenset(titled("speech", 6))}
+    assert any("graph" in i.name for i in found) and any("speech" in i.name for i in found)
+    assert found_interests(space, data.likes[1].indices) == []
