@@ -778,6 +778,7 @@ def rank_due(
             min_score=relevance_floor(settings, ranker),
             processes=processes,
             progress=advance,
+            find_interests=settings.ranking.find_interests,
         )
     notes = follow_ups(store, fresh)
     for d in due:
@@ -794,7 +795,7 @@ AUTHORS_SECTION = "From authors you follow"
 REST_SECTION = "Picked for you"  # the rest of a one-interest digest that leads with followed authors
 
 
-def reader_interests(sub: Subscriber, data: TrainData, space: TextSpace | None) -> list[Interest]:
+def reader_interests(sub: Subscriber, data: TrainData, space: TextSpace | None, *, find: bool = True) -> list[Interest]:
     """The interests a reader's digest has a section for: their named topics (with "More for you",
     their whole profile, when they like or ask for more than the topics hold), else the clusters
     of their liked papers; fewer than two is none (one list)."""
@@ -806,7 +807,7 @@ def reader_interests(sub: Subscriber, data: TrainData, space: TextSpace | None) 
         if set(data.likes[user].indices.tolist()) - in_topics or set(sub.keywords) - topic_words:
             named.append(Interest(MORE_SECTION, own=True))
         return named if len(named) > 1 else []
-    if space is None:
+    if space is None or not find:
         return []
     found = found_interests(space, data.likes[user].indices)
     return found if len(found) > 1 else []
@@ -826,13 +827,14 @@ def rank_readers(
     min_score: float = -np.inf,
     processes: int = 1,
     progress: Callable[[int], None] | None = None,
+    find_interests: bool = True,
 ) -> dict[int, list[Pick]]:
     """Each reader's picks as their digest shows them: papers by authors they follow first, then
     one section per interest (a reader with one interest: the single list of `rank_subscribers`),
     each pick with its highlighted sentence.  Readers with interests join the ranker's data as
     one reader per interest (`with_interests`), folded into the day's fit."""
     space = ranker.text_space()
-    interests = {s.id: found for s in subscribers if (found := reader_interests(s, data, space))}
+    interests = {s.id: found for s in subscribers if (found := reader_interests(s, data, space, find=find_interests))}
     rows_of: dict[int, list[int]] = {}
     if interests:
         sectioned = [s for s in subscribers if s.id in interests]

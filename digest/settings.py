@@ -346,6 +346,11 @@ class RankingSettings(_Section):
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
         '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
     )
+    find_interests: bool = Field(
+        True,
+        description="Look for a reader's interests in their liked papers when they name no topics (10 or more "
+        "likes in 2-5 clear clusters: a digest section each); false: only named topics give sections.",
+    )
     embeddings: bool = Field(
         False,
         description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "

@@ -61,18 +61,17 @@ def _unit_dense(m: sp.csr_matrix) -> np.ndarray:
     return dense / norms
 
 
-def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """The mean silhouette of a labelling under cosine distance."""
-    dist = 1.0 - x @ x.T
+def _silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
+    """The mean silhouette of a labelling, given the pairwise distances."""
     ks = np.unique(labels)
     if len(ks) < 2:
         return -1.0
     mean_to = np.stack([dist[:, labels == j].mean(axis=1) for j in ks], axis=1)  # n x k
     own = np.searchsorted(ks, labels)
     sizes = np.array([(labels == j).sum() for j in ks])
-    a = mean_to[np.arange(len(x)), own] * sizes[own] / np.maximum(sizes[own] - 1, 1)  # without itself
+    a = mean_to[np.arange(len(dist)), own] * sizes[own] / np.maximum(sizes[own] - 1, 1)  # without itself
     others = mean_to.copy()
-    others[np.arange(len(x)), own] = np.inf
+    others[np.arange(len(dist)), own] = np.inf
     b = others.min(axis=1)
     s = (b - a) / np.maximum(np.maximum(a, b), 1e-12)
     s[sizes[own] == 1] = 0.0
@@ -84,6 +83,7 @@ def cluster_likes(vectors: np.ndarray) -> np.ndarray | None:
     they are too few or form one interest (no cut of the average-linkage tree separates them by a
     cosine silhouette of MIN_SEPARATION, with MIN_CLUSTER papers in each cluster)."""
     from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
 
     x = np.nan_to_num(np.asarray(vectors, dtype=np.float64))
     norms = np.linalg.norm(x, axis=1)
@@ -92,14 +92,16 @@ def cluster_likes(vectors: np.ndarray) -> np.ndarray | None:
     if n < MIN_LIKES:
         return None
     x = x[known] / norms[known, None]
-    tree = linkage(x, "average", metric="cosine")
+    dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), "average")
     best, best_score = None, MIN_SEPARATION
     for k in range(2, min(MAX_CLUSTERS, n // MIN_CLUSTER) + 1):
         labels = fcluster(tree, k, "maxclust") - 1
         sizes = np.bincount(labels)
         if len(sizes) != k or sizes.min() < MIN_CLUSTER:
             continue
-        score = _silhouette(x, labels) - EXTRA_CLUSTER * (k - 2)
+        score = _silhouette(dist, labels) - EXTRA_CLUSTER * (k - 2)
         if score > best_score:
             best, best_score = labels, score
     if best is None:
