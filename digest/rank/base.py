@@ -86,8 +86,13 @@ class TrainData:
 
     `likes` and `dislikes` are users x papers CSR matrices of 0/1 over `corpus` rows.
     `keywords[u]` are the topics user u asked for.  `counts[p]` is the community signal of paper p
-    (upvotes on the source site, or likes across all our subscribers).
+    (upvotes on the source site, or likes across all our subscribers).  `readers`: see below.
     """
+
+    @property
+    def reader_likes(self) -> sp.csr_matrix:
+        """The likes of the readers themselves (without the interest rows, `readers`)."""
+        return self.likes if self.readers is None else self.likes[: self.readers]
 
     corpus: Corpus
     users: IdMap
@@ -95,6 +100,9 @@ class TrainData:
     dislikes: sp.csr_matrix | None = None
     keywords: list[list[str]] = field(default_factory=list)
     counts: np.ndarray | None = None
+    # users before this row are readers; the rows after it are readers' interests (`rank.interests`),
+    # ranked like readers but counted in nothing about readers (a trend's "liked by N readers")
+    readers: int | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.users), len(self.corpus))

@@ -177,7 +177,8 @@ def with_interests(
     dislikes = None
     if data.dislikes is not None:
         dislikes = sp.vstack([data.dislikes, data.dislikes[dislike_rows]], format="csr")
-    return TrainData(data.corpus, IdMap(ids), likes, dislikes, keywords, data.counts), rows
+    readers = data.readers if data.readers is not None else len(data.users)
+    return TrainData(data.corpus, IdMap(ids), likes, dislikes, keywords, data.counts, readers), rows
 
 
 def split_budget(offers: Sequence[int], budget: int) -> list[int]:
