@@ -59,7 +59,17 @@ def main() -> None:
     ap.add_argument("bench", nargs="?", default=str(REPO.parent / "shared" / "bench"))
     ap.add_argument("--splits", default="citeulike-a-p10,citeulike-a-cold")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--min-separation",
+        type=float,
+        default=None,
+        help="the clustering's silhouette threshold (default: the daily digest's, interests.MIN_SEPARATION)",
+    )
     args = ap.parse_args()
+    if args.min_separation is not None:
+        from digest.rank import interests
+
+        interests.MIN_SEPARATION = args.min_separation
     results = [measure(Path(args.bench) / s) for s in args.splits.split(",") if s]
     if args.json:
         print(json.dumps(results))
