@@ -61,7 +61,14 @@ from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.authors import AuthorIndex, Followed
 from digest.rank.base import TextSpace, top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
-from digest.rank.interests import Interest, found_interests, named_interests, share, with_interests
+from digest.rank.interests import (
+    Interest,
+    fold_in_interests,
+    found_interests,
+    named_interests,
+    share,
+    with_interests,
+)
 from digest.rank.saved import ModelReport, ranker_for_day
 from digest.send import free_dead_claims, send_claimed, sender_name
 from digest.settings import Settings, SubscriberSettings
@@ -841,7 +848,7 @@ def rank_readers(
         augmented, interest_rows = with_interests(
             data, [data.users.index(s.email) for s in sectioned], [interests[s.id] for s in sectioned]
         )
-        ranker.update(augmented)
+        fold_in_interests(ranker, augmented)
         space = ranker.text_space()
         rows_of = {s.id: r for s, r in zip(sectioned, interest_rows)}
         if progress:

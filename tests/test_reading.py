@@ -440,3 +440,29 @@ def test_interests_are_found_by_clustering_the_likes_and_named_by_their_terms() 
     assert {frozenset(g) for g in groups} == {frozenset(titled("graph", 6)), frozenset(titled("speech", 6))}
     assert any("graph" in i.name for i in found) and any("speech" in i.name for i in found)
     assert found_interests(space, data.likes[1].indices) == []
+
+
+def test_interests_fold_into_a_hybrid_fit_with_embeddings_leaving_readers_as_they_were() -> None:
+    """The day's fit (with embeddings) takes a reader's interests in as rows of their own: the
+    readers' own scores do not move, and the interests count in no reader's like count."""
+    from digest.rank.hybrid import HybridRanker
+    from digest.rank.interests import Interest, fold_in_interests, with_interests
+
+    records = SAMPLE[:300]
+    corpus = Corpus.from_records((r["id"], r["title"], r["abstract"]) for r in records)
+    likes = [("a", r["id"]) for r in records[:12]] + [("b", r["id"]) for r in records[10:14]]
+    data = TrainData.from_pairs(corpus, IdMap(["a", "b"]), likes)
+    embeddings = np.random.default_rng(0).normal(size=(len(corpus), 16)).astype(np.float32)
+    ranker = HybridRanker(embeddings=embeddings, factors=8, iterations=2, lsa_dims=16).fit(data)
+    candidates = np.arange(len(corpus))
+    before = ranker.score(np.array([0, 1]), candidates)
+    augmented, rows = with_interests(
+        data, [0], [[Interest("x", [], np.arange(0, 6)), Interest("y", ["graph"], np.arange(6, 12))]]
+    )
+    fold_in_interests(ranker, augmented)
+    assert rows == [[2, 3]] and augmented.readers == 2
+    np.testing.assert_allclose(ranker.score(np.array([0, 1]), candidates), before, rtol=1e-5, atol=1e-5)
+    x, y = ranker.score(np.array(rows[0]), candidates)
+    assert x[:6].mean() > x[6:12].mean() and y[6:12].mean() > y[:6].mean()  # each ranks its own papers up
+    trend = ranker.state.parts["trend"]
+    assert int(trend.like_counts[0]) == 1  # liked by reader a only, not by a's interest too

@@ -181,6 +181,17 @@ def with_interests(
     return TrainData(data.corpus, IdMap(ids), likes, dislikes, keywords, data.counts, readers), rows
 
 
+def fold_in_interests(ranker: Ranker, augmented: TrainData) -> None:
+    """Bring a fitted ranker to `augmented` (`with_interests`: the same papers, the same readers,
+    interests after them): a folding ranker takes only the new rows in; the embeddings of a fit
+    made with them go along unchanged (the papers are the same)."""
+    embeddings = getattr(ranker, "raw_embeddings", None)
+    if embeddings is not None and len(embeddings) == len(augmented.corpus):
+        ranker.update(augmented, embeddings=embeddings)
+    else:
+        ranker.update(augmented)
+
+
 def split_budget(offers: Sequence[int], budget: int) -> list[int]:
     """How many of `budget` picks each interest gets: one each first (the largest offers first, if
     the budget is short), the rest in proportion to what each has to offer (each offer counted up
@@ -270,7 +281,7 @@ class InterestRanker(Ranker):
                 found.append(interests)
         if owners:
             augmented, rows = with_interests(data, owners, found)
-            self.base.update(augmented)
+            fold_in_interests(self.base, augmented)
             self.rows = dict(zip(owners, rows))
             self.sizes = {u: [len(i.liked) for i in f] for u, f in zip(owners, found)}
         return self
