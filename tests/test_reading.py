@@ -433,7 +433,7 @@ def test_interests_are_found_by_clustering_the_likes_and_named_by_their_terms() 
     one = titled("language model", 12)
     data = TrainData.from_pairs(corpus, IdMap(["two", "one"]), [("two", p) for p in two] + [("one", p) for p in one])
     space = ContentRanker(profile_terms=200).fit(data).text_space()
-    space.dense = TruncatedSVD(200, random_state=0).fit_transform(space.items)
+    space.dense = TruncatedSVD(100, random_state=0, n_iter=3).fit_transform(space.items)
     found = found_interests(space, data.likes[0].indices)
     assert len(found) == 2, [(i.name, len(i.liked)) for i in found]
     groups = [{corpus.ids.ids[r] for r in i.liked} for i in found]
