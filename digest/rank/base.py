@@ -165,6 +165,17 @@ class TextSpace:
     items: sp.csr_matrix
     profiles: sp.csr_matrix
     dense: np.ndarray | None = None  # a dense unit vector per paper (the hybrid's LSA space), if the ranker has one
+    _terms: list[str] | None = field(default=None, repr=False)
+
+    def terms(self) -> list[str]:
+        """The vocabulary by column, built once (the vectorizer's own `get_feature_names_out`
+        sorts the whole vocabulary on every call)."""
+        if self._terms is None:
+            terms = [""] * len(self.vectorizer.vocabulary_)
+            for term, column in self.vectorizer.vocabulary_.items():
+                terms[column] = term
+            self._terms = terms
+        return self._terms
 
 
 class Ranker(ABC):

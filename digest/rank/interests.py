@@ -24,6 +24,38 @@ import scipy.sparse as sp
 
 from digest.rank.base import IdMap, Ranker, TextSpace, TrainData
 
+# words of any abstract, which name no interest ("speech, end" for end-to-end speech papers)
+_GENERIC = frozenset(
+    [
+        "end",
+        "based",
+        "using",
+        "use",
+        "new",
+        "model",
+        "models",
+        "method",
+        "methods",
+        "approach",
+        "approaches",
+        "paper",
+        "propose",
+        "proposed",
+        "results",
+        "show",
+        "shows",
+        "work",
+        "task",
+        "tasks",
+        "performance",
+        "state",
+        "art",
+        "data",
+        "learning",
+        "study",
+        "framework",
+    ]
+)
 MIN_LIKES = 10  # liked papers before interests are looked for
 MAX_CLUSTERS = 5
 MIN_CLUSTER = 3  # liked papers in each found interest
@@ -113,7 +145,7 @@ def cluster_likes(vectors: np.ndarray) -> np.ndarray | None:
 
 def _names(space: TextSpace, items: sp.csr_matrix, labels: np.ndarray, terms: int = 2) -> list[str]:
     """Each cluster's name: its most distinctive terms (weight here minus the others' mean)."""
-    vocab = space.vectorizer.get_feature_names_out()
+    vocab = space.terms()
     k = int(labels.max()) + 1
     centres = np.vstack([np.asarray(items[labels == j].mean(axis=0)).ravel() for j in range(k)])
     names = []
@@ -123,7 +155,7 @@ def _names(space: TextSpace, items: sp.csr_matrix, labels: np.ndarray, terms: in
         chosen: list[str] = []
         for t in order[:50]:
             word = str(vocab[t])
-            if any(word in c or c in word for c in chosen):
+            if set(word.split()) <= _GENERIC or any(word in c or c in word for c in chosen):
                 continue
             chosen.append(word)
             if len(chosen) == terms:
