@@ -8,14 +8,16 @@ sending after.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from digest import links
 from digest.db import (
+    Delivery,
     Paper,
     Subscriber,
     aware,
@@ -51,9 +53,62 @@ class Pick:
     paper: Paper
     score: float
     reason: str
+    highlight: str = ""  # the abstract's sentence closest to the reader's (or the section's) profile
+    section: str = ""  # the digest section it is in ("" when the digest has none)
 
 
-def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 0.0, count: int = 0) -> PaperView:
+def sections_of(picks: Sequence[Pick]) -> list[list[Any]]:
+    """[name, count] of each run of picks sharing a section, in order ([] when none has one)."""
+    out: list[list[Any]] = []
+    for p in picks:
+        if not p.section:
+            return []
+        if out and out[-1][0] == p.section:
+            out[-1][1] += 1
+        else:
+            out.append([p.section, 1])
+    return out
+
+
+def row_fields(picks: Sequence[Pick], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """What a delivery row keeps of its picks besides their ids, so every path shows them the same:
+    reasons, highlights, sections, follow-up notes."""
+    return {
+        "reasons": [p.reason for p in picks],
+        "highlights": [p.highlight for p in picks],
+        "sections": sections_of(picks),
+        "notes": list(notes),
+    }
+
+
+def picks_from_row(row: Delivery, papers: Mapping[str, Paper]) -> list[Pick]:
+    """A recorded digest's picks as it was planned: its papers (those still stored), each with its
+    reason, highlight and section from the row."""
+    names = [str(name) for name, count in row.sections or [] for _ in range(int(count))]
+    reasons, highlights = list(row.reasons or []), list(row.highlights or [])
+    return [
+        Pick(
+            papers[pid],
+            0.0,
+            reasons[i] if i < len(reasons) else "",
+            highlights[i] if i < len(highlights) else "",
+            names[i] if i < len(names) else "",
+        )
+        for i, pid in enumerate(row.papers)
+        if pid in papers
+    ]
+
+
+def _view(
+    paper: Paper,
+    settings: Settings,
+    *,
+    reason: str = "",
+    score: float = 0.0,
+    count: int = 0,
+    highlight: str = "",
+    section: str = "",
+) -> PaperView:
     title, url, authors, abstract, day = _paper_fields(
         paper.id,
         paper.title,
@@ -74,6 +129,8 @@ def _view(paper: Paper, settings: Settings, *, reason: str = "", score: float = 
         reason=safe_unicode(reason),
         score=score,
         count=count,
+        highlight=safe_unicode(highlight),
+        section=safe_unicode(section),
         **_paper_links(paper.id, paper.pdf_url, paper.code_url),
     )
 
@@ -127,9 +184,10 @@ def compose(
     now: datetime,
     *,
     clock: Callable[[], datetime] = wall_clock,
+    notes: Sequence[str] = (),
 ) -> tuple[Envelope, str, str, str]:
     """(envelope, text, html, unsubscribe url) of one subscriber's digest (`digest_view`, rendered)."""
-    view, unsub = digest_view(settings, key, sub, day, picks, trend, new_count, now, clock=clock)
+    view, unsub = digest_view(settings, key, sub, day, picks, trend, new_count, now, clock=clock, notes=notes)
     text, html = render_digest(view)
     sender = parse_sender(settings.smtp.sender)
     envelope = Envelope(
@@ -154,6 +212,7 @@ def digest_view(
     now: datetime,
     *,
     clock: Callable[[], datetime] = wall_clock,
+    notes: Sequence[str] = (),
 ) -> tuple[DigestView, str]:
     """(what the digest shows, its unsubscribe url).
 
@@ -175,7 +234,10 @@ def digest_view(
         name=sub.name,
         email=sub.email,
         digest_date=day,
-        picks=[_view(p.paper, settings, reason=p.reason, score=p.score) for p in picks],
+        picks=[
+            _view(p.paper, settings, reason=p.reason, score=p.score, highlight=p.highlight, section=p.section)
+            for p in picks
+        ],
         trending=[_view(p, settings, count=c) for p, c in trend],
         trending_label="likes" if not any(p.upvotes for p, _ in trend) else "upvotes",
         new_count=new_count,
@@ -188,6 +250,7 @@ def digest_view(
         feed_url=links.feed_url(settings, key, sub.id, sub.feed_key, clock=signed)
         if web and sub.id is not None
         else "",
+        notes=[safe_unicode(n) for n in notes],
     )
     if sub.id is not None and web:
         signer = links.DigestLinks(settings, key, sub.id, clock=signed)

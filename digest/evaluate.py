@@ -179,7 +179,7 @@ def evaluate(
 
 def ranker_options(method: str, bench: Bench, embeddings: np.ndarray | None = None) -> dict:
     """Options `run_eval` gives a method: the hybrid tunes its weights on a split of train.csv (and gets the embeddings)."""
-    if method == "hybrid":
+    if method in ("hybrid", "interests"):  # interests: the hybrid per interest, with the hybrid's options
         return {"tune": "cold" if bench.candidates is not None else "warm", "embeddings": embeddings}
     return {}
 

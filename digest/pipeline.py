@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import scipy.sparse as sp
 
-from digest.compose import Pick, as_render_error, compose, save_html
+from digest.compose import Pick, as_render_error, compose, picks_from_row, row_fields, save_html
 from digest.db import (
     DELIVERED,
     Delivery,
@@ -55,14 +55,24 @@ from digest.errors import (
     ServerUnavailable,
     StoreError,
 )
+from digest.highlight import highlights
 from digest.links import secret_key, unsubscribe_mailto
 from digest.lookup import lookup_arxiv
 from digest.rank import Corpus, IdMap, Ranker, TrainData, top_k
-from digest.rank.base import top_k_rows
+from digest.rank.authors import AuthorIndex, Followed
+from digest.rank.base import TextSpace, top_k_rows
 from digest.rank.diversity import cosine_similarity_matrix, mmr_order
+from digest.rank.interests import (
+    Interest,
+    fold_in_interests,
+    found_interests,
+    named_interests,
+    share,
+    with_interests,
+)
 from digest.rank.saved import ModelReport, ranker_for_day
 from digest.send import free_dead_claims, send_claimed, sender_name
-from digest.settings import Settings, mails
+from digest.settings import Settings, SubscriberSettings, mails
 from digest.sources import FetchOptions, fetch
 from digest.sources.base import arxiv_id
 from digest.sources.library import LibraryResult, read_library
@@ -209,7 +219,7 @@ def sync_subscribers(
     count as likes at once; what that lookup has to say (an id arXiv does not have, once; a failed
     lookup) is added to `notes`, and those entries are not listed as unmatched."""
     ids = store.sync_subscribers(settings.subscribers, now)
-    resolved = {entry: store.resolve_paper(entry) for sub in settings.subscribers for entry in sub.liked}
+    resolved = {entry: store.resolve_paper(entry) for sub in settings.subscribers for entry in _all_liked(sub)}
     wanted = [aid for entry, pid in resolved.items() if pid is None and (aid := arxiv_id(entry))]
     if wanted:
         looked = lookup_arxiv(wanted, settings, store, now)
@@ -226,15 +236,23 @@ def sync_subscribers(
     for sub in settings.subscribers:
         found: list[str] = []
         missing: list[str] = []
-        for entry in sub.liked:
+        for entry in _all_liked(sub):
             pid = resolved[entry]
             if pid == "":
                 continue
             (found if pid else missing).append(pid or entry)
         store.replace_interactions(ids[sub.email], found, Kind.LIKE, now, origin="config")
+        if sub.topics:  # each topic's liked papers as stored ids, for ranking the topic
+            topics = [{**t.model_dump(), "liked": [pid for e in t.liked if (pid := resolved[e])]} for t in sub.topics]
+            store.set_topics(ids[sub.email], topics)
         if missing:
             unmatched[sub.email] = missing
     return unmatched
+
+
+def _all_liked(sub: SubscriberSettings) -> list[str]:
+    """A reader's liked entries: `liked` and each topic's (a topic's liked paper is liked too)."""
+    return list(dict.fromkeys([*sub.liked, *(e for t in sub.topics for e in t.liked)]))
 
 
 def import_library(store: Store, subscriber_id: int, result: LibraryResult, now: datetime, *, origin: str) -> str:
@@ -323,9 +341,11 @@ def train_data(store: Store, subscribers: Sequence[Subscriber], papers: Sequence
         return m
 
     counts = np.array(upvotes, dtype=np.float32)
-    data = TrainData(
-        corpus, users, matrix(Kind.LIKE), matrix(Kind.DISLIKE), [list(s.keywords) for s in subscribers], counts
-    )
+    keywords = [
+        list(dict.fromkeys([*s.keywords, *(k for t in s.topics or [] for k in t.get("keywords") or [])]))
+        for s in subscribers
+    ]
+    data = TrainData(corpus, users, matrix(Kind.LIKE), matrix(Kind.DISLIKE), keywords, counts)
     if not counts.any():  # no community upvotes: likes across our subscribers are the trend
         data.counts = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
     return data
@@ -756,7 +776,7 @@ def rank_due(
             if window_days(sub, default_days) < widest:
                 seen.setdefault(sub.id, set()).update(older)
     with _stage(progress, "Ranking", len(fresh)) as advance:
-        picks = rank_subscribers(
+        picks = rank_readers(
             ranker,
             data,
             fresh,
@@ -766,10 +786,238 @@ def rank_due(
             min_score=relevance_floor(settings, ranker),
             processes=processes,
             progress=advance,
+            find_interests=settings.ranking.find_interests,
         )
+    notes = follow_ups(store, fresh)
     for d in due:
-        d.picks = picks[d.subscriber.id] if d.existing is None else _resend_picks(store, ranker, data, d)
+        if d.existing is None:
+            d.picks, d.notes = picks[d.subscriber.id], notes.get(d.subscriber.id, [])
+        else:
+            d.picks, d.notes = _resend_picks(store, ranker, data, d), list(d.existing.notes or [])
     return data, model, candidates
+
+
+# -- the reading features: a section per interest, authors you follow, highlights, follow-ups -----
+
+AUTHORS_SECTION = "From authors you follow"
+REST_SECTION = "Picked for you"  # the rest of a one-interest digest that leads with followed authors
+
+
+def reader_interests(sub: Subscriber, data: TrainData, space: TextSpace | None, *, find: bool = True) -> list[Interest]:
+    """The interests a reader's digest has a section for: their named topics (with "More for you",
+    their whole profile, when they like or ask for more than the topics hold), else the clusters
+    of their liked papers; fewer than two is none (one list)."""
+    named = named_interests(sub.topics or [], data)
+    user = data.users.index(sub.email)
+    if named:
+        in_topics = {int(r) for i in named for r in i.liked}
+        topic_words = {k for i in named for k in i.keywords}
+        if set(data.likes[user].indices.tolist()) - in_topics or set(sub.keywords) - topic_words:
+            named.append(Interest(MORE_SECTION, own=True))
+        return named if len(named) > 1 else []
+    if space is None or not find:
+        return []
+    found = found_interests(space, data.likes[user].indices)
+    return found if len(found) > 1 else []
+
+
+MORE_SECTION = "More for you"
+
+
+def rank_readers(
+    ranker: Ranker,
+    data: TrainData,
+    subscribers: Sequence[Subscriber],
+    candidates: Sequence[Paper],
+    seen: dict[int, set[str]],
+    *,
+    diversity: float = 0.5,
+    min_score: float = -np.inf,
+    processes: int = 1,
+    progress: Callable[[int], None] | None = None,
+    find_interests: bool = True,
+) -> dict[int, list[Pick]]:
+    """Each reader's picks as their digest shows them: papers by authors they follow first, then
+    one section per interest (a reader with one interest: the single list of `rank_subscribers`),
+    each pick with its highlighted sentence.  Readers with interests join the ranker's data as
+    one reader per interest (`with_interests`), folded into the day's fit."""
+    space = ranker.text_space()
+    interests = {s.id: found for s in subscribers if (found := reader_interests(s, data, space, find=find_interests))}
+    rows_of: dict[int, list[int]] = {}
+    if interests:
+        sectioned = [s for s in subscribers if s.id in interests]
+        augmented, interest_rows = with_interests(
+            data, [data.users.index(s.email) for s in sectioned], [interests[s.id] for s in sectioned]
+        )
+        fold_in_interests(ranker, augmented)
+        space = ranker.text_space()
+        rows_of = {s.id: r for s, r in zip(sectioned, interest_rows)}
+        if progress:
+            progress(len(sectioned))  # ranked below, one reader at a time
+    plain = [s for s in subscribers if s.id not in interests]
+    picks = rank_subscribers(
+        ranker,
+        data,
+        plain,
+        candidates,
+        seen,
+        diversity=diversity,
+        min_score=min_score,
+        processes=processes,
+        progress=progress,
+    )
+    rows = data.corpus.ids.indices(p.id for p in candidates)
+    index = AuthorIndex([p.authors or [] for p in candidates]) if any(s.authors for s in subscribers) else None
+    profile: dict[int, list[int]] = {}  # each pick's profile row (the reader's or an interest's), for its highlight
+    masks: dict[tuple[str, ...], np.ndarray] = {}
+    for sub in subscribers:
+        user = data.users.index(sub.email)
+        lead = _authored(ranker, sub, user, candidates, rows, seen.get(sub.id, set()), index) if index else []
+        lead_ids = {p.paper.id for p in lead}
+        if sub.id in interests:
+            hidden = seen.get(sub.id, set()) | lead_ids
+            blocked = _blocked(sub, candidates, hidden, masks)
+            rest, rest_rows = _section_picks(
+                ranker,
+                interests[sub.id],
+                rows_of[sub.id],
+                candidates,
+                rows,
+                blocked,
+                min_score,
+                budget=max(sub.max_papers - len(lead), 0),
+            )
+        else:
+            rest = [p for p in picks[sub.id] if p.paper.id not in lead_ids][: max(sub.max_papers - len(lead), 0)]
+            rest_rows = [user] * len(rest)
+            if lead:
+                for p in rest:
+                    p.section = REST_SECTION
+        picks[sub.id] = lead + rest
+        profile[sub.id] = [user] * len(lead) + rest_rows
+    wanted = [
+        (row, p.paper.id, p.paper.abstract) for sub in subscribers for p, row in zip(picks[sub.id], profile[sub.id])
+    ]
+    said = iter(highlights(space, wanted))
+    for sub in subscribers:
+        for p in picks[sub.id]:
+            p.highlight = next(said)
+    return picks
+
+
+def follow_up_line(paper: Paper) -> str:
+    """ "A paper you liked was updated: TITLE v3, now in NeurIPS 2026" (the version and the journal as known)."""
+    line = f"A paper you liked was updated: {paper.title}"
+    if (paper.version or 0) > 1:
+        line += f" v{paper.version}"
+    if paper.journal_ref:
+        line += f", now in {paper.journal_ref}"
+    return line
+
+
+def follow_ups(store: Store, subscribers: Sequence[Subscriber]) -> dict[int, list[str]]:
+    """Each reader's follow-up lines: liked papers revised (a new arXiv version, a journal
+    reference) after the reader's last digest was made and after they liked them.  Said once: the
+    digest that says it is made after the revision, so the next one is not."""
+    revised = store.revised_likes([s.id for s in subscribers])
+    out: dict[int, list[str]] = {}
+    for sub in subscribers:
+        if sub.id not in revised:
+            continue
+        last = store.last_delivery(sub.id)
+        since = aware(last.created) if last is not None else None
+        lines = [
+            follow_up_line(paper)
+            for paper, liked_at in revised[sub.id]
+            if (when := aware(paper.revised_at)) is not None and when > liked_at and (since is None or when > since)
+        ]
+        if lines:
+            out[sub.id] = lines
+    return out
+
+
+def _blocked(
+    sub: Subscriber, candidates: Sequence[Paper], hidden: set[str], masks: dict[tuple[str, ...], np.ndarray]
+) -> np.ndarray:
+    """True for the candidates this reader may not be sent (`may_show`, vectorised; masks shared by key)."""
+    cats = ("c", *sorted(sub.categories or ()))
+    if cats not in masks:
+        masks[cats] = category_mask(candidates, cats[1:])
+    words = ("x", *sub.exclude_keywords)
+    if words not in masks:
+        masks[words] = exclusion_mask(candidates, words[1:])
+    blocked = masks[cats] | masks[words]
+    if hidden:
+        blocked = blocked | np.fromiter((p.id in hidden for p in candidates), dtype=bool, count=len(candidates))
+    return blocked
+
+
+def _authored(
+    ranker: Ranker,
+    sub: Subscriber,
+    user: int,
+    candidates: Sequence[Paper],
+    rows: np.ndarray,
+    hidden: set[str],
+    index: AuthorIndex,
+) -> list[Pick]:
+    """The reader's "From authors you follow" section: candidates by a followed author that
+    `may_show` allows (their categories, exclusions, nothing seen before), whatever their score,
+    best scored first, at most `max_papers`."""
+    followed = Followed.of(sub.authors or [])
+    if not followed:
+        return []
+    by = {i: who for i, who in index.papers_by(followed).items() if may_show(sub, candidates[i], hidden)}
+    if not by:
+        return []
+    positions = np.array(list(by), dtype=np.int64)
+    scores = ranker.score(np.array([user]), rows[positions])[0]
+    order = np.argsort(-scores, kind="stable")[: sub.max_papers]
+    return [
+        Pick(
+            candidates[positions[k]],
+            float(scores[k]),
+            f"by {by[int(positions[k])]}, an author you follow",
+            section=AUTHORS_SECTION,
+        )
+        for k in order
+    ]
+
+
+def _section_picks(
+    ranker: Ranker,
+    interests: Sequence[Interest],
+    users: Sequence[int],
+    candidates: Sequence[Paper],
+    rows: np.ndarray,
+    blocked: np.ndarray,
+    min_score: float,
+    *,
+    budget: int,
+) -> tuple[list[Pick], list[int]]:
+    """One section per interest, each ranked by its own row of the ranker's data, sharing `budget`
+    picks (`share`: by how many candidates above the relevance floor each has today); returns the
+    picks and each one's profile row.  (No diversity re-ranking here: the sections are short and
+    already apart.)"""
+    scores = np.array(ranker.score(np.asarray(users, dtype=np.int64), rows), dtype=np.float64)
+    scores[:, blocked] = -np.inf
+    if min_score > -np.inf:
+        flat = np.ptp(np.where(np.isfinite(scores), scores, 0), axis=1) <= 1e-6 if scores.shape[1] else None
+        low = scores < min_score
+        if flat is not None:
+            low[flat] = False  # a row that tells no candidate apart says nothing against the floor
+        scores[low] = -np.inf
+    chosen = share(scores, budget)
+    picks: list[Pick] = []
+    profile: list[int] = []
+    for k, (interest, row, cols) in enumerate(zip(interests, users, chosen)):
+        if not len(cols):
+            continue
+        reasons = ranker.explain(int(row), rows[cols])
+        for c, reason in zip(cols.tolist(), reasons):
+            picks.append(Pick(candidates[c], float(scores[k, c]), reason, section=interest.name))
+            profile.append(int(row))
+    return picks, profile
 
 
 @dataclass
@@ -781,6 +1029,7 @@ class Due:
     existing: Delivery | None = None
     picks: list[Pick] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # sent, liked, disliked or clicked: not in trending either
+    notes: list[str] = field(default_factory=list)  # follow-ups: a liked paper's new version or journal
 
 
 def due_subscribers(
@@ -863,11 +1112,12 @@ def due_subscribers(
 
 
 def _resend_picks(store: Store, ranker: Ranker, data: TrainData, due: Due) -> list[Pick]:
-    """The picks of a digest that was recorded but did not go out: exactly the same papers."""
+    """The picks of a digest that was recorded but did not go out: exactly the same papers, sections
+    and highlights (the reasons as the ranker gives them now, when the row has none)."""
     assert due.existing is not None
     by_id = {p.id: p for p in store.papers(due.existing.papers)}
-    picks = [Pick(by_id[i], 0.0, "") for i in due.existing.papers if i in by_id]
-    if picks:
+    picks = picks_from_row(due.existing, by_id)
+    if picks and not any(p.reason for p in picks):
         user = data.users.index(due.subscriber.email)
         reasons = ranker.explain(user, data.corpus.ids.indices(p.paper.id for p in picks))
         for pick, reason in zip(picks, reasons):
@@ -1000,7 +1250,9 @@ def _one_subscriber(
     outcome.message_id = mid
     if dry_run:
         try:
-            _, _, html, _ = compose(settings, key, sub, day, picks, trend, len(candidates), now, clock=clock)
+            _, _, html, _ = compose(
+                settings, key, sub, day, picks, trend, len(candidates), now, clock=clock, notes=due.notes
+            )
         except Exception as e:
             outcome.status, outcome.detail = "failed", str(as_render_error(e, sub.email))
             return
@@ -1013,8 +1265,8 @@ def _one_subscriber(
         [p.paper.id for p in picks],
         mid,
         now,
-        reasons=[p.reason for p in picks],
         trending=[[p.id, c] for p, c in trend],
+        **row_fields(picks, due.notes),
     )
     policy = RetryPolicy.of(settings)
     mail = mails(sub.delivery)
@@ -1041,7 +1293,9 @@ def _one_subscriber(
     assert transport is not None
 
     def build() -> EmailMessage:
-        envelope, text, html, unsub = compose(settings, key, sub, day, picks, trend, len(candidates), now, clock=clock)
+        envelope, text, html, unsub = compose(
+            settings, key, sub, day, picks, trend, len(candidates), now, clock=clock, notes=row.notes or []
+        )
         envelope = replace(envelope, message_id=mid)  # a retry is the same message
         if keep_html:
             outcome.html_path = save_html(settings, day, sub.email, html)

@@ -47,6 +47,8 @@ class PaperView:
     abs_url: str = ""  # its arXiv page
     pdf_url: str = ""  # the paper's PDF, straight (no web front needed)
     code_url: str = ""  # its code repository, where the source named one (Hugging Face)
+    highlight: str = ""  # the sentence of its abstract that matters to this reader, shown under the title
+    section: str = ""  # the digest section it is in ("" when the digest has none)
 
     @property
     def href(self) -> str:
@@ -71,6 +73,18 @@ class DigestView:
     origin: str = ""  # how the reader came to be subscribed: "config" (the file) or "web" (signed up), for the footer
     unsubscribe_by_mail: bool = False  # no web front: unsubscribe_url is a mailto: to the sender
     feed_url: str = ""  # the reader's Atom feed (only with a web front)
+    notes: list[str] = field(default_factory=list)  # follow-ups: "A paper you liked was updated: ..."
+
+    @property
+    def sections(self) -> list[tuple[str, list[PaperView]]]:
+        """The picks by section, in order: one unnamed section when the digest has none."""
+        out: list[tuple[str, list[PaperView]]] = []
+        for p in self.picks:
+            if out and out[-1][0] == p.section:
+                out[-1][1].append(p)
+            else:
+                out.append((p.section, [p]))
+        return out or [("", [])]
 
 
 def paper_url(paper_id: str, url: str, title: str) -> str:
@@ -125,11 +139,12 @@ def environment(templates_dir: Path | None = None) -> Environment:
 
 
 @lru_cache(maxsize=65536)
-def _wrap(text: str, width: int = 76, indent: str = "") -> str:
-    """textwrap.fill, remembered: the same abstract is wrapped once per run, not once per digest."""
+def _wrap(text: str, width: int = 76, indent: str = "", first: str | None = None) -> str:
+    """textwrap.fill, remembered: the same abstract is wrapped once per run, not once per digest.
+    `first` is the first line's indent when it differs ("   » " before a highlight)."""
     import textwrap
 
-    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
+    return textwrap.fill(text, width=width, initial_indent=indent if first is None else first, subsequent_indent=indent)
 
 
 @lru_cache(maxsize=65536)
@@ -186,7 +201,7 @@ _NONCE = secrets.token_hex(6)
 _MARK = "\ue000" + _NONCE + "{}\ue001"
 _SLOT = re.compile("\ue000" + _NONCE + "([a-z_]+)\ue001")
 _PAGE_SLOTS = ("name", "email", "subject", "unsubscribe_url", "manage_url", "browser_url", "feed_url")
-_ROW_SLOTS = ("href", "reason", "more_url", "fewer_url")
+_ROW_SLOTS = ("href", "reason", "more_url", "fewer_url", "highlight")
 
 
 def _serialized(value: str, attribute: bool) -> str:
@@ -232,7 +247,7 @@ class _Pieces:
 
     def __init__(self, templates_dir: Path | None) -> None:
         self.env = environment(templates_dir)
-        self.pages: dict[tuple[Any, ...], tuple[Parts, Parts, Parts] | None] = {}
+        self.pages: dict[tuple[Any, ...], tuple[list[Parts], Parts, Parts] | None] = {}
         self.rows: dict[tuple[Any, ...], Parts] = {}
         self.checked: bool | None = None
 
@@ -266,6 +281,7 @@ class _Pieces:
             p.code_url,
             label,
             bool(p.reason),
+            bool(p.highlight),
             bool(p.click_url),
             bool(p.more_url),
             bool(p.fewer_url),
@@ -282,6 +298,7 @@ class _Pieces:
         slotted = replace(
             p,
             reason=_MARK.format("reason") if p.reason else "",
+            highlight=_MARK.format("highlight") if p.highlight else "",
             click_url=_MARK.format("href"),
             more_url=_MARK.format("more_url") if p.more_url else "",
             fewer_url=_MARK.format("fewer_url") if p.fewer_url else "",
@@ -293,12 +310,14 @@ class _Pieces:
         out = _INLINER.inline(doc)
         return out[out.index("<!--row-->") + 10 : out.index("<!--end-->")]
 
-    def page(self, view: DigestView) -> tuple[list, list, list] | None:
-        """(before the picks, between picks and trending, after) for this view's layout."""
+    def page(self, view: DigestView) -> tuple[list[Parts], Parts, Parts] | None:
+        """(the piece before each pick, the one between picks and trending, the one after) for this
+        view's layout: section headings and follow-up notes sit in the pieces before their picks."""
         key = (
             view.digest_date,
             view.new_count,
-            len(view.picks),
+            tuple(p.section for p in view.picks),
+            tuple(view.notes),
             bool(view.trending),
             view.trending_label,
             view.origin,
@@ -314,7 +333,7 @@ class _Pieces:
         hot = PaperView(id="\ue000t", title="\ue000hot", url="", authors="", abstract="", date="", count=1)
         slotted = replace(
             view,
-            picks=[pick] * len(view.picks),
+            picks=[replace(pick, section=p.section) for p in view.picks],
             trending=[hot] if view.trending else [],
             **cast(
                 dict[str, Any],
@@ -328,9 +347,6 @@ class _Pieces:
         rows = ["".join(_fill(self.row(pick, ""), {"href": ""}))] * len(view.picks)
         if view.trending:
             rows.append("".join(_fill(self.row(hot, view.trending_label), {"href": ""})))
-        if not rows:
-            self.pages[key] = (_split(out), [("", "", False)], [("", "", False)])
-            return self.pages[key]
         pieces, rest = [], out
         for r in rows:  # each placeholder row must be found in order
             at = rest.find(r)
@@ -341,15 +357,9 @@ class _Pieces:
             rest = rest[at + len(r) :]
         pieces.append(rest)
         npick = len(view.picks)
-        if npick and any(p for p in pieces[1:npick]):  # picks must be adjacent
-            self.pages[key] = None
-            return None
-        before = pieces[0]
-        middle = pieces[npick] if view.trending else ""
-        after = pieces[-1]
-        if not npick and view.trending:  # before == the text up to trending; middle is empty
-            before, middle = pieces[0], ""
-        result = (_split(before), _split(middle), _split(after))
+        before = [_split(piece) for piece in pieces[:npick]]
+        middle = _split(pieces[npick]) if view.trending else [("", "", False)]
+        result = (before, middle, _split(pieces[-1]))
         if len(self.pages) > 1000:
             self.pages.clear()
         self.pages[key] = result
@@ -361,20 +371,26 @@ class _Pieces:
             return _INLINER.inline(self.env.get_template("email/digest.html").render(d=view))
         before, middle, after = page
         values = {n: getattr(view, n) for n in _PAGE_SLOTS}
-        out = _fill(before, values)
-        for p in view.picks:
-            out += _fill(
-                self.row(p, ""), {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url}
-            )
+        out: list[str] = []
+        for piece, p in zip(before, view.picks):
+            out += _fill(piece, values)
+            out += _fill(self.row(p, ""), _row_values(p))
         if view.trending:
             out += _fill(middle, values)
             for p in view.trending:
-                out += _fill(
-                    self.row(p, view.trending_label),
-                    {"href": p.href, "reason": p.reason, "more_url": p.more_url, "fewer_url": p.fewer_url},
-                )
+                out += _fill(self.row(p, view.trending_label), _row_values(p))
         out += _fill(after, values)
         return "".join(out)
+
+
+def _row_values(p: PaperView) -> dict[str, str]:
+    return {
+        "href": p.href,
+        "reason": p.reason,
+        "more_url": p.more_url,
+        "fewer_url": p.fewer_url,
+        "highlight": p.highlight,
+    }
 
 
 def _sample_view() -> DigestView:

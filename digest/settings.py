@@ -347,6 +347,11 @@ class RankingSettings(_Section):
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
         '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
     )
+    find_interests: bool = Field(
+        True,
+        description="Look for a reader's interests in their liked papers when they name no topics (10 or more "
+        "likes in 2-5 clear clusters: a digest section each); false: only named topics give sections.",
+    )
     embeddings: bool = Field(
         False,
         description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "
@@ -459,6 +464,65 @@ def mails(delivery: str) -> bool:
     return delivery != DeliveryMode.FEED
 
 
+MAX_TOPICS = 8  # named interests per reader (each a short section of the digest)
+MAX_AUTHORS = 50  # followed authors per reader
+_ORCID = re.compile(r"^\d{4}-\d{4}-\d{4}-\d{3}[\dX]$")
+
+
+def _clean_entries(value: list[str]) -> list[str]:
+    """Entries stripped; blank, control characters or over-long entries refused."""
+    cleaned = [v.strip() for v in value]
+    if any(not v for v in cleaned):
+        raise ValueError("entries must not be empty")
+    if any(_ADDRESS_CONTROL.search(v) for v in cleaned):
+        raise ValueError("entries cannot contain control or invisible characters")
+    if any(len(v) > MAX_ENTRY for v in cleaned):
+        raise ValueError(f"entries are at most {MAX_ENTRY} characters each")
+    return cleaned
+
+
+class TopicSettings(_Section):
+    name: str = Field(description="The interest's name, the title of its section in the digest.")
+    keywords: list[str] = Field(default_factory=list, description="Words and phrases of this interest.")
+    liked: list[str] = Field(
+        default_factory=list,
+        description="Papers of this interest (arXiv ids, URLs or exact titles, as in liked); they count as likes too.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = _no_newlines(value).strip()
+        if not value:
+            raise ValueError("a topic needs a name")
+        if len(value) > 80 or _ADDRESS_CONTROL.search(value):
+            raise ValueError("a topic's name is one line of at most 80 characters")
+        return value
+
+    @field_validator("keywords", "liked")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        return _clean_entries(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> TopicSettings:
+        if not self.keywords and not self.liked:
+            raise ValueError(f"topic {self.name!r} needs keywords or liked papers to rank by")
+        return self
+
+
+def check_author(value: str) -> str:
+    """A followed author: a name of at least two words ("Yoshua Bengio", "Y. Bengio", "Bengio, Yoshua")
+    or an ORCID iD (0000-0002-1825-0097, with or without https://orcid.org/)."""
+    value = " ".join(value.split())
+    bare = value.removeprefix("https://orcid.org/").removeprefix("orcid.org/")
+    if _ORCID.match(bare.upper()):
+        return bare.upper()
+    if len(value.replace(",", " ").split()) < 2 or not any(c.isalpha() for c in value):
+        raise ValueError(f'{value!r} is not a full name (given and family name, e.g. "Yoshua Bengio") or an ORCID iD')
+    return value
+
+
 class SubscriberSettings(_Section):
     email: str = Field(description="Where the digest goes.")
     name: str = Field("", description="How the digest greets the reader.")
@@ -495,6 +559,34 @@ class SubscriberSettings(_Section):
         description='Only papers in at least one of these arXiv categories (cross-lists count), e.g. ["cs.CL"]; '
         "empty: papers of every category. The arxiv sources fetch the union of every reader's categories.",
     )
+    topics: list[TopicSettings] = Field(
+        default_factory=list,
+        description="Named interests, each a short section of the digest ranked for it, sharing max_papers; "
+        "none: found by clustering your liked papers when there are enough of them.",
+    )
+    authors: list[str] = Field(
+        default_factory=list,
+        description='Authors you follow, by full name or ORCID iD: their new papers lead the digest ("From authors '
+        'you follow"). Names are matched normalised ("Y. Bengio" = "Yoshua Bengio" when no other followed name fits, '
+        "a different first name never); two people of one name are confused, and our sources rarely give ORCID iDs.",
+    )
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, value: list[TopicSettings]) -> list[TopicSettings]:
+        if len(value) > MAX_TOPICS:
+            raise ValueError(f"at most {MAX_TOPICS} topics")
+        names = [t.name.casefold() for t in value]
+        if len(set(names)) < len(names):
+            raise ValueError("each topic needs its own name")
+        return value
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_AUTHORS:
+            raise ValueError(f"at most {MAX_AUTHORS} authors")
+        return list(dict.fromkeys(check_author(v) for v in _clean_entries(value)))
 
     @field_validator("categories")
     @classmethod

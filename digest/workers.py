@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from digest.compose import Pick, compose
+from digest.compose import compose, picks_from_row, row_fields
 from digest.db import Delivery, DeliveryStatus, Kind, Paper, RunLease, Store, Subscriber
 from digest.deliver import (
     RetryPolicy,
@@ -131,8 +131,8 @@ def write_plans(
                 "subscriber_id": d.subscriber.id,
                 "digest_date": d.day,
                 "papers": [p.paper.id for p in d.picks],
-                "reasons": [p.reason for p in d.picks],
                 "trending": trend.get(d.subscriber.id, []),
+                **row_fields(d.picks, d.notes),
                 "message_id": message_id(sender, d.subscriber.email, d.day),
             }
         )
@@ -373,9 +373,7 @@ class _Sending:
                 attempted=False,
             )
             return SendResult(DeliveryStatus.FAILED, "subscriber no longer active")
-        picks = [
-            Pick(self.papers[pid], 0.0, reason) for pid, reason in zip(row.papers, row.reasons) if pid in self.papers
-        ]
+        picks = picks_from_row(row, self.papers)
         trend = [(self.papers[pid], int(count)) for pid, count in row.trending if pid in self.papers]
 
         def build() -> WireMessage:
@@ -383,7 +381,7 @@ class _Sending:
             if report.eight_bit is None:
                 report.eight_bit = bool(getattr(self.transport, "takes_8bit", lambda: False)())
             envelope, text, html, unsub = compose(
-                self.settings, self.key, sub, row.digest_date, picks, trend, self.new_count, self.now
+                self.settings, self.key, sub, row.digest_date, picks, trend, self.new_count, self.now, notes=row.notes
             )
             envelope = replace(envelope, message_id=row.message_id or envelope.message_id)
             mailto = unsubscribe_mailto(envelope.sender.addr_spec, sub.email)

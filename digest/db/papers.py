@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from digest.db.base import StoreBase
 from digest.db.engine import _chunks
-from digest.db.tables import Paper, PaperLookup, SourceState, UpsertCounts, _utc, aware
+from digest.db.tables import Interaction, Kind, Paper, PaperLookup, SourceState, UpsertCounts, _utc, aware
 from digest.sources.base import PaperRecord, arxiv_id, title_key
 
 # What a database raises for one record it cannot hold (a NUL byte on PostgreSQL, a number too
@@ -95,6 +95,7 @@ class Papers(StoreBase):
                     counts.new += 1
                     continue
                 changed = False
+                before = (row.version or 0, row.journal_ref or "")
                 # A newer version (or an unversioned row) may replace fields; an unversioned or older
                 # record (e.g. Hugging Face after arXiv) only fills blanks.  Empty values never erase,
                 # and community counts only grow, so no source zeroes another's upvotes.
@@ -115,6 +116,10 @@ class Papers(StoreBase):
                     if getattr(row, key) != value:
                         setattr(row, key, value)
                         changed = True
+                if not old and (
+                    (before[0] and (row.version or 0) > before[0]) or (row.journal_ref and row.journal_ref != before[1])
+                ):
+                    row.revised_at = stamp  # a new version or a journal reference: a follow-up for its readers
                 if changed:
                     row.last_changed = stamp
                     counts.updated += 1
@@ -122,6 +127,28 @@ class Papers(StoreBase):
                     counts.unchanged += 1
             s.commit()
         return counts
+
+    def revised_likes(self, subscriber_ids: Sequence[int]) -> dict[int, list[tuple[Paper, datetime]]]:
+        """Each reader's liked papers that got a new version or journal reference since they were
+        stored (`revised_at` set), with when the reader liked them."""
+        out: dict[int, list[tuple[Paper, datetime]]] = {}
+        with self.session() as s:
+            for chunk in _chunks(list(subscriber_ids), 500):
+                query = (
+                    select(col(Interaction.subscriber_id), Paper, col(Interaction.at))
+                    .join(Paper, col(Paper.id) == col(Interaction.paper_id))
+                    .where(
+                        col(Interaction.subscriber_id).in_(list(chunk)),
+                        col(Interaction.kind) == Kind.LIKE,
+                        col(Paper.revised_at) != None,  # noqa: E711
+                    )
+                    .order_by(col(Interaction.subscriber_id), col(Paper.revised_at), col(Paper.id))
+                )
+                for sid, paper, at in s.exec(query):
+                    mine = out.setdefault(sid, [])
+                    if all(p.id != paper.id for p, _ in mine):
+                        mine.append((paper, aware(at)))
+        return out
 
     def papers(self, ids: Sequence[str] | None = None) -> list[Paper]:
         """All papers (or the given ones, in the given order, unknown ids left out)."""

@@ -123,9 +123,14 @@ class DeliveryQueue(StoreBase):
         *,
         reasons: list[str] | None = None,
         trending: list[list[Any]] | None = None,
+        highlights: list[str] | None = None,
+        sections: list[list[Any]] | None = None,
+        notes: list[str] | None = None,
     ) -> Delivery:
         """The pending delivery row, written before the message leaves; returns the existing one if any.
-        `reasons` (one per paper) and `trending` ([paper id, count]) let the web page show the digest as sent."""
+        `reasons` and `highlights` (one per paper), `sections` ([name, count] over the papers in
+        order), `notes` (follow-up lines) and `trending` ([paper id, count]) let every later reader
+        of the row (a worker, the web page, the feed) show the digest as sent."""
         with self.session() as s:
             row = s.exec(
                 select(Delivery).where(
@@ -140,6 +145,9 @@ class DeliveryQueue(StoreBase):
                 papers=papers,
                 reasons=list(reasons or []),
                 trending=list(trending or []),
+                highlights=list(highlights or []),
+                sections=list(sections or []),
+                notes=list(notes or []),
                 message_id=message_id,
                 created=_utc(now),
             )
@@ -283,7 +291,8 @@ class DeliveryQueue(StoreBase):
     def plan_deliveries(self, plans: Iterable[dict[str, Any]], now: datetime) -> None:
         """Write many pending deliveries at once, each with everything needed to render it later.
 
-        Each plan has subscriber_id, digest_date, papers, reasons, trending and message_id.  A
+        Each plan has subscriber_id, digest_date, papers, message_id and (optionally) reasons,
+        trending, highlights, sections and notes (`compose.row_fields`).  A
         subscriber who already has a row for that day keeps it untouched (INSERT ... ON CONFLICT DO
         NOTHING on the one-digest-a-day constraint), so planning twice never sends twice.
         """
@@ -291,7 +300,8 @@ class DeliveryQueue(StoreBase):
         table = table_of(Delivery)
         dialect_insert = postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         statement = dialect_insert(table).on_conflict_do_nothing(index_elements=["subscriber_id", "digest_date"])
-        rows = [{"created": stamp, "reasons": [], "trending": [], **plan} for plan in plans]
+        empty: dict[str, Any] = {"reasons": [], "trending": [], "highlights": [], "sections": [], "notes": []}
+        rows = [{"created": stamp, **empty, **plan} for plan in plans]
         with self.session() as s:
             for chunk in _chunks(rows, 5_000):
                 s.execute(statement, chunk)

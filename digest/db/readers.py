@@ -59,6 +59,8 @@ class Readers(StoreBase):
                     "exclude_keywords": list(sub.exclude_keywords),
                     "categories": list(sub.categories),
                     "delivery": str(sub.delivery),
+                    "topics": [t.model_dump() for t in getattr(sub, "topics", [])],
+                    "authors": list(getattr(sub, "authors", [])),
                 }
                 if row is None:
                     row = Subscriber(email=sub.email, created=stamp, origin="config", **fields)
@@ -77,6 +79,14 @@ class Readers(StoreBase):
                     row.active = False
             s.commit()
         return ids
+
+    def set_topics(self, subscriber_id: int, topics: list[dict[str, Any]]) -> None:
+        """A reader's named interests as ranking reads them: liked papers as stored paper ids."""
+        with self.session() as s:
+            row = s.get(Subscriber, subscriber_id)
+            if row is not None and row.topics != topics:
+                row.topics = topics
+                s.commit()
 
     def reader_categories(self) -> list[str]:
         """Every category an active subscriber follows (web sign-ups included), each once."""

@@ -12,6 +12,7 @@ from digest.rank.base import Corpus, IdMap, Ranker, TrainData, top_k
 from digest.rank.collaborative import CollaborativeRanker
 from digest.rank.content import ContentRanker
 from digest.rank.hybrid import HybridRanker
+from digest.rank.interests import InterestRanker
 from digest.rank.popularity import PopularityRanker
 from digest.rank.randomized import RandomRanker
 from digest.rank.svm import SVMRanker
@@ -25,6 +26,7 @@ RANKERS: dict[str, type[Ranker]] = {
     "collaborative": CollaborativeRanker,
     "hybrid": HybridRanker,
     "trending": TrendingRanker,
+    "interests": InterestRanker,  # `digest eval` only: per-interest rankings of the base ranker, merged
 }
 
 

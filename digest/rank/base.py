@@ -13,7 +13,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -86,8 +86,13 @@ class TrainData:
 
     `likes` and `dislikes` are users x papers CSR matrices of 0/1 over `corpus` rows.
     `keywords[u]` are the topics user u asked for.  `counts[p]` is the community signal of paper p
-    (upvotes on the source site, or likes across all our subscribers).
+    (upvotes on the source site, or likes across all our subscribers).  `readers`: see below.
     """
+
+    @property
+    def reader_likes(self) -> sp.csr_matrix:
+        """The likes of the readers themselves (without the interest rows, `readers`)."""
+        return self.likes if self.readers is None else self.likes[: self.readers]
 
     corpus: Corpus
     users: IdMap
@@ -95,6 +100,9 @@ class TrainData:
     dislikes: sp.csr_matrix | None = None
     keywords: list[list[str]] = field(default_factory=list)
     counts: np.ndarray | None = None
+    # users before this row are readers; the rows after it are readers' interests (`rank.interests`),
+    # ranked like readers but counted in nothing about readers (a trend's "liked by N readers")
+    readers: int | None = None
 
     def __post_init__(self) -> None:
         shape = (len(self.users), len(self.corpus))
@@ -147,6 +155,29 @@ def pairs_to_matrix(pairs: Iterable[tuple[str, str]], rows: IdMap, cols: IdMap) 
     return m
 
 
+@dataclass
+class TextSpace:
+    """A ranker's text space, for what is worked out beside the ranking (a pick's highlighted
+    sentence, the clusters of a reader's likes): the fitted vectorizer, a TF-IDF row per corpus
+    paper and a profile row per user, in the same terms."""
+
+    vectorizer: Any  # a fitted sklearn TfidfVectorizer
+    items: sp.csr_matrix
+    profiles: sp.csr_matrix
+    dense: np.ndarray | None = None  # a dense unit vector per paper (the hybrid's LSA space), if the ranker has one
+    _terms: list[str] | None = field(default=None, repr=False)
+
+    def terms(self) -> list[str]:
+        """The vocabulary by column, built once (the vectorizer's own `get_feature_names_out`
+        sorts the whole vocabulary on every call)."""
+        if self._terms is None:
+            terms = [""] * len(self.vectorizer.vocabulary_)
+            for term, column in self.vectorizer.vocabulary_.items():
+                terms[column] = term
+            self._terms = terms
+        return self._terms
+
+
 class Ranker(ABC):
     """Fit once, then score users against candidate papers.
 
@@ -193,6 +224,10 @@ class Ranker(ABC):
 
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix | np.ndarray | None:
         """Feature rows of these papers, for the diversity step (None: the ranker has no text space)."""
+        return None
+
+    def text_space(self) -> TextSpace | None:
+        """The fitted TF-IDF space with every user's profile in it (None: the ranker has none)."""
         return None
 
     def recommend(

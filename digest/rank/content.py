@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from digest.features import fit_tfidf, normalize_rows
-from digest.rank.base import Ranker, TrainData, paper_rows
+from digest.rank.base import Ranker, TextSpace, TrainData, paper_rows
 
 
 class ContentRanker(Ranker):
@@ -119,6 +119,9 @@ class ContentRanker(Ranker):
 
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
         return self.items[papers]
+
+    def text_space(self) -> TextSpace:
+        return TextSpace(self.vectorizer, self.items, self.profiles)
 
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         """ "close to <liked title>" or "matches keyword X", whichever explains the paper better."""

@@ -14,7 +14,7 @@ class PopularityRanker(Ranker):
 
     def fit(self, data: TrainData) -> PopularityRanker:
         self.data = data
-        self.likes = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel()
+        self.likes = np.asarray(data.reader_likes.sum(axis=0), dtype=np.float32).ravel()
         counts = np.asarray(data.counts, dtype=np.float32)
         tie = np.log1p(np.maximum(counts, 0)) / (np.log1p(max(float(counts.max(initial=0)), 0)) + 1.0)
         self.popularity = (self.likes + 0.5 * tie).astype(np.float32)

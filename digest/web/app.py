@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from digest import feed as atom
 from digest import links
-from digest.compose import Pick, compose
+from digest.compose import compose, picks_from_row
 from digest.db import Kind, Store, Subscriber
 from digest.due import describe, local_date
 from digest.errors import DataError, DeliveryError, DigestError, PermanentDeliveryError, StoreError
@@ -569,6 +569,8 @@ class _Front:
             "exclude_keywords": ", ".join(sub.exclude_keywords),
             "categories": list(sub.categories),
             "delivery": sub.delivery,
+            "topics": forms.topics_text(sub.topics or []),
+            "authors": "\n".join(sub.authors or []),
         }
         return self.page(
             request,
@@ -644,6 +646,8 @@ class _Front:
                     "keywords",
                     "exclude_keywords",
                     "delivery",
+                    "topics",
+                    "authors",
                 ),
             )
             values["categories"] = form.get("categories", [])
@@ -759,17 +763,20 @@ class _Front:
             )
         trending = [(str(t[0]), int(t[1])) for t in row.trending or [] if len(t) == 2]
         by_id = {p.id: p for p in self.store.papers(list(dict.fromkeys([*row.papers, *(pid for pid, _ in trending)])))}
-        reasons = list(row.reasons or [])
-        picks = [
-            Pick(by_id[pid], 0.0, reasons[i] if i < len(reasons) else "")
-            for i, pid in enumerate(row.papers)
-            if pid in by_id
-        ]
+        picks = picks_from_row(row, by_id)
         trend = [(by_id[pid], count) for pid, count in trending if pid in by_id]
         new_count = len(self.store.recent_paper_ids(now - timedelta(days=self.settings.ranking.window_days)))
         try:
             _, _, html, _ = compose(
-                self.settings, self.key, sub, row.digest_date, picks, trend, max(new_count, len(picks)), now
+                self.settings,
+                self.key,
+                sub,
+                row.digest_date,
+                picks,
+                trend,
+                max(new_count, len(picks)),
+                now,
+                notes=row.notes or [],
             )
         except DigestError as e:  # e.g. RenderError: text no renderer takes; the daily job has the same trouble
             log.warning("the digest page of subscriber %s cannot be shown: %s", sub.id, e)

@@ -18,7 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 from pydantic import ValidationError
 
-from digest.settings import SubscriberSettings, check_email
+from digest.settings import MAX_AUTHORS, MAX_TOPICS, SubscriberSettings, check_email
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_BODY = 16 * 1024  # bytes in one form post
@@ -152,6 +152,8 @@ def _validate(checked: Checked, raw: dict[str, Any]) -> None:
             checked.errors.setdefault(name, err["msg"].removeprefix("Value error, "))
         return
     checked.values = {
+        "topics": [t.model_dump() for t in sub.topics],
+        "authors": sub.authors,
         "timezone": sub.timezone,
         "send_at": sub.send_at,
         "max_papers": sub.max_papers,
@@ -175,6 +177,41 @@ def _keywords(checked: Checked, form: dict[str, list[str]], name: str) -> list[s
     elif any(len(w) > MAX_KEYWORD for w in words):
         checked.errors[name] = f"keywords are at most {MAX_KEYWORD} characters each"
     return words[:MAX_KEYWORDS]
+
+
+def topics_text(topics: Sequence[dict[str, Any]]) -> str:
+    """A reader's topics as the preferences page shows them: one a line, "name: keyword, keyword"."""
+    return "\n".join(f"{t.get('name', '')}: {', '.join(t.get('keywords') or [])}" for t in topics)
+
+
+def _topics(checked: Checked, form: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Topics typed one a line as "name: keyword, keyword" (liked papers come from the file only)."""
+    out: list[dict[str, Any]] = []
+    lines = [line.strip() for line in _text(checked, form, "topics", lines=True).splitlines() if line.strip()]
+    if len(lines) > MAX_TOPICS:
+        checked.errors["topics"] = f"at most {MAX_TOPICS} topics, one per line"
+        return []
+    for line in lines:
+        name, colon, words = line.partition(":")
+        keywords = split_list(words.replace(";", ","))
+        if not colon or not name.strip() or not keywords:
+            checked.errors["topics"] = f'write each topic as "name: keyword, keyword" (not {line[:60]!r})'
+            return []
+        if len(name.strip()) > MAX_KEYWORD or any(len(k) > MAX_KEYWORD for k in keywords):
+            checked.errors["topics"] = f"topic names and keywords are at most {MAX_KEYWORD} characters each"
+            return []
+        out.append({"name": name.strip(), "keywords": keywords[:MAX_KEYWORDS]})
+    return out
+
+
+def _authors(checked: Checked, form: dict[str, list[str]]) -> list[str]:
+    """Followed authors typed one a line (names or ORCID iDs)."""
+    lines = [line.strip() for line in _text(checked, form, "authors", lines=True).splitlines() if line.strip()]
+    if len(lines) > MAX_AUTHORS:
+        checked.errors["authors"] = f"at most {MAX_AUTHORS} authors, one per line"
+    elif any(len(a) > MAX_NAME for a in lines):
+        checked.errors["authors"] = f"names are at most {MAX_NAME} characters each"
+    return lines[:MAX_AUTHORS]
 
 
 def _categories(checked: Checked, form: dict[str, list[str]], offered: Sequence[str]) -> list[str]:
@@ -239,7 +276,8 @@ def check_subscribe(form: dict[str, list[str]], *, smtputf8: bool, categories: S
 
 def check_preferences(form: dict[str, list[str]], *, categories: Sequence[str] = ()) -> Checked:
     """A preferences edit: time zone, send time, how often, keywords, exclude keywords, categories
-    (from `categories`, the configured ones), max papers, delivery (email, feed or both)."""
+    (from `categories`, the configured ones), max papers, delivery (email, feed or both), topics
+    (one a line, "name: keyword, keyword") and followed authors (one a line)."""
     checked = Checked()
     max_papers = first(form, "max_papers") or "10"
     if not _NUMBER.fullmatch(max_papers) or not 1 <= int(max_papers) <= 50:
@@ -251,6 +289,8 @@ def check_preferences(form: dict[str, list[str]], *, categories: Sequence[str] =
         "exclude_keywords": _keywords(checked, form, "exclude_keywords"),
         "categories": _categories(checked, form, categories),
         "delivery": _text(checked, form, "delivery", limit=10) or "email",
+        "topics": _topics(checked, form),
+        "authors": _authors(checked, form),
         **_when(checked, form),
     }
     if not checked.errors:

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from digest.rank._linalg import finite32, zstats
-from digest.rank.base import Ranker, TrainData, paper_rows
+from digest.rank.base import Ranker, TextSpace, TrainData, paper_rows
 from digest.rank.content import ContentRanker
 from digest.rank.hybrid.cf import CfComponent, can_fit_cf
 from digest.rank.hybrid.component import Component, Day, Text, take_dense, take_users
@@ -371,6 +371,13 @@ class HybridRanker(Ranker):
 
     def item_features(self, papers: np.ndarray) -> sp.csr_matrix:
         return self.state.text.tfidf.items[np.asarray(papers, dtype=np.int64)]
+
+    def text_space(self) -> TextSpace:
+        space = self.state.text.tfidf.text_space()
+        lsa = self.state.parts.get("lsa")
+        if isinstance(lsa, LsaComponent):
+            space.dense = lsa.items
+        return space
 
     # -- explaining ----------------------------------------------------------------------------
 

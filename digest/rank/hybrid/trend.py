@@ -26,11 +26,12 @@ class TrendComponent(Component):
 
     def _count(self, data: TrainData) -> None:
         counts = np.zeros(len(data.corpus), np.float32) if data.counts is None else data.counts
-        raw = np.asarray(data.likes.sum(axis=0), dtype=np.float32).ravel() + np.maximum(np.nan_to_num(counts), 0)
+        likes = data.reader_likes  # a reader's interests are not more readers
+        raw = np.asarray(likes.sum(axis=0), dtype=np.float32).ravel() + np.maximum(np.nan_to_num(counts), 0)
         self.trend = np.log1p(raw).astype(np.float32)
         # what the reasons say
         self.counts = np.maximum(np.nan_to_num(np.asarray(counts, dtype=np.float64)), 0)
-        self.like_counts = np.asarray(data.likes.getnnz(axis=0)).ravel()
+        self.like_counts = np.asarray(likes.getnnz(axis=0)).ravel()
 
     def raw(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.trend[candidates], (len(users), len(candidates)))
