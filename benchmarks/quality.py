@@ -33,7 +33,9 @@ def main() -> None:
     ap.add_argument("--svm-users", type=int, default=500, help="users sampled for svm (0: all)")
     ap.add_argument("--splits", default=",".join(SPLITS))
     ap.add_argument(
-        "--embeddings", action="store_true", help="feed sentence embeddings to the hybrid (needs the embeddings extra)"
+        "--embeddings",
+        default="minilm",
+        help='sentence embeddings for the hybrid: "minilm" (built in), "minilm-torch" (the extra) or "none"',
     )
     ap.add_argument(
         "--cache-dir",

@@ -346,11 +346,20 @@ class RankingSettings(_Section):
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
         '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
     )
-    embeddings: bool = Field(
-        False,
-        description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "
-        "pip install 'digest[embeddings]'); vectors are cached in <data_dir>/cache/embeddings.",
+    embeddings: Literal["minilm", "minilm-torch", "none"] = Field(
+        "minilm",
+        description='Sentence embeddings of the papers for the hybrid ranker: "minilm" (all-MiniLM-L6-v2, built in: '
+        'onnxruntime, int8, no torch), "minilm-torch" (the same model in full precision; needs the optional extra: '
+        "pip install 'digest[embeddings]', about 1.4 GB more), \"none\" (TF-IDF only: weaker picks). Vectors are "
+        'cached in <data_dir>/cache/embeddings. true and false (the old form) mean "minilm" and "none".',
     )
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _embeddings_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # the setting was a switch before the model was built in
+            return "minilm" if value else "none"
+        return value
 
 
 class SourceSettings(_Section):

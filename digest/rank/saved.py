@@ -30,7 +30,9 @@ from digest.rank import Ranker, TrainData, make_ranker
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when a ranker's saved state changes shape (3: the hybrid split into components)
+FORMAT = (
+    4  # bump when a ranker's saved state changes shape (3: the hybrid split into components; 4: built-in embeddings)
+)
 GROWTH = 1.25  # refit when papers or readers grew by more than this factor since the fit
 
 
@@ -135,6 +137,7 @@ def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data:
         with path.open("rb") as f:
             saved = pickle.load(f)  # the header (before format 3: the whole record)
             if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+                log.warning("saved ranker %s has an older format; refitting once", path)
                 return None, "the saved fit has an older format"
             if saved.get("fingerprint") != fingerprint:
                 return None, "ranking settings changed"

@@ -118,6 +118,7 @@ class HybridRanker(Ranker):
         lsa_dims: int = 200,
         min_likes: int = 50,
         embeddings: np.ndarray | None = None,
+        embedding_model: str = "",
         emb_map_weight: float = 1.0,
         keyword_weight: float = 0.35,
         dislike_weight: float = 0.5,
@@ -148,6 +149,7 @@ class HybridRanker(Ranker):
         self.min_likes = min_likes
         self.raw_embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
         self.embeddings = self.raw_embeddings  # smoothed in `fit`
+        self.embedding_model = embedding_model  # which model made them (`digest.embeddings`): a saved fit's label
         self.emb_map_weight = emb_map_weight
         self.keyword_weight = keyword_weight
         self.profile_terms = profile_terms
