@@ -741,15 +741,17 @@ def eval_(
     table = Table(
         title=f"{result['bench']}: {result['users']} users with held-out papers",
         caption="r@k: recall@k"
-        + (", * users sampled" if any(r.get("sampled") for r in result["methods"].values()) else "")
+        + ("; * sampled users" if any(r.get("sampled") for r in result["methods"].values()) else "")
         + (
-            f"; hybrid with {result['embeddings']} embeddings ({result['embedding_seconds']:.1f} s of its time)"
+            f"; hybrid: {result['embeddings']} embeddings, {result['embedding_seconds']:.1f} s"
             if "embeddings" in result
             else ""
         ),
         header_style="bold",
         box=box.SIMPLE_HEAD,
+        show_edge=False,
         pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("method", no_wrap=True)
     for kk in ks:

@@ -42,6 +42,7 @@ __all__ = [  # the metric functions are re-exported from `digest.rank.metrics`
     "load_bench",
     "ndcg_at_k",
     "parse_list",
+    "plot_labels",
     "plot_recall",
     "ranker_options",
     "recall_at_k",
@@ -315,34 +316,30 @@ def plot_recall(result: dict, path: str | Path, ks: Sequence[int]) -> Path:
     styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
     markers = ["o", "s", "^", "D", "v", "P", "X", "h"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    drawn: list[tuple[str, list[float]]] = []
-    for i, (name, res) in enumerate(result["methods"].items()):
+    curves, anchor_labels = plot_labels(result, ks)
+    for i, (name, label, overlaps) in enumerate(curves):
+        res = result["methods"][name]
         xs = [k for k in ks if f"recall@{k}" in res]
-        ys = [res[f"recall@{k}"] for k in xs]
-        same = [other for other, oy in drawn if len(oy) == len(ys) and np.allclose(oy, ys, atol=0.005)]
-        label = name + (f" (= {', '.join(same)})" if same else "")
         ax.plot(
             xs,
-            ys,
+            [res[f"recall@{k}"] for k in xs],
             linestyle=styles[i % len(styles)],
             marker=markers[i % len(markers)],
-            markersize=7 - 1.5 * min(len(same), 3),
+            markersize=7 - 1.5 * min(overlaps, 3),  # a curve on top of another is drawn smaller, so both show
             linewidth=2.2 if name == "hybrid" else 1.4,
             label=label,
         )
-        drawn.append((name, ys))
-    anchors = ANCHORS.get(result.get("bench", ""), [])
     anchor_markers = ["*", "p", "<", ">", "d", "8", "H", "+"]
-    for j, (label, k, value) in enumerate(anchors):
+    for j, ((_, k, value), label) in enumerate(zip(ANCHORS.get(result.get("bench", ""), []), anchor_labels)):
         ax.scatter(
             [k],
             [value],
             marker=anchor_markers[j % len(anchor_markers)],
             s=110,
             color="black",
-            facecolors="none" if "titles" in label else "black",
+            facecolors="none" if "titles" in label else "black",  # hollow: measured here on titles
             zorder=5,
-            label=f"{label}: {value:.3f} @{k}",
+            label=label,
         )
     ax.set_xscale("log")
     ax.set_xticks(list(ks))
@@ -356,3 +353,18 @@ def plot_recall(result: dict, path: str | Path, ks: Sequence[int]) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_labels(result: dict, ks: Sequence[int]) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """The legend of `plot_recall`: (method, label, how many earlier curves it coincides with) per
+    method, where a curve within 0.005 of an earlier one at every k is labelled "name (= other)";
+    and one "label: value @k" per published anchor of the split."""
+    drawn: list[tuple[str, list[float]]] = []
+    curves = []
+    for name, res in result["methods"].items():
+        ys = [res[f"recall@{k}"] for k in ks if f"recall@{k}" in res]
+        same = [other for other, oy in drawn if len(oy) == len(ys) and np.allclose(oy, ys, atol=0.005)]
+        curves.append((name, name + (f" (= {', '.join(same)})" if same else ""), len(same)))
+        drawn.append((name, ys))
+    anchors = [f"{label}: {value:.3f} @{k}" for label, k, value in ANCHORS.get(result.get("bench", ""), [])]
+    return curves, anchors

@@ -25,8 +25,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "digest" / "data"
 
