@@ -89,7 +89,7 @@ def ranker_for_day(
     if saved is not None:
         old = saved["ranker"]
         try:
-            old.update(data, **({"embeddings": options["embeddings"]} if "embeddings" in options else {}))
+            old.update(data, **{k: options[k] for k in ("embeddings", "keyword_embeddings") if k in options})
         except Exception as e:
             log.warning("saved ranker %s could not be updated (%s); refitting", path, e)
             reason = f"the saved fit could not be updated: {e}"
@@ -120,7 +120,7 @@ def ranker_for_day(
 
 def _fingerprint(name: str, options: dict) -> dict:
     """What a saved fit must match to be reused (the embeddings' presence, not their values)."""
-    plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray)}
+    plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray | dict)}  # not the vectors
     return {
         "format": FORMAT,
         "ranker": name,
