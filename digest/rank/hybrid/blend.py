@@ -103,7 +103,7 @@ class Fitted:
 class HybridRanker(Ranker):
     name = "hybrid"
     folds_in = True
-    floor = 1.0  # blended per-reader z-scores (each part against the reader's corpus sample): see README
+    floor = 0.3  # a weighted mean of per-reader z-scores (each part against the reader's corpus sample): see README
 
     def __init__(
         self,
@@ -373,6 +373,11 @@ class HybridRanker(Ranker):
         total = np.zeros((len(users), len(candidates)), dtype=np.float32)
         for block in parts.values():
             total += block
+        # a weighted mean of the parts' z-scores, so the relevance floor means the same whatever the weights
+        # (the emb part's weight 8 made the plain sum about four times as wide); the order is unchanged
+        weight = sum(abs(self.weights.get(name, 0.0)) for name in parts)
+        if weight > 0:
+            total /= weight
         # the last block's parts, so that explaining its picks (the daily run's next step) is a lookup
         self._memo = (np.asarray(users, dtype=np.int64), np.asarray(candidates, dtype=np.int64), parts)
         return finite32(total)
