@@ -375,13 +375,8 @@ def embed_texts(
     return out
 
 
-CACHE_ENV = "DIGEST_EMBEDDING_CACHE"  # a cache folder shared by several data folders (the test suite's)
-
-
 def default_cache_dir(data_dir: str | Path) -> Path:
-    """<data_dir>/cache/embeddings, or $DIGEST_EMBEDDING_CACHE when set (vectors depend only on the text)."""
-    shared = os.environ.get(CACHE_ENV)
-    return Path(shared).expanduser() if shared else Path(data_dir).expanduser() / "cache" / "embeddings"
+    return Path(data_dir).expanduser() / "cache" / "embeddings"
 
 
 def ranking_options(settings, corpus, keywords: Sequence[Sequence[str]] = ()) -> dict:

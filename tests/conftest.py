@@ -25,14 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-@pytest.fixture(scope="session")
-def _embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedding cache for the session: the sample corpus is encoded once, not in every test's data folder."""
-    return tmp_path_factory.mktemp("embedding-cache")
-
-
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _embedding_cache: Path) -> None:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's secrets, data folder or config."""
     for name in (
         "DIGEST_SMTP_USERNAME",
@@ -45,7 +39,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _embedding_ca
     monkeypatch.setenv("DIGEST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))  # no digest.toml of the developer's
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    monkeypatch.setenv("DIGEST_EMBEDDING_CACHE", str(_embedding_cache))
 
 
 def free_port() -> int:

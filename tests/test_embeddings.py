@@ -171,7 +171,6 @@ def test_cache_finds_every_key_again(tmp_path: Path) -> None:
 
 
 def test_setting_on_uses_the_cache_under_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(emb.CACHE_ENV)  # the suite shares one cache; a real data folder has its own
     calls = {}
 
     def fake(texts, cache_dir, **_):
@@ -184,9 +183,6 @@ def test_setting_on_uses_the_cache_under_data_dir(tmp_path: Path, monkeypatch: p
     assert opts["embeddings"].shape == (2, emb.DIM)
     assert opts["embedding_model"] == emb.OnnxEncoder().key  # a saved fit of another model is not reused
     assert calls["dir"] == tmp_path / "cache" / "embeddings"
-    monkeypatch.setenv(emb.CACHE_ENV, str(tmp_path / "shared"))
-    emb.ranking_options(_settings(tmp_path, True), corpus)
-    assert calls["dir"] == tmp_path / "shared"
     from digest.settings import Settings
 
     content_only = Settings.model_validate(
