@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import platformdirs
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -692,11 +693,12 @@ def eval_(
         ),
     ] = 500,
     embeddings: Annotated[
-        bool,
+        str,
         typer.Option(
-            "--embeddings", help="Feed sentence embeddings of the papers to the hybrid (needs the embeddings extra)."
+            "--embeddings",
+            help='Sentence embeddings for the hybrid: "minilm" (built in), "minilm-torch" (the embeddings extra) or "none".',
         ),
-    ] = False,
+    ] = "minilm",
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -743,15 +745,30 @@ def eval_(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title=f"{result['bench']}: {result['users']} users with held-out papers", header_style="bold")
-    table.add_column("method")
+    # short headers and no vertical rules, so five cut-offs fit in 80 columns (a pipe or a narrow terminal)
+    table = Table(
+        title=f"{result['bench']}: {result['users']} users with held-out papers",
+        caption="r@k: recall@k"
+        + ("; * sampled users" if any(r.get("sampled") for r in result["methods"].values()) else "")
+        + (
+            f"; hybrid: {result['embeddings']} embeddings, {result['embedding_seconds']:.1f} s"
+            if "embeddings" in result
+            else ""
+        ),
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("method", no_wrap=True)
     for kk in ks:
-        table.add_column(f"recall@{kk}", justify="right")
-    table.add_column("nDCG@10", justify="right")
-    table.add_column("users", justify="right")
-    table.add_column("seconds", justify="right")
+        table.add_column(f"r@{kk}", justify="right", no_wrap=True)
+    table.add_column("nDCG@10", justify="right", no_wrap=True)
+    table.add_column("users", justify="right", no_wrap=True)
+    table.add_column("sec", justify="right", no_wrap=True)
     for name, res in result["methods"].items():
-        users = f"{res['users']}" + (" (sample)" if res.get("sampled") else "")
+        users = f"{res['users']}" + ("*" if res.get("sampled") else "")
         table.add_row(
             name, *(f"{res[f'recall@{kk}']:.4f}" for kk in ks), f"{res['ndcg@10']:.4f}", users, f"{res['seconds']:.1f}"
         )

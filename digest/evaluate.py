@@ -36,11 +36,13 @@ __all__ = [  # the metric functions are re-exported from `digest.rank.metrics`
     "Bench",
     "block_metrics",
     "default_cache_dir",
+    "embedding_choice",
     "evaluate",
     "hits_metrics",
     "load_bench",
     "ndcg_at_k",
     "parse_list",
+    "plot_labels",
     "plot_recall",
     "ranker_options",
     "recall_at_k",
@@ -184,8 +186,19 @@ def ranker_options(method: str, bench: Bench, embeddings: np.ndarray | None = No
     return {}
 
 
+def embedding_choice(value: str | bool) -> str:
+    """`run_eval`'s `embeddings`: a model of `digest.embeddings.MODELS` or "none" (True / False: "minilm" / "none")."""
+    from digest.embeddings import MODELS
+
+    if isinstance(value, bool):
+        return "minilm" if value else "none"
+    if value not in (*MODELS, "none"):
+        raise DataError(f"unknown embeddings {value!r}; choose from {', '.join((*MODELS, 'none'))}")
+    return value
+
+
 def default_cache_dir() -> Path:
-    """Where `digest eval --embeddings` caches vectors: $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings."""
+    """Where `digest eval` caches the papers' vectors: $DIGEST_DATA_DIR/cache/embeddings, else ~/.cache/digest/embeddings."""
     import os
 
     base = os.environ.get("DIGEST_DATA_DIR")
@@ -202,16 +215,17 @@ def run_eval(
     progress: Callable[[str, int, int], None] | None = None,
     svm_users: int | None = 500,
     seed: int = 0,
-    embeddings: bool = False,
+    embeddings: str | bool = "minilm",
     cache_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate each method on a benchmark folder.
 
     Returns {"bench": name, "users": N, "methods": {name: {"recall@k": ..., "ndcg@10": ..., "seconds": s,
     "users": n}}}.  `svm` fits one model per user, so it is measured on a random sample of `svm_users`
-    users (None: all); its entry then says "sampled": true.  `embeddings=True` feeds sentence embeddings of
-    the papers (the optional extra, cached in `cache_dir`) to the hybrid; the time spent getting them is
-    reported as "embedding_seconds" (and added to the hybrid's "seconds").
+    users (None: all); its entry then says "sampled": true.  `embeddings` ("minilm", the built-in model,
+    by default; "minilm-torch", the extra; "none") feeds sentence embeddings of the papers, cached in
+    `cache_dir`, to the hybrid; the time spent getting them is reported as "embedding_seconds" (and
+    added to the hybrid's "seconds").
     """
     from digest.rank import make_ranker
 
@@ -219,15 +233,20 @@ def run_eval(
     all_users = bench.eval_users
     result: dict = {"bench": bench.name, "users": len(all_users), "methods": {}}
     emb = None
-    if embeddings and "hybrid" in methods:
-        from digest.embeddings import embed_texts
+    model = embedding_choice(embeddings)
+    if model != "none" and "hybrid" in methods:
+        from digest.embeddings import embed_texts, make_encoder
 
         start = time.perf_counter()
         cb = (lambda done, total: progress("embeddings", done, total)) if progress else None
         emb = embed_texts(
-            bench.data.corpus.texts(), cache_dir if cache_dir is not None else default_cache_dir(), progress=cb
+            bench.data.corpus.texts(),
+            cache_dir if cache_dir is not None else default_cache_dir(),
+            encoder=make_encoder(model),
+            progress=cb,
         )
         result["embedding_seconds"] = round(time.perf_counter() - start, 2)
+        result["embeddings"] = model
     for method in methods:
         ranker = make_ranker(method, **ranker_options(method, bench, emb))
         users = None
@@ -238,7 +257,7 @@ def run_eval(
         if users is not None:
             res["sampled"] = True
         if method == "hybrid" and emb is not None:
-            res["embeddings"] = True
+            res["embeddings"] = model
             res["seconds"] = round(res["seconds"] + result["embedding_seconds"], 2)
         tuning = getattr(ranker, "tuning", None)
         if tuning:
@@ -279,7 +298,12 @@ def parse_list(value: str, *, cast=str) -> list:
 
 
 def plot_recall(result: dict, path: str | Path, ks: Sequence[int]) -> Path:
-    """Recall@k curves of every method, with the published anchors of the split marked; needs matplotlib."""
+    """Recall@k curves of every method, with the published anchors of the split in the legend; needs matplotlib.
+
+    Each method has its own line style and marker, and a curve within 0.005 of an earlier one at every
+    k says so in the legend ("= random"), so floors that coincide (popularity, random and collaborative
+    on the cold split) are told apart.  Each anchor is its own marker, with its figure in the legend.
+    """
     try:
         import matplotlib
 
@@ -289,19 +313,58 @@ def plot_recall(result: dict, path: str | Path, ks: Sequence[int]) -> Path:
         from digest.errors import DigestError
 
         raise DigestError("--plot needs matplotlib: pip install 'digest[plot]' (or pip install matplotlib)") from e
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, res in result["methods"].items():
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "h"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    curves, anchor_labels = plot_labels(result, ks)
+    for i, (name, label, overlaps) in enumerate(curves):
+        res = result["methods"][name]
         xs = [k for k in ks if f"recall@{k}" in res]
-        ax.plot(xs, [res[f"recall@{k}"] for k in xs], marker="o", label=name)
-    for label, k, value in ANCHORS.get(result.get("bench", ""), []):
-        ax.scatter([k], [value], marker="*", s=90, color="black", zorder=5)
-        ax.annotate(label, (k, value), textcoords="offset points", xytext=(4, 2), fontsize=7)
+        ax.plot(
+            xs,
+            [res[f"recall@{k}"] for k in xs],
+            linestyle=styles[i % len(styles)],
+            marker=markers[i % len(markers)],
+            markersize=7 - 1.5 * min(overlaps, 3),  # a curve on top of another is drawn smaller, so both show
+            linewidth=2.2 if name == "hybrid" else 1.4,
+            label=label,
+        )
+    anchor_markers = ["*", "p", "<", ">", "d", "8", "H", "+"]
+    for j, ((_, k, value), label) in enumerate(zip(ANCHORS.get(result.get("bench", ""), []), anchor_labels)):
+        ax.scatter(
+            [k],
+            [value],
+            marker=anchor_markers[j % len(anchor_markers)],
+            s=110,
+            color="black",
+            facecolors="none" if "titles" in label else "black",  # hollow: measured here on titles
+            zorder=5,
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(list(ks))
+    ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k")
-    ax.set_title(f"{result.get('bench', '')}: {result['users']} users")
+    ax.set_title(f"{result.get('bench', '')}: {result['users']} users (black: published / measured anchors)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_labels(result: dict, ks: Sequence[int]) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """The legend of `plot_recall`: (method, label, how many earlier curves it coincides with) per
+    method, where a curve within 0.005 of an earlier one at every k is labelled "name (= other)";
+    and one "label: value @k" per published anchor of the split."""
+    drawn: list[tuple[str, list[float]]] = []
+    curves = []
+    for name, res in result["methods"].items():
+        ys = [res[f"recall@{k}"] for k in ks if f"recall@{k}" in res]
+        same = [other for other, oy in drawn if len(oy) == len(ys) and np.allclose(oy, ys, atol=0.005)]
+        curves.append((name, name + (f" (= {', '.join(same)})" if same else ""), len(same)))
+        drawn.append((name, ys))
+    anchors = [f"{label}: {value:.3f} @{k}" for label, k, value in ANCHORS.get(result.get("bench", ""), [])]
+    return curves, anchors

@@ -365,7 +365,7 @@ def day_ranker(
     `save` False: a refit is not written, for dry runs)."""
     return ranker_for_day(
         settings.ranking.ranker,
-        ranking_options(settings, data.corpus),
+        ranking_options(settings, data.corpus, data.keywords),
         data,
         now,
         data_dir=settings.data_path,

@@ -343,20 +343,29 @@ class RankingSettings(_Section):
     min_score: float | Literal["auto"] = Field(
         "auto",
         description="The relevance floor of the daily digest: a candidate whose score (the one that decides the "
-        "order: the hybrid's per-reader z-score, the content ranker's cosine) is below this is not picked, so a "
+        "order: the hybrid's weighted mean of its parts' per-reader z-scores, the content ranker's cosine) is below this is not picked, so a "
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
-        '"auto": the ranker\'s measured floor (hybrid 1.0, content 0.03; the others none); -1e9 turns it off.',
+        '"auto": the ranker\'s measured floor (hybrid 0.3, content 0.03; the others none); -1e9 turns it off.',
     )
     find_interests: bool = Field(
         True,
         description="Look for a reader's interests in their liked papers when they name no topics (10 or more "
         "likes in 2-5 clear clusters: a digest section each); false: only named topics give sections.",
     )
-    embeddings: bool = Field(
-        False,
-        description="Add sentence embeddings of the papers to the hybrid ranker (needs the optional embeddings extra: "
-        "pip install 'digest[embeddings]'); vectors are cached in <data_dir>/cache/embeddings.",
+    embeddings: Literal["minilm", "minilm-torch", "none"] = Field(
+        "minilm",
+        description='Sentence embeddings of the papers for the hybrid ranker: "minilm" (all-MiniLM-L6-v2, built in: '
+        'onnxruntime, int8, no torch), "minilm-torch" (the same model in full precision; needs the optional extra: '
+        "pip install 'digest[embeddings]', about 1.4 GB more), \"none\" (TF-IDF only: weaker picks). Vectors are "
+        'cached in <data_dir>/cache/embeddings. true and false (the old form) mean "minilm" and "none".',
     )
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _embeddings_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # the setting was a switch before the model was built in
+            return "minilm" if value else "none"
+        return value
 
 
 class SourceSettings(_Section):

@@ -74,9 +74,37 @@ def test_cli_eval_table_and_errors() -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["eval", str(TINY), "--k", "5", "--methods", "random,content"])
     assert result.exit_code == 0, result.output
-    assert "recall@5" in result.stdout and "content" in result.stdout
+    assert "r@5" in result.stdout and "content" in result.stdout
     bad = runner.invoke(app, ["eval", str(TINY), "--methods", "nope"])
     assert bad.exit_code != 0
+
+
+def test_cli_eval_table_fits_80_columns_when_piped() -> None:
+    # regression: rich cut the headers to "recal…" in a pipe (80 columns) with five cut-offs
+    result = CliRunner().invoke(
+        app, ["eval", str(TINY), "--methods", "collaborative,hybrid", "--svm-users", "0"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "…" not in result.stdout and max(len(line) for line in lines) <= 80
+    assert all(f"r@{k}" in result.stdout for k in (10, 20, 50, 100, 300)) and "collaborative" in result.stdout
+    assert "minilm embeddings" in result.stdout  # the default: the built-in model
+
+
+def test_plot_tells_coinciding_curves_apart_and_lists_the_anchors(tmp_path: Path) -> None:
+    from digest.evaluate import plot_labels, plot_recall
+
+    flat = {"recall@100": 0.03, "recall@300": 0.08, "ndcg@10": 0.0, "users": 5, "seconds": 0.1}
+    result = {
+        "bench": "citeulike-a-cold",
+        "users": 5,
+        "methods": {"random": flat, "popularity": {**flat, "recall@100": 0.031}, "hybrid": {**flat, "recall@100": 0.7}},
+    }
+    curves, anchors = plot_labels(result, [100, 300])
+    assert [label for _, label, _ in curves] == ["random", "popularity (= random)", "hybrid"]
+    assert "shared_rep (abstracts): 0.671 @100" in anchors
+    pytest.importorskip("matplotlib")
+    assert plot_recall(result, tmp_path / "p.png", [100, 300]).stat().st_size > 1000
 
 
 def test_cli_eval_plot(tmp_path: Path) -> None:

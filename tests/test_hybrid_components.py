@@ -88,3 +88,30 @@ def test_too_few_validation_readers_keep_the_weights() -> None:
     small = TrainData(data.corpus, data.users, sp.csr_matrix(data.likes.shape, dtype=np.float32))
     chosen, report = tune_weights(small, "cold", lambda *a: {}, weights={}, start=DEFAULT_WEIGHTS, has_embeddings=False)
     assert chosen is None and report == {"mode": "cold", "val_users": 0, "chosen": None}
+
+
+def test_a_keyword_pulls_the_embedding_profile_and_is_folded_in() -> None:
+    data = community()
+    E = _embeddings(data)
+    target = int(np.argmax(np.abs(E).sum(axis=1)))  # a paper whose direction the keyword will point at
+    words = [["topic word"] if u == 0 else [] for u in range(len(data.users))]
+    keyed = TrainData(data.corpus, data.users, data.likes, data.dislikes, words, data.counts)
+    vectors = {"topic word": E[target]}
+    plain = HybridRanker(embeddings=E).fit(keyed)  # no keyword vectors: keywords cannot reach emb
+    pulled = HybridRanker(embeddings=E, keyword_embeddings=vectors).fit(keyed)
+    before = plain.state.parts["emb"].raw(np.array([0]), np.array([target]))[0, 0]
+    after = pulled.state.parts["emb"].raw(np.array([0]), np.array([target]))[0, 0]
+    assert after > before
+    others = np.arange(1, len(data.users))  # readers without keywords keep their profile
+    np.testing.assert_allclose(pulled.state.parts["emb"].profiles[others], plain.state.parts["emb"].profiles[others])
+    # a reader who adds the keyword later gets it through the daily fold-in
+    later = [["topic word"] if u in (0, 1) else [] for u in range(len(data.users))]
+    plain.update(
+        TrainData(data.corpus, data.users, data.likes, data.dislikes, later, data.counts),
+        embeddings=E,
+        keyword_embeddings=vectors,
+    )
+    assert (
+        plain.state.parts["emb"].raw(np.array([1]), np.array([target]))[0, 0]
+        > pulled.state.parts["emb"].raw(np.array([1]), np.array([target]))[0, 0]
+    )

@@ -8,6 +8,7 @@ like a refit does, and the saved fit must be reused, refitted and recovered when
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 from datetime import UTC, datetime, timedelta
@@ -160,7 +161,7 @@ def test_unreadable_saved_fit_is_refitted(tmp_path) -> None:
     assert pickle.loads(path.read_bytes())["fitted_at"] == NOW + timedelta(days=1)
 
 
-def test_saved_fit_of_an_older_format_is_refitted(tmp_path) -> None:
+def test_saved_fit_of_an_older_format_is_refitted(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     """The header is read first: an older format is refused without unpickling what follows it (a
     ranker whose classes may have moved since).  A format-2 file is one pickle, header and ranker:
     refused as older when it can be read, refitted as unreadable when its classes are gone."""
@@ -169,12 +170,28 @@ def test_saved_fit_of_an_older_format_is_refitted(tmp_path) -> None:
     with path.open("rb") as f:
         header = pickle.load(f)
     path.write_bytes(pickle.dumps({**header, "format": FORMAT - 1}) + b"not a ranker")
-    ranker, report = ranker_for_day("hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    with caplog.at_level(logging.WARNING, logger="digest.rank.saved"):
+        ranker, report = ranker_for_day(
+            "hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7
+        )
     assert report.refit and "older format" in report.reason
+    assert "older format; refitting once" in caplog.text  # a warning, not a traceback
     path.write_bytes(pickle.dumps({**header, "format": 2, "ranker": "gone"}))  # format 2: one pickle, no ranker after
     _, report = ranker_for_day("hybrid", {}, community(), NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
     assert report.refit and "older format" in report.reason
     assert ranker.score(np.arange(3), np.arange(5)).shape == (3, 5)
+
+
+def test_saved_fit_of_another_embedding_model_is_refitted(tmp_path) -> None:
+    data = community()
+    vecs = np.random.default_rng(0).normal(size=(len(data.corpus), 8)).astype(np.float32)
+    a = {"embeddings": vecs, "embedding_model": "model-a"}
+    ranker_for_day("hybrid", a, data, NOW, data_dir=tmp_path, refit_days=7)
+    _, same = ranker_for_day("hybrid", a, data, NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert not same.refit
+    b = {**a, "embedding_model": "model-b"}
+    _, other = ranker_for_day("hybrid", b, data, NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7)
+    assert other.refit and "settings changed" in other.reason
 
 
 @pytest.mark.parametrize("name, refit_days", [("hybrid", 0), ("content", 7)])

@@ -30,7 +30,9 @@ from digest.rank import Ranker, TrainData, make_ranker
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when a ranker's saved state changes shape (3: the hybrid split into components)
+FORMAT = (
+    4  # bump when a ranker's saved state changes shape (3: the hybrid split into components; 4: built-in embeddings)
+)
 GROWTH = 1.25  # refit when papers or readers grew by more than this factor since the fit
 
 
@@ -87,7 +89,7 @@ def ranker_for_day(
     if saved is not None:
         old = saved["ranker"]
         try:
-            old.update(data, **({"embeddings": options["embeddings"]} if "embeddings" in options else {}))
+            old.update(data, **{k: options[k] for k in ("embeddings", "keyword_embeddings") if k in options})
         except Exception as e:
             log.warning("saved ranker %s could not be updated (%s); refitting", path, e)
             reason = f"the saved fit could not be updated: {e}"
@@ -118,7 +120,7 @@ def ranker_for_day(
 
 def _fingerprint(name: str, options: dict) -> dict:
     """What a saved fit must match to be reused (the embeddings' presence, not their values)."""
-    plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray)}
+    plain = {k: v for k, v in options.items() if not isinstance(v, np.ndarray | dict)}  # not the vectors
     return {
         "format": FORMAT,
         "ranker": name,
@@ -135,6 +137,7 @@ def _load(path: Path, fingerprint: dict, now: datetime, refit_days: float, data:
         with path.open("rb") as f:
             saved = pickle.load(f)  # the header (before format 3: the whole record)
             if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+                log.warning("saved ranker %s has an older format; refitting once", path)
                 return None, "the saved fit has an older format"
             if saved.get("fingerprint") != fingerprint:
                 return None, "ranking settings changed"

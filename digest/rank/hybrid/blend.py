@@ -103,7 +103,7 @@ class Fitted:
 class HybridRanker(Ranker):
     name = "hybrid"
     folds_in = True
-    floor = 1.0  # blended per-reader z-scores (each part against the reader's corpus sample): see README
+    floor = 0.3  # a weighted mean of per-reader z-scores (each part against the reader's corpus sample): see README
 
     def __init__(
         self,
@@ -118,8 +118,11 @@ class HybridRanker(Ranker):
         lsa_dims: int = 200,
         min_likes: int = 50,
         embeddings: np.ndarray | None = None,
+        embedding_model: str = "",
+        keyword_embeddings: dict[str, np.ndarray] | None = None,
         emb_map_weight: float = 1.0,
         keyword_weight: float = 0.35,
+        emb_keyword_weight: float = 1.0,
         dislike_weight: float = 0.5,
         profile_terms: int | None = 200,
         seed: int = 0,
@@ -148,8 +151,13 @@ class HybridRanker(Ranker):
         self.min_likes = min_likes
         self.raw_embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
         self.embeddings = self.raw_embeddings  # smoothed in `fit`
+        self.embedding_model = embedding_model  # which model made them (`digest.embeddings`): a saved fit's label
+        self.keyword_embeddings = keyword_embeddings  # the same model's vector of each reader keyword
         self.emb_map_weight = emb_map_weight
         self.keyword_weight = keyword_weight
+        # in the embedding profile a reader's keywords weigh as much as their liked papers together: at the
+        # TF-IDF's 0.35 the demo reader's keyword never showed among her picks (CiteULike has no keywords)
+        self.emb_keyword_weight = emb_keyword_weight
         self.profile_terms = profile_terms
         self.dislike_weight = dislike_weight
         self.seed = seed
@@ -220,7 +228,10 @@ class HybridRanker(Ranker):
                 knn_k=self.knn_k,
             )
         )
-        parts += [TrendComponent(), EmbComponent(dislike_weight=self.dislike_weight)]
+        parts += [
+            TrendComponent(),
+            EmbComponent(dislike_weight=self.dislike_weight, keyword_weight=self.emb_keyword_weight),
+        ]
         return parts
 
     def _fit(self, data: TrainData, *, every: bool = False) -> Fitted:
@@ -233,7 +244,7 @@ class HybridRanker(Ranker):
             min_df=2 if n_items >= 1000 else 1,
             profile_terms=self.profile_terms,
         ).fit(data)
-        text = Text(tfidf, self.embeddings)
+        text = Text(tfidf, self.embeddings, self.keyword_embeddings if self.embeddings is not None else None)
         fitted = Fitted(text, {part.name: part for part in self._components(every=every) if part.fit(data, text)})
         # per-user standardisation against a fixed sample of the corpus
         rng = np.random.default_rng(self.seed)
@@ -265,7 +276,13 @@ class HybridRanker(Ranker):
 
     # -- folding in --------------------------------------------------------------------------
 
-    def update(self, data: TrainData, *, embeddings: np.ndarray | None = None) -> HybridRanker:
+    def update(
+        self,
+        data: TrainData,
+        *,
+        embeddings: np.ndarray | None = None,
+        keyword_embeddings: dict[str, np.ndarray] | None = None,
+    ) -> HybridRanker:
         """Fold a day's changes into the last fit instead of refitting: new papers get TF-IDF rows
         from the fitted vocabulary, LSA coordinates and ALS factors through the ridge map; readers
         who are new or whose likes, dislikes or keywords changed get new profiles and ALS factors
@@ -276,6 +293,8 @@ class HybridRanker(Ranker):
             embeddings = np.asarray(embeddings, dtype=np.float32)
             if len(embeddings) != len(data.corpus):
                 raise ValueError("embeddings must have one row per corpus paper")
+        if keyword_embeddings is not None:
+            self.keyword_embeddings = keyword_embeddings
         if not hasattr(self, "state"):
             self.raw_embeddings = embeddings if embeddings is not None else self.raw_embeddings
             return self.fit(data)
@@ -293,6 +312,7 @@ class HybridRanker(Ranker):
             self.raw_embeddings = embeddings
             self.embeddings = self._smooth(embeddings, self.embeddings, prow)
         st.text.embeddings = self.embeddings
+        st.text.keywords = self.keyword_embeddings if self.embeddings is not None else None
         day = Day(data, prow, urow, changed, st.text.tfidf.fold_in(data, prow, urow, changed))
         for part in st.parts.values():
             part.update(day)
@@ -353,6 +373,11 @@ class HybridRanker(Ranker):
         total = np.zeros((len(users), len(candidates)), dtype=np.float32)
         for block in parts.values():
             total += block
+        # a weighted mean of the parts' z-scores, so the relevance floor means the same whatever the weights
+        # (the emb part's weight 8 made the plain sum about four times as wide); the order is unchanged
+        weight = sum(abs(self.weights.get(name, 0.0)) for name in parts)
+        if weight > 0:
+            total /= weight
         # the last block's parts, so that explaining its picks (the daily run's next step) is a lookup
         self._memo = (np.asarray(users, dtype=np.int64), np.asarray(candidates, dtype=np.int64), parts)
         return finite32(total)

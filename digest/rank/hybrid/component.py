@@ -29,11 +29,13 @@ class Text:
 
     `tfidf` is the fitted TF-IDF space (vocabulary, a row per paper, a profile per reader: the
     `ContentRanker`, folded in by the blend before the components update); `embeddings` the
-    smoothed sentence embeddings, a row per paper, or None when the fit has none.
+    smoothed sentence embeddings, a row per paper, or None when the fit has none; `keywords` the
+    same model's vector of each reader keyword (for the embedding profile), or None.
     """
 
     tfidf: ContentRanker
     embeddings: np.ndarray | None
+    keywords: dict[str, np.ndarray] | None = None
 
 
 @dataclass
