@@ -2,7 +2,12 @@
 
 A reader's profile is the mean of their liked papers' vectors, plus (when the reader has keywords
 and their vectors are given) `keyword_weight` x the unit mean of their keywords' vectors, as in the
-TF-IDF profile, minus the disliked papers' mean; unit length.  Each paper's vector is first smoothed over the corpus (`smooth_embeddings`): unit(e +
+TF-IDF profile, minus the disliked papers' mean; unit length.  A paper's score is the mean of its
+similarity to that profile and its similarity to the nearest liked paper (`nearest_weight` 0.5): in
+a dense space every paper is a little like every other, so a mean profile alone lets a reader's
+biggest topic drown a smaller one ("more like this" on one retrieval paper beside vision likes
+brought no retrieval paper the next day; with the nearest term it does).  CiteULike, titles only:
+cold recall@100 0.683 -> 0.685, p10 recall@300 0.600 -> 0.600, p1 unchanged (one like each).  Each paper's vector is first smoothed over the corpus (`smooth_embeddings`): unit(e +
 `emb_smooth` (2) * mean of its `emb_smooth_k` (20) nearest papers' vectors), no likes used
 (CiteULike p1 recall@300 0.295 -> 0.324, cold recall@100 +0.011; ~8 s for 17k papers).  The blend
 smooths once per fit (`HybridRanker._smooth`), and the smoothed vectors also feed the `cf` map.
@@ -22,14 +27,18 @@ class EmbComponent(Component):
     name = "emb"
     textual = True
 
-    def __init__(self, *, dislike_weight: float = 0.5, keyword_weight: float = 0.35) -> None:
+    def __init__(
+        self, *, dislike_weight: float = 0.5, keyword_weight: float = 0.35, nearest_weight: float = 0.5
+    ) -> None:
         self.dislike_weight = dislike_weight
         self.keyword_weight = keyword_weight
+        self.nearest_weight = nearest_weight
 
     def fit(self, data: TrainData, text: Text) -> bool:
         if text.embeddings is None:
             return False
         self.text = text
+        self.likes = data.likes.tocsr()
         self.profiles = self._profiles(data.likes, data.dislikes, data.keywords)
         return True
 
@@ -40,12 +49,31 @@ class EmbComponent(Component):
             [day.data.keywords[u] for u in day.changed] if day.data.keywords else [],
         )
         self.profiles = take_users(self.profiles, day.user_rows, day.changed, block)
+        self.likes = day.data.likes.tocsr()
 
     def raw(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        return self.profiles[users] @ unit(self._embeddings[candidates]).T
+        C = unit(self._embeddings[candidates])
+        scores = self.profiles[users] @ C.T
+        if self.nearest_weight:
+            E = self._embeddings
+            for i, u in enumerate(users):
+                liked = self.likes.indices[self.likes.indptr[u] : self.likes.indptr[u + 1]]
+                if len(liked) > 1:  # one like: its nearest is the profile already
+                    near = (unit(E[liked]) @ C.T).max(axis=0)
+                    scores[i] = (1 - self.nearest_weight) * scores[i] + self.nearest_weight * near
+        return scores
 
     def raw_pairs(self, users: np.ndarray, papers: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", self.profiles[users], unit(self._embeddings[papers]))
+        P = unit(self._embeddings[papers])
+        scores = np.einsum("ij,ij->i", self.profiles[users], P)
+        if self.nearest_weight:
+            E = self._embeddings
+            for i, (u, p) in enumerate(zip(users, papers)):
+                liked = self.likes.indices[self.likes.indptr[u] : self.likes.indptr[u + 1]]
+                if len(liked) > 1:
+                    near = float((unit(E[liked]) @ P[i]).max())
+                    scores[i] = (1 - self.nearest_weight) * scores[i] + self.nearest_weight * near
+        return scores
 
     @property
     def _embeddings(self) -> np.ndarray:
