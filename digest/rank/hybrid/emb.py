@@ -68,7 +68,7 @@ class EmbComponent(Component):
         scores = np.einsum("ij,ij->i", self.profiles[users], P)
         if self.nearest_weight:
             E = self._embeddings
-            for i, (u, p) in enumerate(zip(users, papers)):
+            for i, u in enumerate(users):
                 liked = self.likes.indices[self.likes.indptr[u] : self.likes.indptr[u + 1]]
                 if len(liked) > 1:
                     near = float((unit(E[liked]) @ P[i]).max())
