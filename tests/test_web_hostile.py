@@ -67,6 +67,9 @@ base_url = "http://127.0.0.1:{port}"
 subscribe_limit = 10000
 link_limit = 100000
 
+[ranking]
+embeddings = "none"  # the forms are the subject here, not the ranking: no test waits for the sample's vectors
+
 [[sources]]
 kind = "sample"
 

@@ -19,7 +19,11 @@ from .conftest import ConfigFactory, Inbox
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PEOPLE = 120
 
+# The subject here is delivery, not the ranking: TF-IDF only, so no test waits for the sample's embeddings.
 SOURCES = """
+[ranking]
+embeddings = "none"
+
 [[sources]]
 kind = "sample"
 """
