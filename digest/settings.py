@@ -643,14 +643,7 @@ class SubscriberSettings(_Section):
     @field_validator("liked", "library", "keywords", "exclude_keywords")
     @classmethod
     def _no_blank(cls, value: list[str]) -> list[str]:
-        cleaned = [v.strip() for v in value]
-        if any(not v for v in cleaned):
-            raise ValueError("entries must not be empty")
-        if any(_ADDRESS_CONTROL.search(v) for v in cleaned):
-            raise ValueError("entries cannot contain control or invisible characters")
-        if any(len(v) > MAX_ENTRY for v in cleaned):
-            raise ValueError(f"entries are at most {MAX_ENTRY} characters each")
-        return cleaned
+        return _clean_entries(value)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -609,6 +609,13 @@ class _Front:
             return self.bad_link(request, str(e).capitalize() + ".")
         return sub if sub is not None else self.bad_link(request)
 
+    def _manage_post(self, request: Request, form: Form) -> Subscriber | Response:
+        """`_manage_reader` for a form posted from behind the manage link: its CSRF token checked too."""
+        sub = self._manage_reader(request)
+        if isinstance(sub, Subscriber) and not self.csrf_valid(request, form):
+            return self._form_expired(request)
+        return sub
+
     def _form_expired(self, request: Request) -> Response:
         return self.message(
             request, "Please try again", "The form had expired. Reload the page and send it again.", status=403
@@ -662,11 +669,9 @@ class _Front:
         """A new feed key for the reader (from the web or the file alike): the feed links made
         before, in earlier emails or feed readers, stop working (404) at once."""
         form = form or {}
-        sub = self._manage_reader(request)
+        sub = self._manage_post(request, form)
         if not isinstance(sub, Subscriber):
             return sub
-        if not self.csrf_valid(request, form):
-            return self._form_expired(request)
         sub = self.store.new_feed_key(sub.id, links.new_feed_key())
         return self._preferences_page(
             request, sub, notice="Your feed has a new link, below; the old one no longer works."
@@ -715,11 +720,9 @@ class _Front:
         """A library file (BibTeX, RIS, CSL-JSON) posted from the preferences page becomes the
         reader's likes (replacing an earlier upload of the same file name); a bad file says why."""
         form = form or {}
-        sub = self._manage_reader(request)
+        sub = self._manage_post(request, form)
         if not isinstance(sub, Subscriber):
             return sub
-        if not self.csrf_valid(request, form):
-            return self._form_expired(request)
         upload = getattr(request.state, "upload", None)
         if not upload:
             return self._preferences_page(request, sub, status=400, errors={"library": "Choose a library file first."})
@@ -733,11 +736,9 @@ class _Front:
 
     def remove_like(self, request: Request, form: Form | None) -> Response:
         form = form or {}
-        sub = self._manage_reader(request)
+        sub = self._manage_post(request, form)
         if not isinstance(sub, Subscriber):
             return sub
-        if not self.csrf_valid(request, form):
-            return self._form_expired(request)
         kind, paper = forms.first(form, "kind"), forms.first(form, "paper")
         if not paper or len(paper) > 200 or not forms.usable(paper):
             return self._preferences_page(
