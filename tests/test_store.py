@@ -145,6 +145,27 @@ def test_processes_opening_a_new_database_at_once_all_get_it(tmp_path) -> None:
         assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 3
 
 
+def test_processes_opening_a_new_postgresql_database_at_once_all_get_it(database_url: str) -> None:
+    """The same race on a server: a migration that finds a table another process's migration just
+    made ("relation ... already exists") waits for that schema instead of failing the run."""
+    import multiprocessing
+
+    from .conftest import reset_postgres
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the SQLite case is the test above")
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(12):
+        reset_postgres(database_url)
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_store, args=(database_url, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["ok"] * 3
+
+
 def test_a_sqlite_url_under_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`sqlite:///~/...` is the home folder (SQLite alone opened a folder literally named "~")."""
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -15,7 +15,7 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlmodel import Session
 
 from digest import migrations
@@ -81,8 +81,12 @@ class StoreBase:
                     "run `digest migrate` (after a backup) to upgrade it"
                 )
             migrations.upgrade(self.engine)
-        except (OperationalError, IntegrityError) as e:
-            conflict = str(getattr(e.orig, "sqlstate", "") or "").startswith("40")  # a PostgreSQL deadlock
+        except (OperationalError, IntegrityError, ProgrammingError) as e:
+            state = str(getattr(e.orig, "sqlstate", "") or "")
+            # a PostgreSQL deadlock, or a table/index another process's migration created meanwhile
+            conflict = state.startswith("40") or state in ("42P07", "42710")
+            if isinstance(e, ProgrammingError) and not conflict:
+                raise  # a real mistake in a statement, not a race
             if database_trouble(e, self.engine.dialect.loaded_dbapi) and not conflict:
                 raise  # the database itself failed (full, read-only, gone): waiting would not help
             # another process (a second run or worker starting at the same moment) got there first
