@@ -345,7 +345,7 @@ class RankingSettings(_Section):
         description="The relevance floor of the daily digest: a candidate whose score (the one that decides the "
         "order: the hybrid's weighted mean of its parts' per-reader z-scores, the content ranker's cosine) is below this is not picked, so a "
         "thin day sends fewer papers, or none (then delivery.on_empty applies), rather than off-topic filler. "
-        '"auto": the ranker\'s measured floor (hybrid 0.3, content 0.03; the others none); -1e9 turns it off.',
+        '"auto": the ranker\'s measured floor (hybrid 0.5, content 0.03; the others none); -1e9 turns it off.',
     )
     find_interests: bool = Field(
         True,

@@ -19,10 +19,12 @@ from .conftest import ConfigFactory, Inbox
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PEOPLE = 120
 
-# The subject here is delivery, not the ranking: TF-IDF only, so no test waits for the sample's embeddings.
+# The subject here is delivery, not the ranking: TF-IDF only, so no test waits for the sample's embeddings, and
+# no relevance floor, so every reader (three random likes each) has a digest to send whatever the floor is.
 SOURCES = """
 [ranking]
 embeddings = "none"
+min_score = -1e9
 
 [[sources]]
 kind = "sample"
