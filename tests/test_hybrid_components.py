@@ -13,6 +13,8 @@ import scipy.sparse as sp
 
 from digest.rank.base import TrainData
 from digest.rank.hybrid import COMPONENTS, DEFAULT_WEIGHTS, GRID, HybridRanker
+from digest.rank.hybrid.component import Text, unit
+from digest.rank.hybrid.ridge import RidgeComponent
 from digest.rank.hybrid.tuning import tune_weights
 from digest.rank.metrics import block_metrics
 from tests.test_saved_ranker import community
@@ -115,3 +117,47 @@ def test_a_keyword_pulls_the_embedding_profile_and_is_folded_in() -> None:
         plain.state.parts["emb"].raw(np.array([1]), np.array([target]))[0, 0]
         > pulled.state.parts["emb"].raw(np.array([1]), np.array([target]))[0, 0]
     )
+
+
+def test_paper_vectors_lose_the_fit_s_mean_and_new_papers_lose_the_same_one() -> None:
+    """Centring: the fit takes its corpus's mean paper vector off every vector; a paper folded in
+    later loses that same mean (not today's), so it gets the vector it would have had in the fit."""
+    small, big = community(new_papers=300), community(new_papers=302)  # over 1,000 papers: centring applies
+    assert len(small.corpus) >= 1000
+    E_small, E_big = _embeddings(small) + 3.0, _embeddings(big) + 3.0  # one large shared direction
+    ranker = HybridRanker(embeddings=E_small, emb_smooth=0).fit(small)
+    mean = unit(E_small).mean(axis=0)
+    assert ranker.emb_mean is not None
+    np.testing.assert_allclose(ranker.emb_mean, mean, atol=1e-6)
+    np.testing.assert_allclose(ranker.embeddings, unit(unit(E_small) - mean), atol=1e-5)
+    assert abs(float(np.mean(ranker.embeddings @ ranker.embeddings[0]))) < 0.2  # no longer all alike
+    ranker.update(big, embeddings=E_big)
+    known = set(small.corpus.ids.ids)
+    new = np.array([i for i, pid in enumerate(big.corpus.ids.ids) if pid not in known])
+    assert len(new) == len(big.corpus) - len(small.corpus)
+    np.testing.assert_allclose(ranker.embeddings[new], unit(unit(E_big[new]) - mean), atol=1e-5)
+    tiny = HybridRanker(embeddings=_embeddings(community())).fit(community())  # a small corpus keeps its vectors
+    assert tiny.emb_mean is None
+
+
+def test_the_ridge_scorer_is_the_weighted_least_squares_solution() -> None:
+    """The Woodbury form each reader's scorer is computed by equals the direct weighted least squares
+    against every paper (liked: target 1, confidence 1 + alpha; the rest: 0, confidence 1)."""
+    rng = np.random.default_rng(3)
+    E = unit(rng.standard_normal((60, 8)).astype(np.float32))
+    likes = sp.csr_matrix((np.ones(7, np.float32), ([0, 0, 0, 1, 2, 2, 2], [1, 5, 9, 30, 2, 3, 4])), shape=(4, 60))
+    part = RidgeComponent(alpha=20.0, lam_scale=0.1)
+    part.text = Text(None, E)  # type: ignore[arg-type]  # the scorer reads only the paper vectors
+    gram = E.astype(np.float64).T @ E
+    lam = 0.1 * np.trace(gram) / 8
+    part.B = np.linalg.inv(gram + lam * np.eye(8)).astype(np.float32)
+    W = part._weights(likes)
+    for u in range(3):
+        mine = likes.indices[likes.indptr[u] : likes.indptr[u + 1]]
+        c = np.ones(60)
+        c[mine] = 21.0
+        r = np.zeros(60)
+        r[mine] = 1.0
+        direct = np.linalg.solve(E.T @ (c[:, None] * E) + lam * np.eye(8), E.T @ (c * r))
+        np.testing.assert_allclose(W[u], direct / np.linalg.norm(direct), atol=1e-4)
+    assert not W[3].any()  # no likes: no scorer
