@@ -1,6 +1,6 @@
 """Hybrid ranker: text, collaborative signal carried to new papers through text, and the trend.
 
-Five components, each standardised per user (z-score against the user's scores over a fixed sample
+Six components, each standardised per user (z-score against the user's scores over a fixed sample
 of the corpus, so a pair's score does not depend on the rest of the candidate block) and blended
 with weights.  One module each, keeping the contract in `component` (fit, fold a day in, raw
 scores, a reason):
@@ -11,7 +11,9 @@ scores, a reason):
 - ``cf`` (`cf`): `implicit` ALS factors, carried to papers nobody liked through a ridge map from
   their text and their nearest liked papers; explained "liked by readers with similar libraries";
 - ``trend`` (`trend`): log(1 + likes + community counts); explained "trending: N upvotes";
-- ``emb`` (`emb`, optional extra): a sentence-embedding profile, when `embeddings` are given.
+- ``emb`` (`emb`): a sentence-embedding profile, when `embeddings` are given (the default install's);
+- ``ridge`` (`ridge`): each reader's own linear scorer over the same vectors, learned by weighted
+  least squares against every paper, when `embeddings` are given.
 
 `blend` holds `HybridRanker`: the z-scoring and the weighted sum, the weights (`DEFAULT_WEIGHTS`,
 `NO_CF_WEIGHTS`), the daily fold-in (`update`) and the explanations; `tuning` chooses the weights

@@ -1,6 +1,6 @@
-"""The contract the hybrid's five components keep, and the row bookkeeping they share.
+"""The contract the hybrid's six components keep, and the row bookkeeping they share.
 
-Each component (`content`, `lsa`, `cf`, `trend`, `emb`: one module each) is fitted on the
+Each component (`content`, `lsa`, `cf`, `trend`, `emb`, `ridge`: one module each) is fitted on the
 training data, folds a day's changes in (`update`), and gives raw, unstandardised scores: a users x
 candidates block for ranking and a vector of (user, paper) pairs for explanations.  The blend
 (`blend.HybridRanker`) standardises and weighs them, so a component knows nothing of the others'

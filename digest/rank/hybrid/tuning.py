@@ -20,9 +20,10 @@ from digest.rank.metrics import block_metrics
 
 GRID: dict[str, tuple[float, ...]] = {
     "lsa": (0.0, 0.25, 0.5),
-    "cf": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 30.0),
+    "cf": (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 15.0, 30.0, 60.0),
     "trend": (0.0, 0.1, 0.25),
     "emb": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+    "ridge": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),
 }
 MIN_VAL_USERS = 30  # fewer validation users than this: too little to tune on, the weights stay
 
@@ -62,7 +63,7 @@ def tune_weights(
     blocks = blocks_of(sub, users, cands)
     exclude = fit_likes[users][:, cands].toarray() > 0
     truth = val[users][:, cands].toarray() > 0
-    names: list[str] = [n for n in ("lsa", "cf", "trend", "emb") if n in blocks]
+    names: list[str] = [n for n in ("lsa", "cf", "trend", "emb", "ridge") if n in blocks]
 
     def measure(total: np.ndarray) -> tuple[float, float]:
         total[exclude] = -np.inf
@@ -109,11 +110,13 @@ def tune_weights(
         obj, rec, ndcg = score(w)
         best = (obj, dict(w), rec, ndcg)
     chosen = {"content": 1.0, **{n: 0.0 for n in ("lsa", "cf", "trend")}, **best[1]}
-    if "emb" not in best[1]:
-        chosen["emb"] = weights.get("emb", start["emb"])
+    for n in ("emb", "ridge"):  # the embedding parts, when not tuned, keep their weights
+        if n not in best[1]:
+            chosen[n] = weights.get(n, start[n])
     new_weights = dict(chosen)
-    if not has_embeddings:
-        chosen.pop("emb")  # not a component of this fit: keep it out of the report
+    for n in ("emb", "ridge"):
+        if not has_embeddings or n not in blocks:
+            chosen.pop(n)  # not a component of this fit: keep it out of the report
     report.update(
         {
             "val_users": len(users),
