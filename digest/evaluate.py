@@ -150,11 +150,13 @@ def evaluate(
     fit: bool = True,
     block: int = 1000,
     progress: Callable[[int, int], None] | None = None,
+    per_user: bool = False,
 ) -> dict:
     """Fit `ranker` on the bench's training data (unless fit=False) and measure it on test.csv.
 
     Returns {"recall@k": ..., "ndcg@10": ..., "users": n, "seconds": s}; `users` restricts (samples) the
-    evaluated users.
+    evaluated users; `per_user` adds {"per_user": {metric: one value per evaluated user}} (for paired
+    comparisons of two rankers on the same users).
     """
     start = time.perf_counter()
     if fit:
@@ -163,17 +165,19 @@ def evaluate(
     cands = bench.candidates if bench.candidates is not None else np.arange(len(bench.data.corpus))
     likes, test = bench.data.likes, bench.test
     n_relevant = np.diff(test.indptr)[users]
-    per_user: dict[str, list[np.ndarray]] = {}
+    values: dict[str, list[np.ndarray]] = {}
     for s in range(0, len(users), block):
         ub = users[s : s + block]
         scores = np.asarray(ranker.score(ub, cands), dtype=np.float32).copy()
         scores[likes[ub][:, cands].toarray() > 0] = -np.inf
         truth = test[ub][:, cands].toarray() > 0
         for name, vals in block_metrics(scores, truth, ks, n_relevant=n_relevant[s : s + block]).items():
-            per_user.setdefault(name, []).append(vals)
+            values.setdefault(name, []).append(vals)
         if progress:
             progress(min(s + block, len(users)), len(users))
-    out = {name: float(np.concatenate(v).mean()) if v else 0.0 for name, v in per_user.items()}
+    out: dict = {name: float(np.concatenate(v).mean()) if v else 0.0 for name, v in values.items()}
+    if per_user:
+        out["per_user"] = {name: np.concatenate(v) for name, v in values.items()}
     out["users"] = len(users)
     out["seconds"] = round(time.perf_counter() - start, 2)
     return out
