@@ -12,7 +12,8 @@ In a fresh temporary folder, as a new user would:
    each filed under cs.CV, cs.CL or cs.LG by its words (cross-listed where it has both);
 4. `digest send` delivers to the outbox (a real .eml file), and the script checks that message:
    the picks' categories, every paper link (none goes to our server: there is none), and every
-   reason ("close to X": X is in the library; "matches keyword K": K is in the paper's text).
+   reason ("close to X": X is one of the reader's likes, from the library or the config's `liked`
+   and topics' `liked`; "matches keyword K": K is in the paper's text).
 
     python benchmarks/first_day.py [--bench ../shared/bench] [--keep DIR] [--json]
 
@@ -149,6 +150,17 @@ def edit_config(text: str, base_url: str) -> str:
     return text.replace("\ncategories = []\n", '\ncategories = ["cs.CV", "cs.CL"]\n')
 
 
+def config_likes(config: Path, email: str) -> list[str]:
+    """The titles a subscriber of `config` likes there: `liked` and each topic's `liked` (the starter's
+    example topics are kept by the edits a new user makes, and their papers count as likes too)."""
+    import tomllib
+
+    for sub in tomllib.loads(config.read_text(encoding="utf-8")).get("subscribers", []):
+        if sub.get("email") == email:
+            return list(sub.get("liked", [])) + [t for topic in sub.get("topics", []) for t in topic.get("liked", [])]
+    return []
+
+
 def check(eml: Path, library: list[str], papers: dict[str, dict]) -> dict:
     msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
     text = msg.get_body(("plain",)).get_content()
@@ -213,7 +225,7 @@ def main() -> None:
         server.shutdown()
     [eml] = sorted((home / "data" / "outbox").rglob("*.eml"))
     papers = {p["aid"]: p for items in by_cat.values() for p in items}
-    figures = check(eml, library, papers) | {"feed_requests": sorted(set(asked)), "eml": str(eml)}
+    figures = check(eml, library + config_likes(config, "ada@example.org"), papers) | {"feed_requests": sorted(set(asked)), "eml": str(eml)}
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
