@@ -30,9 +30,9 @@ from digest.rank import Ranker, TrainData, make_ranker
 
 log = logging.getLogger(__name__)
 
-FORMAT = (
-    4  # bump when a ranker's saved state changes shape (3: the hybrid split into components; 4: built-in embeddings)
-)
+# bump when a ranker's saved state changes shape (3: the hybrid split into components; 4: built-in embeddings;
+# 5: centred vectors and the ridge part: an older fit is refitted once, so its readers get them at once)
+FORMAT = 5
 GROWTH = 1.25  # refit when papers or readers grew by more than this factor since the fit
 
 
