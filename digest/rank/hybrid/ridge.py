@@ -44,8 +44,11 @@ class RidgeComponent(Component):
         if text.embeddings is None or not data.likes.nnz:
             return False
         self.text = text
-        E = unit(text.embeddings).astype(np.float64)
-        gram = E.T @ E
+        E = unit(text.embeddings)
+        gram = np.zeros((E.shape[1], E.shape[1]))
+        for start in range(0, len(E), 20_000):  # in float64, a block at a time (not a float64 copy of E)
+            block = E[start : start + 20_000].astype(np.float64)
+            gram += block.T @ block
         lam = self.lam_scale * float(np.trace(gram)) / len(gram)
         # fixed at the fit, like the ALS item factors
         self.B = np.linalg.inv(gram + lam * np.eye(len(gram))).astype(np.float32)
