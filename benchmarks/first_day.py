@@ -225,7 +225,10 @@ def main() -> None:
         server.shutdown()
     [eml] = sorted((home / "data" / "outbox").rglob("*.eml"))
     papers = {p["aid"]: p for items in by_cat.values() for p in items}
-    figures = check(eml, library + config_likes(config, "ada@example.org"), papers) | {"feed_requests": sorted(set(asked)), "eml": str(eml)}
+    figures = check(eml, library + config_likes(config, "ada@example.org"), papers) | {
+        "feed_requests": sorted(set(asked)),
+        "eml": str(eml),
+    }
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
