@@ -44,10 +44,10 @@ class RidgeComponent(Component):
         if text.embeddings is None or not data.likes.nnz:
             return False
         self.text = text
-        E = unit(text.embeddings)
-        gram = np.zeros((E.shape[1], E.shape[1]))
-        for start in range(0, len(E), 20_000):  # in float64, a block at a time (not a float64 copy of E)
-            block = E[start : start + 20_000].astype(np.float64)
+        n, d = text.embeddings.shape
+        gram = np.zeros((d, d))
+        for start in range(0, n, 20_000):  # in float64, a block at a time (no copy of every vector)
+            block = self._papers(np.arange(start, min(start + 20_000, n))).astype(np.float64)
             gram += block.T @ block
         lam = self.lam_scale * float(np.trace(gram)) / len(gram)
         # fixed at the fit, like the ALS item factors
@@ -83,10 +83,9 @@ class RidgeComponent(Component):
                 continue
             E = self._papers(liked)
             P = E @ self.B  # each liked paper's row of E B, once per chunk of readers (not all papers': memory)
-            where = {int(p): i for i, p in enumerate(liked)}
             for u in rows:
-                mine = [where[int(p)] for p in likes.indices[likes.indptr[u] : likes.indptr[u + 1]]]
-                if not mine:
+                mine = np.searchsorted(liked, likes.indices[likes.indptr[u] : likes.indptr[u + 1]])
+                if not len(mine):
                     continue
                 Pu = P[mine]
                 K = (Pu @ E[mine].T).astype(np.float64)
