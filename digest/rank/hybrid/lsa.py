@@ -2,9 +2,10 @@
 
 The LSA axes catch related words the TF-IDF keeps apart.  New papers and changed readers are
 projected onto the fitted axes.  A corpus of at most `EXACT_MAX` papers gets the exact truncated SVD
-(through the papers' Gram matrix: 0.1 s for 900 papers, where the randomized solver's power
-iterations took 3.4 s); a larger one sklearn's randomized solver, whose cost grows linearly.  Explained by the text reason (whose "close to <liked title>" looks
-for the nearest liked paper in this space).
+through the papers' Gram matrix (0.25 s against the randomized solver's 1.0 s on an 879 x 12,000
+matrix, and a better fit; the randomized one took 3.4 s on the sample corpus in each pipeline
+test); a larger one sklearn's randomized solver, whose cost grows linearly.  Explained by the text
+reason (whose "close to <liked title>" looks for the nearest liked paper in this space).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _truncated_svd(X, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         top = np.argsort(values)[::-1][:k]
         s = np.sqrt(np.clip(values[top], 0, None))
         U = vectors[:, top]
-        keep = s > 1e-9 * max(float(s[0]) if len(s) else 0.0, 1e-30)
+        keep = s > 1e-9 * max(float(s[0]), 1e-30)  # k >= 8: s is never empty
         comp = np.zeros((k, X.shape[1]), dtype=np.float64)
         comp[keep] = (X.T @ U[:, keep]).T / s[keep, None]
         return (U * s).astype(np.float32), comp.astype(np.float32)

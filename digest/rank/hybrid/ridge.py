@@ -16,8 +16,9 @@ n likes costs O(n d^2 + n^2 d + n^3) (d = 384) and nobody's solve touches the co
     w  is proportional to  (E_u B)' K^-1 1,   K = I / alpha + E_u B E_u'.
 
 `lam` is `lam_scale` x trace(E'E) / d.  CiteULike, titles only, on validation splits of train.csv
-(the blend's weights tuned inside `fit` as usual): cold recall@100 0.723 -> 0.727 (nDCG@10 0.270 ->
-0.283), p10 recall@300 0.574 -> 0.583.  For a reader with one like it is their paper's vector
+(the blend's weights tuned inside `fit` as usual): cold recall@100 0.723 -> 0.721 with nDCG@10
+0.270 -> 0.284, p10 recall@300 0.574 -> 0.586; on the test files cold 0.683 -> 0.698 and p10
+0.607 -> 0.616 (BENCHMARKS.md, "Round 2 of issue 16").  For a reader with one like it is their paper's vector
 whitened against the corpus, which ranked worse than the plain profile (single-like validation),
 so the weights without co-occurrence leave it out.  Explained by the text reason.
 """

@@ -63,7 +63,7 @@ def tune_weights(
     blocks = blocks_of(sub, users, cands)
     exclude = fit_likes[users][:, cands].toarray() > 0
     truth = val[users][:, cands].toarray() > 0
-    names: list[str] = [n for n in ("lsa", "cf", "trend", "emb", "ridge") if n in blocks]
+    names: list[str] = [n for n in GRID if n in blocks]  # every tunable component of this fit
 
     def measure(total: np.ndarray) -> tuple[float, float]:
         total[exclude] = -np.inf
