@@ -161,3 +161,24 @@ def test_the_ridge_scorer_is_the_weighted_least_squares_solution() -> None:
         direct = np.linalg.solve(E.T @ (c[:, None] * E) + lam * np.eye(8), E.T @ (c * r))
         np.testing.assert_allclose(W[u], direct / np.linalg.norm(direct), atol=1e-4)
     assert not W[3].any()  # no likes: no scorer
+
+
+def test_smoothing_is_each_paper_plus_its_neighbours_mean_and_leaves_the_input_alone() -> None:
+    """`smooth_embeddings` works in place on its own unit copy, in similarity blocks: the result is
+    unit(e_i + beta * mean of the k most similar other papers), computed here by brute force, and
+    the caller's array is not touched; smoothing only some rows gives those rows the same vectors."""
+    from digest.rank.hybrid.emb import smooth_embeddings
+
+    rng = np.random.default_rng(3)
+    E = (rng.standard_normal((2_500, 12)) * rng.uniform(0.5, 2.0, (2_500, 1))).astype(np.float32)
+    before = E.copy()
+    U = unit(E)
+    S = U @ U.T
+    np.fill_diagonal(S, -np.inf)
+    near = np.argsort(-S, axis=1)[:, :7]
+    want = unit(U + 1.5 * U[near].mean(axis=1))
+    got = smooth_embeddings(E, 1.5, 7)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.array_equal(E, before)
+    rows = rng.choice(len(E), 40, replace=False)
+    np.testing.assert_allclose(smooth_embeddings(E, 1.5, 7, rows=rows), want[rows], atol=1e-5)

@@ -127,8 +127,11 @@ class CfComponent(Component):
         E = self.text.embeddings
         if E is None or not self.emb_map_weight:
             return None
-        # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses
-        return self.emb_map_weight * unit(E[rows])
+        # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses;
+        # scaled in place (at 200,000 papers each copy of these rows is 307 MB)
+        D = unit(E[rows], inplace=True)
+        D *= self.emb_map_weight
+        return D
 
     def _map_to_factors(self, M: np.ndarray, X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
         """Factors of papers nobody liked (TF-IDF rows X, corpus rows `rows`) through the ridge map."""

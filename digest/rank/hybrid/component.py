@@ -88,11 +88,17 @@ class Component(ABC):
         raise NotImplementedError(f"the {self.name} component is explained by the text reason")
 
 
-def unit(a: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
+def unit(a: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32; `inplace`: scale `a` itself (a
+    float32 array of the caller's own), so a corpus-sized matrix is not copied once more."""
     a = np.asarray(a, dtype=np.float32)
-    n = np.linalg.norm(a, axis=1, keepdims=True)
+    n = np.empty((len(a), 1), dtype=np.float32)
+    for s in range(0, len(a), 65_536):  # the norms a block at a time: no squared copy of a large matrix
+        n[s : s + 65_536] = np.linalg.norm(a[s : s + 65_536], axis=1, keepdims=True)
     n[n == 0] = 1.0
+    if inplace:
+        a /= n
+        return a
     return a / n
 
 
