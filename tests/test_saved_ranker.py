@@ -241,3 +241,24 @@ def test_zscore_statistics_in_chunks_of_readers_are_the_same() -> None:
         assert np.allclose(mean, chunked[name][0], rtol=1e-5, atol=1e-7), name
         assert np.allclose(std, chunked[name][1], rtol=1e-5, atol=1e-7), name
         assert len(mean) == len(users)
+
+
+def test_a_saved_fit_keeps_the_fitted_vectors_not_the_raw_ones(tmp_path) -> None:
+    """The raw vectors are not saved (each day's run brings them): the saved fit folds a day in
+    exactly as the fit still in memory does."""
+    data, day = community(), community(new_papers=5)
+    vecs = np.random.default_rng(0).normal(size=(len(day.corpus), 8)).astype(np.float32)
+    options = {"embeddings": vecs[: len(data.corpus)]}
+    fitted, _ = ranker_for_day("hybrid", options, data, NOW, data_dir=tmp_path, refit_days=7)
+    with model_path(tmp_path, "hybrid").open("rb") as f:
+        pickle.load(f)  # the header
+        saved = pickle.load(f)
+    assert saved.raw_embeddings is None and saved.embeddings is not None
+    assert fitted.raw_embeddings is not None  # the fit in memory keeps them
+    loaded, report = ranker_for_day(
+        "hybrid", {"embeddings": vecs}, day, NOW + timedelta(days=1), data_dir=tmp_path, refit_days=7
+    )
+    assert not report.refit and loaded.raw_embeddings is vecs
+    fitted.update(day, embeddings=vecs)
+    users, cands = np.arange(len(day.users)), np.arange(len(day.corpus))
+    np.testing.assert_allclose(loaded.score(users, cands), fitted.score(users, cands), rtol=1e-5, atol=1e-5)
