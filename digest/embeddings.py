@@ -325,23 +325,36 @@ class EmbeddingCache:
         return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
 
     def load(self) -> tuple[dict[bytes, int], np.ndarray]:
-        """(hash -> row, matrix) of everything cached; unreadable shards are ignored (re-encoded)."""
-        keys: list[np.ndarray] = []
-        vecs: list[np.ndarray] = []
+        """(hash -> row, matrix) of everything cached; unreadable shards are ignored (re-encoded).
+
+        The keys first, then each shard's vectors straight into one matrix, so loading 200,000
+        vectors (307 MB) holds the matrix and one shard, not every shard beside their concatenation."""
+        found: list[tuple[Path, np.ndarray]] = []
         for path in self._shards():
             try:
                 with np.load(path) as z:
-                    k, v = z["keys"], z["vectors"]
+                    k = z["keys"]
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+            found.append((path, k))
+        matrix = np.empty((sum(len(k) for _, k in found), DIM), dtype=np.float32)
+        keys: list[np.ndarray] = []
+        at = 0
+        for path, k in found:
+            try:
+                with np.load(path) as z:
+                    v = z["vectors"]
             except (OSError, ValueError, KeyError, EOFError):
                 continue
             if v.ndim == 2 and v.shape[1] == DIM and len(k) == len(v):
+                matrix[at : at + len(v)] = v
                 keys.append(k)
-                vecs.append(v.astype(np.float32))
+                at += len(v)
+            del v
         if not keys:
             return {}, np.zeros((0, DIM), dtype=np.float32)
-        allk = np.concatenate(keys)
-        index = {bytes(k): i for i, k in enumerate(allk)}
-        return index, np.concatenate(vecs)
+        index = {bytes(key): i for i, key in enumerate(np.concatenate(keys))}
+        return index, matrix[:at]
 
     def add(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         if not len(keys):
@@ -383,10 +396,12 @@ def embed_texts(
     missing = list(range(len(texts)))
     if cache is not None:
         index, matrix = cache.load()
-        hit = [i for i, k in enumerate(keys) if k in index]
-        if hit:
-            out[hit] = matrix[[index[keys[i]] for i in hit]]
-        missing = [i for i, k in enumerate(keys) if k not in index]
+        rows = np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        hit = np.flatnonzero(rows >= 0)
+        for s in range(0, len(hit), 50_000):  # in blocks: no second corpus-sized copy
+            out[hit[s : s + 50_000]] = matrix[rows[hit[s : s + 50_000]]]
+        del index, matrix
+        missing = np.flatnonzero(rows < 0).tolist()
     if missing:
         # encode each distinct missing text once
         first: dict[bytes, int] = {}
@@ -428,8 +443,10 @@ def ranking_options(settings, corpus, keywords: Sequence[Sequence[str]] = ()) ->
     encoder = make_encoder(model)
     cache = default_cache_dir(settings.data_path)
     words = sorted({w for ws in keywords for w in ws})
+    texts = corpus.texts()
+    vectors = embed_texts([*texts, *words], cache, encoder=encoder)  # one read of the cache for both
     return {
-        "embeddings": embed_texts(corpus.texts(), cache, encoder=encoder),
+        "embeddings": vectors[: len(texts)],
         "embedding_model": encoder.key,
-        "keyword_embeddings": dict(zip(words, embed_texts(words, cache, encoder=encoder))),
+        "keyword_embeddings": dict(zip(words, vectors[len(texts) :])),
     }
