@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+CG_BUFFER = 10_000_000  # values in each of ridge_cg's working buffers (40 MB of float32)
+
 
 def ridge_cg(
     X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray | None = None, iters: int = 200, tol: float = 1e-4
@@ -23,15 +25,29 @@ def ridge_cg(
     Y = np.asarray(Y, dtype=np.float32)
     nx = X.shape[1]
     D = None if dense is None else np.asarray(dense, dtype=np.float32)
+    width = nx + (0 if D is None else D.shape[1])
+    cols = max(16, CG_BUFFER // max(width, 1))
+    if Y.shape[1] > cols:
+        # the columns are independent systems: solved a block at a time, the buffers stay small
+        # (200,000 terms x 200 factors: ~1.4 GB of buffers at once, ~350 MB in blocks of 50)
+        W = np.empty((width, Y.shape[1]), dtype=np.float32)
+        for s in range(0, Y.shape[1], cols):
+            W[:, s : s + cols] = ridge_cg(X, Y[:, s : s + cols], lam, dense=D, iters=iters, tol=tol)
+        return W
     XT = X.T
 
     def fwd(p: np.ndarray) -> np.ndarray:  # F @ p
         out = sparse_times_dense(X, p[:nx])
-        return out + D @ p[nx:] if D is not None else out
+        if D is not None:
+            out += D @ p[nx:]
+        return out
 
-    def back(q: np.ndarray) -> np.ndarray:  # F.T @ q
-        out = sparse_times_dense(XT, q)
-        return np.vstack([out, D.T @ q]) if D is not None else out
+    def back(q: np.ndarray) -> np.ndarray:  # F.T @ q, its two blocks written into one array
+        out = np.empty((nx + (0 if D is None else D.shape[1]), q.shape[1]), dtype=np.float32)
+        sparse_times_dense(XT, q, out=out[:nx])
+        if D is not None:
+            out[nx:] = D.T @ q
+        return out
 
     # five (F + d) x k buffers and no other temporaries of that size (F is 200,000 terms at scale)
     r = back(Y)
@@ -56,18 +72,29 @@ def ridge_cg(
     return W
 
 
-def sparse_times_dense(A: sp.spmatrix, B: np.ndarray, *, threads: int | None = None) -> np.ndarray:
-    """A @ B as float32, B's columns shared among threads when the product is large (scipy's sparse
-    kernels release the GIL; each column is computed as alone, so the result is bit-identical)."""
+def sparse_times_dense(
+    A: sp.spmatrix, B: np.ndarray, *, threads: int | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """A @ B as float32 (into `out` when given), B's columns shared among threads when the product is
+    large (scipy's sparse kernels release the GIL; each column is computed as alone, so the result
+    is bit-identical); each thread's columns go straight into the result, no second copy of it."""
     threads = threads or min(4, os.cpu_count() or 1)
-    if threads < 2 or B.ndim != 2 or B.shape[1] < 2 * threads or A.nnz * B.shape[1] < 50_000_000:
+    if B.ndim != 2:
         return np.asarray(A @ B, dtype=np.float32)
+    if out is None:
+        out = np.empty((A.shape[0], B.shape[1]), dtype=np.float32)
+    if threads < 2 or B.shape[1] < 2 * threads or A.nnz * B.shape[1] < 50_000_000:
+        out[...] = A @ B
+        return out
     from concurrent.futures import ThreadPoolExecutor
+
+    def part(ab: tuple[int, int]) -> None:
+        out[:, ab[0] : ab[1]] = A @ np.ascontiguousarray(B[:, ab[0] : ab[1]])
 
     bounds = np.linspace(0, B.shape[1], threads + 1).astype(int)
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda ab: A @ np.ascontiguousarray(B[:, ab[0] : ab[1]]), itertools.pairwise(bounds)))
-    return np.asarray(np.hstack(parts), dtype=np.float32)
+        list(pool.map(part, itertools.pairwise(bounds)))
+    return out
 
 
 @contextlib.contextmanager
