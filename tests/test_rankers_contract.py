@@ -227,3 +227,24 @@ def test_sparse_products_shared_among_threads_are_bit_identical() -> None:
     for threads in (2, 3):
         assert np.array_equal(sparse_times_dense(A, B, threads=threads), np.asarray(A @ B, dtype=np.float32))
         assert np.array_equal(sparse_times_dense(A.T, C, threads=threads), np.asarray(A.T @ C, dtype=np.float32))
+
+
+def test_the_text_to_factors_ridge_is_the_least_squares_solution_on_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ridge_cg` fits on some rows of [TF-IDF | w * vectors] by masking its products (no copy of
+    either), and in blocks of columns when its buffers would be large: the direct solution either way."""
+    import scipy.sparse as sp
+
+    from digest.rank import _linalg
+
+    rng = np.random.default_rng(4)
+    X = sp.random(1_500, 400, density=0.03, format="csr", dtype=np.float32, random_state=4)
+    D = rng.standard_normal((1_500, 12)).astype(np.float32)
+    rows = np.sort(rng.choice(1_500, 900, replace=False))
+    Y = rng.standard_normal((900, 30)).astype(np.float32)
+    F = np.hstack([X.toarray(), 0.6 * D])[rows]
+    want = np.linalg.solve(F.T @ F + 2.0 * np.eye(F.shape[1]), F.T @ Y)
+    got = _linalg.ridge_cg(X, Y, 2.0, dense=D, dense_weight=0.6, rows=rows, tol=1e-7, iters=2_000)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    monkeypatch.setattr(_linalg, "CG_BUFFER", F.shape[1] * 16)  # blocks of 16 columns
+    blocked = _linalg.ridge_cg(X, Y, 2.0, dense=D, dense_weight=0.6, rows=rows, tol=1e-7, iters=2_000)
+    np.testing.assert_allclose(blocked, want, atol=1e-4)

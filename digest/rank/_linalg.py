@@ -14,13 +14,24 @@ CG_BUFFER = 10_000_000  # values in each of ridge_cg's working buffers (40 MB of
 
 
 def ridge_cg(
-    X: sp.csr_matrix, Y: np.ndarray, lam: float, *, dense: np.ndarray | None = None, iters: int = 200, tol: float = 1e-4
+    X: sp.csr_matrix,
+    Y: np.ndarray,
+    lam: float,
+    *,
+    dense: np.ndarray | None = None,
+    dense_weight: float = 1.0,
+    rows: np.ndarray | None = None,
+    iters: int = 200,
+    tol: float = 1e-4,
 ) -> np.ndarray:
-    """Solve (F^T F + lam I) W = F^T Y for every column of Y at once by conjugate gradients, F = [X | dense].
+    """Solve (F^T F + lam I) W = F^T Y for every column of Y at once by conjugate gradients, F = [X | w * dense]
+    restricted to `rows` (all rows by default; Y has one row per one of them, in their order).
 
-    X is sparse (n x F, F can be large), `dense` an optional dense block (n x d) kept apart from the
-    sparse part so its products run as dense BLAS, Y dense (n x k); returns W ((F + d) x k).  One
-    iteration costs two products with F, so mapping TF-IDF onto a few hundred factors takes seconds.
+    X is sparse (n x F, F can be large), `dense` an optional dense block (n x d, weighted by
+    `dense_weight`) kept apart from the sparse part so its products run as dense BLAS; returns W
+    ((F + d) x k).  The rows are chosen by masking the products, so neither X nor the dense block
+    is copied (at 200,000 papers: 307 MB of vectors and the TF-IDF matrix).  One iteration costs two
+    products with F, so mapping TF-IDF onto a few hundred factors takes seconds.
     """
     Y = np.asarray(Y, dtype=np.float32)
     nx = X.shape[1]
@@ -32,21 +43,35 @@ def ridge_cg(
         # (200,000 terms x 200 factors: ~1.4 GB of buffers at once, ~350 MB in blocks of 50)
         W = np.empty((width, Y.shape[1]), dtype=np.float32)
         for s in range(0, Y.shape[1], cols):
-            W[:, s : s + cols] = ridge_cg(X, Y[:, s : s + cols], lam, dense=D, iters=iters, tol=tol)
+            W[:, s : s + cols] = ridge_cg(
+                X, Y[:, s : s + cols], lam, dense=D, dense_weight=dense_weight, rows=rows, iters=iters, tol=tol
+            )
         return W
+    mask = None
+    if rows is not None:
+        mask = np.zeros((X.shape[0], 1), dtype=np.float32)
+        mask[rows] = 1.0
+        full = np.zeros((X.shape[0], Y.shape[1]), dtype=np.float32)
+        full[rows] = Y
+        Y = full
     XT = X.T
 
-    def fwd(p: np.ndarray) -> np.ndarray:  # F @ p
+    def fwd(p: np.ndarray) -> np.ndarray:  # F @ p, zero outside the rows
         out = sparse_times_dense(X, p[:nx])
         if D is not None:
-            out += D @ p[nx:]
+            dense_part = D @ p[nx:]
+            dense_part *= dense_weight
+            out += dense_part
+        if mask is not None:
+            out *= mask
         return out
 
     def back(q: np.ndarray) -> np.ndarray:  # F.T @ q, its two blocks written into one array
-        out = np.empty((nx + (0 if D is None else D.shape[1]), q.shape[1]), dtype=np.float32)
+        out = np.empty((width, q.shape[1]), dtype=np.float32)
         sparse_times_dense(XT, q, out=out[:nx])
         if D is not None:
-            out[nx:] = D.T @ q
+            np.matmul(D.T, q, out=out[nx:])
+            out[nx:] *= dense_weight
         return out
 
     # five (F + d) x k buffers and no other temporaries of that size (F is 200,000 terms at scale)

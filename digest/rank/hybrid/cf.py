@@ -120,8 +120,11 @@ class CfComponent(Component):
     def _fit_map(self, X: sp.csr_matrix, V: np.ndarray, liked: np.ndarray) -> np.ndarray:
         """The ridge map from a paper's text (TF-IDF, and embeddings when given) to its ALS factors,
         learned on the papers someone liked."""
-        D = self._map_dense(np.flatnonzero(liked))
-        return ridge_cg(X[liked], V[liked], self.map_lambda, dense=D)
+        E = self.text.embeddings  # unit rows (the blend's vectors)
+        dense = E if E is not None and self.emb_map_weight else None
+        return ridge_cg(
+            X, V[liked], self.map_lambda, dense=dense, dense_weight=self.emb_map_weight, rows=np.flatnonzero(liked)
+        )
 
     def _map_dense(self, rows: np.ndarray) -> np.ndarray | None:
         E = self.text.embeddings
