@@ -120,28 +120,27 @@ class CfComponent(Component):
     def _fit_map(self, X: sp.csr_matrix, V: np.ndarray, liked: np.ndarray) -> np.ndarray:
         """The ridge map from a paper's text (TF-IDF, and embeddings when given) to its ALS factors,
         learned on the papers someone liked."""
-        E = self.text.embeddings  # unit rows (the blend's vectors)
-        dense = E if E is not None and self.emb_map_weight else None
         return ridge_cg(
-            X, V[liked], self.map_lambda, dense=dense, dense_weight=self.emb_map_weight, rows=np.flatnonzero(liked)
+            X,
+            V[liked],
+            self.map_lambda,
+            dense=self._map_vectors(),
+            dense_weight=self.emb_map_weight,
+            rows=np.flatnonzero(liked),
         )
 
-    def _map_dense(self, rows: np.ndarray) -> np.ndarray | None:
+    def _map_vectors(self) -> np.ndarray | None:
+        """The vectors the map reads beside TF-IDF (the blend's: unit rows), weighted by emb_map_weight:
+        [TF-IDF | w * embeddings] -> factors, the embeddings carry meaning TF-IDF misses."""
         E = self.text.embeddings
-        if E is None or not self.emb_map_weight:
-            return None
-        # [TF-IDF | w * embeddings] -> factors: the embeddings carry meaning TF-IDF misses;
-        # scaled in place (at 200,000 papers each copy of these rows is 307 MB)
-        D = unit(E[rows], inplace=True)
-        D *= self.emb_map_weight
-        return D
+        return E if E is not None and self.emb_map_weight else None
 
     def _map_to_factors(self, M: np.ndarray, X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
         """Factors of papers nobody liked (TF-IDF rows X, corpus rows `rows`) through the ridge map."""
         out = np.asarray(X @ M[: X.shape[1]], dtype=np.float32)
-        D = self._map_dense(np.flatnonzero(rows) if rows.dtype == bool else rows)
-        if D is not None:
-            out += D @ M[X.shape[1] :]
+        E = self._map_vectors()
+        if E is not None:
+            out += self.emb_map_weight * (E[rows] @ M[X.shape[1] :])
         return out
 
     def _mix_neighbours(self, Vc: np.ndarray, Vw: np.ndarray) -> np.ndarray:
