@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -136,6 +137,33 @@ def digest_serve(config: Path, port: int, *, key: str, data: Path, log: Path) ->
 POSTGRES_URL_VAR = "DIGEST_TEST_POSTGRES_URL"
 
 
+@functools.cache
+def postgres_url() -> str | None:
+    """This test process's PostgreSQL database, or None when no server is set.
+
+    `DIGEST_TEST_POSTGRES_URL` names the server's test database; under pytest-xdist each worker
+    gets a database of its own beside it (`digest_test_gw0`, ...), made on first use, so workers
+    never reset each other's schema mid-test.
+    """
+    url = os.environ.get(POSTGRES_URL_VAR)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).first() is None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def reset_postgres(url: str) -> None:
     """An empty public schema in the test database (each PostgreSQL test starts from nothing)."""
     from sqlalchemy import create_engine
@@ -154,7 +182,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database: a SQLite file, then the PostgreSQL server `.ci/postgres` starts."""
     if request.param == "sqlite":
         return f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
-    url = os.environ.get(POSTGRES_URL_VAR)
+    url = postgres_url()
     if not url:
         pytest.skip(
             f'no PostgreSQL server: set {POSTGRES_URL_VAR} (eval "$(.ci/postgres)" starts one, as .ci/run does)'

@@ -31,7 +31,7 @@ from digest.errors import StoreError
 from digest.pipeline import run_daily
 from digest.settings import load_settings
 
-from .conftest import POSTGRES_URL_VAR, free_port, reset_postgres
+from .conftest import POSTGRES_URL_VAR, free_port, postgres_url, reset_postgres
 from .faulty_smtp import FaultyInbox, Server
 from .test_delivery_faults import (
     EMAILS,
@@ -208,7 +208,7 @@ def test_a_read_only_database_is_a_store_error_that_says_so(tmp_path: Path, what
 
 
 def test_postgresql_read_only_and_a_lost_connection_are_store_errors(tmp_path: Path) -> None:
-    url = os.environ.get(POSTGRES_URL_VAR)
+    url = postgres_url()
     if not url:
         pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_VAR}")
     reset_postgres(url)

@@ -21,7 +21,7 @@ from digest.render import DigestView, PaperView, render_digest, render_digest_re
 from digest.sources.base import PaperRecord, clean_count, clean_text, clean_url, load_json
 from digest.sources.files import read_jsonl
 
-from .conftest import ConfigFactory, Inbox
+from .conftest import ConfigFactory, Inbox, postgres_url, reset_postgres
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ABSTRACT = "We study quokkas, small marsupials, and what they teach us about learning from very few examples. " * 3
@@ -143,11 +143,9 @@ def test_one_bad_record_never_stops_the_day(
     hostile_file(tmp_path)
     body = READERS
     if backend == "postgresql":
-        url = os.environ.get("DIGEST_TEST_POSTGRES_URL")
+        url = postgres_url()
         if not url:
             pytest.skip('no PostgreSQL server (eval "$(.ci/postgres)")')
-        from .conftest import reset_postgres
-
         reset_postgres(url)
         body = f'[database]\nurl = "{url}"\n' + READERS
     settings = make_config(body, smtp_port=port, method="smtp")
