@@ -8,7 +8,6 @@ hostile papers into their digests.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
