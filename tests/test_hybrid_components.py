@@ -182,3 +182,21 @@ def test_smoothing_is_each_paper_plus_its_neighbours_mean_and_leaves_the_input_a
     assert np.array_equal(E, before)
     rows = rng.choice(len(E), 40, replace=False)
     np.testing.assert_allclose(smooth_embeddings(E, 1.5, 7, rows=rows), want[rows], atol=1e-5)
+
+
+def test_the_emb_nearest_liked_term_is_the_brute_force_one(fitted: tuple[HybridRanker, TrainData]) -> None:
+    from digest.rank.hybrid.emb import NEAREST_MAX_LIKES
+
+    ranker, data = fitted
+    part = ranker.state.parts["emb"]
+    users, cands = np.arange(len(data.users)), np.arange(len(data.corpus))
+    E, likes, w = unit(part.text.embeddings), part.likes.tocsr(), part.nearest_weight
+    expected = part.profiles[users] @ E[cands].T
+    near = 0
+    for u in users:
+        mine = likes.indices[likes.indptr[u] : likes.indptr[u + 1]]
+        if 1 < len(mine) <= NEAREST_MAX_LIKES:
+            expected[u] = (1 - w) * expected[u] + w * (E[mine] @ E[cands].T).max(axis=0)
+            near += 1
+    assert w > 0 and near > 10  # the term is on, for many readers of this community
+    np.testing.assert_allclose(part.raw(users, cands), expected, rtol=1e-5, atol=1e-5)
