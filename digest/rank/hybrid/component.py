@@ -116,9 +116,12 @@ def fixed_sample(n: int, size: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
 
 
-def take_dense(old: np.ndarray, rows: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """Row i is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`."""
-    out = np.empty((len(rows), *old.shape[1:]), dtype=old.dtype)
+def take_dense(old: np.ndarray, rows: np.ndarray, fresh: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Row i is old[rows[i]], or, where rows[i] is -1, the next row of `fresh`; written into `out`
+    (a caller's own array of the right shape, not `old`) when given, so a corpus-sized result
+    needs no new corpus-sized array."""
+    if out is None:
+        out = np.empty((len(rows), *old.shape[1:]), dtype=old.dtype)
     out[rows >= 0] = old[rows[rows >= 0]]
     out[rows < 0] = fresh
     return out

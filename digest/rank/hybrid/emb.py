@@ -126,25 +126,32 @@ def smooth_embeddings(
     Pulls each paper toward its neighbourhood in the corpus (uses no likes): about 7 s for 17k papers x
     384 dimensions on one core, in row chunks.  Neighbours are looked for among at most `pool`
     papers (a fixed sample: the same in a fit and in later updates), so a large corpus costs linear time.
-    Memory: one unit copy of E, smoothed in place (the neighbours are read from a copy of the pool's
-    rows), and similarity blocks of at most ~80 MB: 200,000 papers need about 400 MB beside E.
+    Memory: for every paper, one unit copy of E, smoothed in place; for some `rows` (a day's new
+    papers), only theirs and the pool's rows are read and made unit, never a copy of E.  The
+    neighbours are read from a copy of the pool's rows, in similarity blocks of at most ~80 MB:
+    200,000 papers need about 400 MB beside E.
     """
-    E = unit(E)
     everyone = rows is None
     rows = np.arange(len(E)) if rows is None else np.asarray(rows, dtype=np.int64)
     cand = fixed_sample(len(E), pool)
     k = min(k, len(cand) - 1)
-    if k < 1 or not beta:
-        return E if everyone else E[rows]
-    P = E[cand]
-    out = E if everyone else np.empty((len(rows), E.shape[1]), dtype=np.float32)
+    if everyone:
+        E = unit(E)
+        if k < 1 or not beta:
+            return E
+        P, out = E[cand], E
+    else:
+        if k < 1 or not beta:
+            return unit(E[rows])
+        P, out = unit(E[cand]), np.empty((len(rows), E.shape[1]), dtype=np.float32)
     chunk = max(64, min(2000, 20_000_000 // max(len(P), 1)))
     for s in range(0, len(rows), chunk):
         r = rows[s : s + chunk]
-        S = E[r] @ P.T
+        mine_rows = E[r] if everyone else unit(E[r])
+        S = mine_rows @ P.T
         self_col = np.searchsorted(cand, r).clip(0, len(cand) - 1)
         mine = cand[self_col] == r
         S[np.flatnonzero(mine), self_col[mine]] = -np.inf  # not itself
         top = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
-        out[s : s + chunk] = E[r] + beta * P[top].mean(axis=1)  # rows s.. of E are not read again
+        out[s : s + chunk] = mine_rows + beta * P[top].mean(axis=1)  # rows s.. of E are not read again
     return unit(out, inplace=True)
