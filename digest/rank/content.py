@@ -221,6 +221,7 @@ class ContentRanker(Ranker):
         corpus = self.data.corpus
         keywords = self.data.keywords
         out = []
+        words: dict[int, frozenset[str]] = {}  # each paper's words once per call: many readers share picks
         bounds = np.r_[np.flatnonzero(starts), P]
         for k, u in enumerate(slots):
             kws = keywords[u]
@@ -233,8 +234,9 @@ class ContentRanker(Ranker):
             for j, i in enumerate(range(first, last)):
                 p = papers[i]
                 if kws:
-                    text = f"{corpus.titles[p]} {corpus.abstracts[p]}".casefold()
-                    literal = keyword_hits(kws, text)
+                    if p not in words:
+                        words[p] = text_words(f"{corpus.titles[p]} {corpus.abstracts[p]}")
+                    literal = keyword_hits(kws, words[p])
                     best_kw = kw_sim[j].max()
                 else:
                     literal, best_kw = [], 0.0
@@ -282,10 +284,16 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-def keyword_hits(keywords: Sequence[str], text: str) -> list[str]:
+def text_words(text: str) -> frozenset[str]:
+    """The stemmed words of `text` (casefolded title + abstract), as `keyword_hits` matches them."""
+    return frozenset(_stem(w) for w in _WORD.findall(text.casefold()))
+
+
+def keyword_hits(keywords: Sequence[str], text: str | frozenset[str]) -> list[str]:
     """The keywords whose phrase, or nearly all of whose terms (stop words aside; at most one in four
-    missing), occur as words in `text` (casefolded title + abstract), in the reader's order."""
-    words = {_stem(w) for w in _WORD.findall(text.casefold())}
+    missing), occur as words in `text` (casefolded title + abstract, or its `text_words`), in the
+    reader's order."""
+    words = text_words(text) if isinstance(text, str) else text
     hits = []
     for kw in keywords:
         terms = {_stem(w) for w in _WORD.findall(kw.casefold()) if w not in ENGLISH_STOP_WORDS}
