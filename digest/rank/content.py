@@ -105,6 +105,7 @@ class ContentRanker(Ranker):
         """Pickled without the training data (a saved fit, `rank.saved`): `fit`/`fold_in` bring it back."""
         state = dict(self.__dict__)
         state.pop("data", None)
+        state.pop("_words_cache", None)
         return state
 
     def _keyword_vectors(self, keywords: list[list[str]]) -> sp.csr_matrix:
@@ -182,6 +183,16 @@ class ContentRanker(Ranker):
             out.extend(self._explain_pairs(users[a:b], papers[a:b], dense))
         return out
 
+    def _words(self, text: str) -> frozenset[str]:
+        """`text_words(text)`, cached by the text (a day's readers share its few thousand candidates;
+        keyed by the text, not a corpus row, so a fold-in that moves rows cannot mismatch it)."""
+        cache = self.__dict__.setdefault("_words_cache", {})
+        if text not in cache:
+            if len(cache) > 20_000:
+                cache.clear()
+            cache[text] = text_words(text)
+        return cache[text]
+
     def _keyword_matrix(self, keywords: tuple[str, ...]) -> sp.csr_matrix:
         """Each keyword's unit TF-IDF row (cached: many readers share their keywords)."""
         cache = self.__dict__.setdefault("_kw_cache", {})
@@ -221,7 +232,6 @@ class ContentRanker(Ranker):
         corpus = self.data.corpus
         keywords = self.data.keywords
         out = []
-        words: dict[int, frozenset[str]] = {}  # each paper's words once per call: many readers share picks
         bounds = np.r_[np.flatnonzero(starts), P]
         for k, u in enumerate(slots):
             kws = keywords[u]
@@ -234,9 +244,7 @@ class ContentRanker(Ranker):
             for j, i in enumerate(range(first, last)):
                 p = papers[i]
                 if kws:
-                    if p not in words:
-                        words[p] = text_words(f"{corpus.titles[p]} {corpus.abstracts[p]}")
-                    literal = keyword_hits(kws, words[p])
+                    literal = keyword_hits(kws, self._words(f"{corpus.titles[p]} {corpus.abstracts[p]}"))
                     best_kw = kw_sim[j].max()
                 else:
                     literal, best_kw = [], 0.0
