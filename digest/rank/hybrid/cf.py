@@ -130,8 +130,9 @@ class CfComponent(Component):
         )
 
     def _map_vectors(self) -> np.ndarray | None:
-        """The vectors the map reads beside TF-IDF (the blend's: unit rows), weighted by emb_map_weight:
-        [TF-IDF | w * embeddings] -> factors, the embeddings carry meaning TF-IDF misses."""
+        """The vectors the map reads beside TF-IDF (the blend's: unit rows, unweighted; the map reads
+        them times emb_map_weight: [TF-IDF | w * embeddings] -> factors, the embeddings carry
+        meaning TF-IDF misses), or None when it reads TF-IDF alone."""
         E = self.text.embeddings
         return E if E is not None and self.emb_map_weight else None
 

@@ -147,11 +147,11 @@ def smooth_embeddings(
     chunk = max(64, min(2000, 20_000_000 // max(len(P), 1)))
     for s in range(0, len(rows), chunk):
         r = rows[s : s + chunk]
-        mine_rows = E[r] if everyone else unit(E[r])
-        S = mine_rows @ P.T
+        vectors = E[r] if everyone else unit(E[r])
+        S = vectors @ P.T
         self_col = np.searchsorted(cand, r).clip(0, len(cand) - 1)
         mine = cand[self_col] == r
         S[np.flatnonzero(mine), self_col[mine]] = -np.inf  # not itself
         top = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
-        out[s : s + chunk] = mine_rows + beta * P[top].mean(axis=1)  # rows s.. of E are not read again
+        out[s : s + chunk] = vectors + beta * P[top].mean(axis=1)  # rows s.. of E are not read again
     return unit(out, inplace=True)
