@@ -77,7 +77,8 @@ class Component(ABC):
 
     @abstractmethod
     def raw(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Unstandardised scores, users x candidates."""
+        """Unstandardised scores, users x candidates (the blend standardises a new float32 block in
+        place, so a component returning its own stored array gets a read-only view or a copy)."""
 
     @abstractmethod
     def raw_pairs(self, users: np.ndarray, papers: np.ndarray) -> np.ndarray:
