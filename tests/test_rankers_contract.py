@@ -209,6 +209,26 @@ def test_profiles_keep_their_heaviest_terms_first_columns_among_equals() -> None
         assert np.array_equal(got, want), trial
 
 
+def test_top_columns_are_the_largest_entries_of_each_row() -> None:
+    """The neighbour searches' exact top k (a floor from group maxima, then a sort of what is above
+    it): the same set as a full sort, with self-masked (-inf) entries, ties, narrow and wide rows."""
+    from digest.rank._linalg import top_columns
+
+    rng = np.random.default_rng(3)
+    for n, m, k in [(50, 5_000, 20), (7, 700, 30), (3, 100, 5), (4, 64, 64), (20, 2_000, 1)]:
+        S = rng.standard_normal((n, m)).astype(np.float32)
+        S[:, rng.integers(0, m, n)] = -np.inf
+        S[0] = np.round(S[0])  # many ties
+        got = np.sort(top_columns(S, k), axis=1)
+        assert got.shape == (n, k)
+        kth = -np.sort(-S, axis=1)[:, k - 1 : k]
+        chosen = np.take_along_axis(S, got, axis=1)
+        assert (chosen >= kth).all() and (np.diff(got, axis=1) > 0).all(), (n, m, k)  # the k largest, no repeats
+        untied = np.sum(kth < S, axis=1) == np.sum(kth <= S, axis=1) - 1  # rows with one entry at the k-th value
+        want = np.sort(np.argsort(-S, axis=1, kind="stable")[:, :k], axis=1)
+        assert np.array_equal(got[untied], want[untied]), (n, m, k)
+
+
 def test_sparse_products_shared_among_threads_are_bit_identical() -> None:
     """The ridge map's large sparse x dense products split the columns among threads: the same bits."""
     import scipy.sparse as sp

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from digest.rank._linalg import finite32, ridge_cg
+from digest.rank._linalg import finite32, ridge_cg, top_columns
 from digest.rank.base import TrainData
 from digest.rank.collaborative import CF_REASON, fit_factors, fold_in_users
 from digest.rank.hybrid.component import (
@@ -169,7 +169,7 @@ def _factor_knn(Vc: np.ndarray, Vw: np.ndarray, k: int) -> sp.csr_matrix:
     rows, cols, vals = [], [], []
     for s in range(0, len(Cn), chunk):
         S = Cn[s : s + chunk] @ Wn.T
-        top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        top = top_columns(S, k)
         rows.append(np.repeat(np.arange(s, s + len(S)), k))
         cols.append(top.ravel())
         vals.append(np.maximum(np.take_along_axis(S, top, axis=1), 0).ravel())

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from digest.rank._linalg import top_columns
 from digest.rank.base import TrainData
 from digest.rank.hybrid.component import NEIGHBOUR_POOL, Component, Day, Text, fixed_sample, row_mean, take_users, unit
 
@@ -152,6 +153,6 @@ def smooth_embeddings(
         self_col = np.searchsorted(cand, r).clip(0, len(cand) - 1)
         mine = cand[self_col] == r
         S[np.flatnonzero(mine), self_col[mine]] = -np.inf  # not itself
-        top = np.argpartition(S, S.shape[1] - k, axis=1)[:, -k:]
+        top = top_columns(S, k)
         out[s : s + chunk] = vectors + beta * P[top].mean(axis=1)  # rows s.. of E are not read again
     return unit(out, inplace=True)
