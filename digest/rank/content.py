@@ -230,9 +230,8 @@ class ContentRanker(Ranker):
                     p = papers[i]
                     literal[i] = keyword_hits(kws, self._words(f"{corpus.titles[p]} {corpus.abstracts[p]}"))
         best_kw = self._best_keyword(papers, [keywords[u] for u in slots[owner]], literal).tolist()
-        title = partial(partial, corpus.titles.__getitem__)
         return [
-            _reason(self.keyword_weight, hits, kw, like, title(liked))
+            _reason(self.keyword_weight, hits, kw, like, partial(corpus.titles.__getitem__, liked))
             for hits, kw, like, liked in zip(literal, best_kw, best_like.tolist(), best_liked.tolist())
         ]
 

@@ -77,8 +77,9 @@ class Component(ABC):
 
     @abstractmethod
     def raw(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Unstandardised scores, users x candidates (the blend standardises a new float32 block in
-        place, so a component returning its own stored array gets a read-only view or a copy)."""
+        """Unstandardised scores, users x candidates: a new array, which the blend standardises in
+        place (a component that returns an array it keeps must return a read-only view of it, which
+        the blend copies)."""
 
     @abstractmethod
     def raw_pairs(self, users: np.ndarray, papers: np.ndarray) -> np.ndarray:
