@@ -7,7 +7,6 @@ finished row is never sent again.  One source's or one subscriber's failure neve
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import multiprocessing
@@ -56,6 +55,7 @@ from digest.errors import (
     ServerUnavailable,
     StoreError,
 )
+from digest.heap import cyclic_gc_paused
 from digest.highlight import highlights
 from digest.links import secret_key, unsubscribe_mailto
 from digest.lookup import lookup_arxiv
@@ -464,7 +464,7 @@ def rank_subscribers(
             progress(span[1] - span[0])
 
     processes = min(processes, len(blocks))
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():  # ten lasting picks per reader; the forked rankers inherit the pause
         if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
             global _RANK_JOB
             _RANK_JOB = job  # the forked processes inherit it (copy-on-write), nothing is pickled
@@ -478,24 +478,6 @@ def rank_subscribers(
             for span in blocks:
                 keep(span, job.block(*span))
     return picks
-
-
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Python's cycle collector paused for the ranking (reference counting still frees all it makes).
-
-    Ranking keeps ten picks per reader to the end.  Each time new objects outgrow the heap's count
-    by a quarter, the collector walks every object the process holds: the readers' rows and the
-    picks so far.  On a 10k folder that was 0.18 of 0.20 s spent making 40,960 picks, and 11% of
-    the whole rank step.  The forked rankers inherit the pause, so they do not walk (and so copy)
-    the pages they share with the planner."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 @dataclass
