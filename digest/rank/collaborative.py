@@ -111,7 +111,7 @@ class CollaborativeRanker(Ranker):
     def score(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return np.zeros((len(users), len(candidates)), dtype=np.float32)
-        return finite32(self.U[users] @ self.V[candidates].T)
+        return finite32(self.U[users] @ self.V[candidates].T, inplace=True)
 
     def explain(self, user: int, papers: np.ndarray) -> list[str]:
         return [CF_REASON] * len(papers)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from digest.rank._linalg import zstats
+from digest.rank._linalg import finite32, zstats
 from digest.rank.base import Ranker, TextSpace, TrainData, paper_rows
 from digest.rank.content import ContentRanker
 from digest.rank.hybrid.cf import CfComponent, can_fit_cf
@@ -440,7 +440,7 @@ class HybridRanker(Ranker):
             total /= weight
         # the last block's parts, so that explaining its picks (the daily run's next step) is a lookup
         self._memo = (np.asarray(users, dtype=np.int64), np.asarray(candidates, dtype=np.int64), parts)
-        return np.nan_to_num(total, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # finite, in place
+        return finite32(total, inplace=True)
 
     def _memo_parts(self, users: np.ndarray, papers: np.ndarray) -> dict[str, np.ndarray] | None:
         """Each component's weighted z-score of the (users[i], papers[i, j]) pairs from the last
